@@ -1,0 +1,3 @@
+"""raylm: train language models on Ray clusters."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,69 @@
+"""The `data` config section: corpus sources, cleaning, tokenizer, packing, shards."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class TokenizerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(
+        None,
+        description="A local HF tokenizer directory to use as is. Unset: raylm trains a "
+        "byte-level BPE tokenizer into `<prepared_dir>/tokenizer`.",
+    )
+    vocab_size: int = Field(4096, ge=300, description="Vocabulary size of a trained tokenizer.")
+    sample_docs: int = Field(
+        20000, ge=1, description="Documents streamed from the corpus to train the tokenizer."
+    )
+    min_frequency: int = Field(2, ge=1)
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(
+        "demo",
+        description="'demo' (a corpus built from the installed Python standard library's "
+        "docstrings, offline) or a path, directory, glob or s3:// URI of corpus files.",
+    )
+    format: Literal["auto", "text", "jsonl", "parquet", "csv", "tsv"] = Field(
+        "auto", description="File format; 'auto' chooses by extension."
+    )
+    text_field: str = Field("text", description="Text field (JSONL key, dotted for nested; column).")
+    label_field: str | None = Field(None, description="Label column for classification.")
+    text_split: Literal["file", "paragraph", "line"] = Field(
+        "paragraph",
+        description="Plain text: one document per file, per blank-line-separated paragraph, or per line.",
+    )
+    on_error: Literal["skip", "fail"] = Field(
+        "skip", description="Bad rows: count them under their reason and go on, or stop (exit 2)."
+    )
+    min_chars: int = Field(1, ge=0, description="Drop documents shorter than this (after cleaning).")
+    max_chars: int = Field(1_000_000, ge=1, description="Drop documents longer than this.")
+    dedup: bool = Field(True, description="Exact deduplication by a hash of the normalised text.")
+    prepared_dir: str = Field(
+        "data/prepared/demo", description="Where `raylm prepare` writes shards + manifest.json."
+    )
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    block_size: int = Field(64, ge=8, description="Tokens per packed training block.")
+    max_length: int = Field(128, ge=8, description="Classification: truncate to this many tokens.")
+    validation_fraction: float = Field(
+        0.05, ge=0.0, lt=1.0, description="Share of documents (by hash of row_id) held out."
+    )
+    shard_rows: int = Field(8192, ge=1, description="Rows per Parquet shard.")
+    tokenize_batch_size: int = Field(256, ge=1, description="Documents per tokenize batch.")
+    tokenize_actors: int = Field(2, ge=1, description="Actors in the tokenizer pool.")
+    seed: int = Field(0, description="Seed of the per-epoch shuffle.")
+    shuffle_buffer_rows: int = Field(
+        0, ge=0, description="Local shuffle buffer when streaming into training (0: block order only)."
+    )
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> "DataConfig":
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) is above max_chars ({self.max_chars})")
+        return self

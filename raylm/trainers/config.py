@@ -1,0 +1,98 @@
+"""The `model` and `trainer` config sections."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    arch: Literal["gpt2", "llama", "bert", "roberta"] = Field(
+        "gpt2", description="Architecture built from a config when `init_from` is unset."
+    )
+    init_from: str | None = Field(
+        None, description="A local HF model directory (or raylm checkpoint) to start from."
+    )
+    n_layer: int = Field(4, ge=1)
+    n_embd: int = Field(128, ge=8)
+    n_head: int = Field(4, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelConfig":
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+class TrainerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal["causal-lm", "masked-lm", "sequence-classification"] = "causal-lm"
+    run_name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (one process each).")
+    use_gpu: bool | Literal["auto"] = Field("auto", description="Use GPUs when the cluster has them.")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast on a GPU that supports it, fp32 on CPU."
+    )
+    batch_size: int = Field(16, ge=1, description="Blocks per worker per micro-step.")
+    grad_accum: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
+    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final lr as a share of the peak.")
+    warmup_steps: int = Field(10, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(1.0, ge=0, description="Clip the global grad norm (0: off).")
+    eval_every: int = Field(50, ge=1, description="Evaluate on validation every N steps.")
+    eval_batches: int = Field(20, ge=1, description="Validation batches per worker per evaluation.")
+    checkpoint_every: int = Field(50, ge=1, description="Checkpoint every N steps (and at the end).")
+    num_to_keep: int = Field(2, ge=1)
+    max_failures: int = Field(2, ge=0, description="Worker-group restarts before the run fails.")
+    log_every: int = Field(10, ge=1)
+    seed: int = 1337
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker (CPU).")
+    nan_policy: Literal["stop", "skip"] = "stop"
+    export_dir: str | None = Field(
+        None, description="Where the final HF model is exported (default: <run>/export)."
+    )
+    peak_flops: float | None = Field(
+        None, gt=0, description="Peak FLOP/s per device for MFU (CPU or unknown GPU)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainerConfig":
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) is above max_steps ({self.max_steps}): "
+                "lower trainer.warmup_steps"
+            )
+        return self
+
+
+class WandbConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["disabled", "offline", "online"] = Field(
+        "offline",
+        description="offline: runs stay on disk (wandb sync later). online needs WANDB_API_KEY "
+        "in the environment; the key is never read from a config file.",
+    )
+    project: str = "raylm"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class TrackingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    progress_every_s: float = Field(10.0, gt=0, description="Seconds between progress lines.")
