@@ -1,0 +1,38 @@
+"""Shared fixtures: one real local Ray per test session (ray.init costs ~9 s on 2 cores)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray cluster shared by every integration test (8 logical CPUs)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=8,
+            include_dashboard=False,
+            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+            log_to_driver=True,
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def shared_dir():
+    path = os.environ.get("RAYLM_SHARED", SHARED)
+    if not os.path.isdir(path):
+        pytest.skip(f"../shared not found at {path} (set RAYLM_SHARED)")
+    return path
