@@ -48,6 +48,18 @@ class DataConfig(BaseModel):
     min_chars: int = Field(1, ge=0, description="Drop documents shorter than this (after cleaning).")
     max_chars: int = Field(1_000_000, ge=1, description="Drop documents longer than this.")
     dedup: bool = Field(True, description="Exact deduplication by a hash of the normalised text.")
+    dedup_shards: int = Field(
+        2, ge=1, description="Actors holding the dedup index, each a hash range (~100 bytes a document)."
+    )
+    max_line_bytes: int = Field(
+        8 << 20, ge=1024,
+        description="A line (or paragraph) longer than this is rejected as too_long without being held in memory.",
+    )
+    unit_bytes: int = Field(
+        32 << 20, ge=1024,
+        description="Uncompressed JSONL/text files larger than this are read as several byte ranges in parallel.",
+    )
+    progress_seconds: float = Field(10.0, ge=0, description="Seconds between progress lines of `prepare` (0: off).")
     prepared_dir: str = Field(
         "data/prepared/demo", description="Where `raylm prepare` writes shards + manifest.json."
     )

@@ -80,16 +80,5 @@ def fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def sample_texts(ds, n: int, batch_size: int = 512) -> Iterator[str]:
-    """Stream the first n texts of a Ray Dataset through the driver (bounded memory)."""
-    seen = 0
-    for batch in ds.limit(n).iter_batches(batch_size=batch_size, batch_format="pyarrow"):
-        for t in batch.column("text").to_pylist():
-            yield t
-            seen += 1
-    if not seen:
-        raise UserError("the corpus is empty: no document survived reading and cleaning", hint="check data.source and the rejects/ ledger")
-
-
 def resolve_tokenizer_dir(prepared_dir: str, configured: str | None) -> str:
     return configured or os.path.join(prepared_dir, "tokenizer")
