@@ -22,6 +22,7 @@ from raylm.datasets.config import DataConfig
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
 _BLANKS = re.compile(r"\n{3,}")
+_LINE_EDGES = re.compile(r" ?\n ?")  # after spaces are folded, at most one on each side
 
 
 def normalize(text: str) -> str:
@@ -29,7 +30,8 @@ def normalize(text: str) -> str:
     if not text.isascii():  # ASCII is already NFC; most of an English corpus skips this
         text = unicodedata.normalize("NFC", text)
     text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-    text = "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n"))
+    # Whole-text regexes, not a loop over lines: this runs on every document of the corpus.
+    text = _LINE_EDGES.sub("\n", _SPACES.sub(" ", text))
     return _BLANKS.sub("\n\n", text).strip()
 
 

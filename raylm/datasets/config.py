@@ -70,7 +70,7 @@ class DataConfig(BaseModel):
         0.05, ge=0.0, lt=1.0, description="Share of documents (by hash of row_id) held out."
     )
     shard_rows: int = Field(8192, ge=1, description="Rows per Parquet shard.")
-    tokenize_batch_size: int = Field(256, ge=1, description="Documents per tokenize batch.")
+    tokenize_batch_size: int = Field(1024, ge=1, description="Documents per tokenize batch.")
     tokenize_actors: int = Field(2, ge=1, description="Actors in the tokenizer pool.")
     seed: int = Field(0, description="Seed of the per-epoch shuffle.")
     shuffle_buffer_rows: int = Field(

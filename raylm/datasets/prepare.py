@@ -156,8 +156,7 @@ class UnitWorker:
 
     def __init__(self, cfg: DataConfig, tokenizer_dir: str, out_dir: str, task: str, dedup: list | None) -> None:
         self.cfg, self.out_dir, self.task = cfg, out_dir, task
-        tok = toks.load_tokenizer(tokenizer_dir)
-        self.backend, self.eos = tok.backend_tokenizer, tok.eos_token_id
+        self.backend, self.eos = toks.load_backend(tokenizer_dir)
         self.dedup = ShardedDedup(dedup) if dedup else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:

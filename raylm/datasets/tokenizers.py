@@ -54,6 +54,24 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
+def load_backend(path: str | Path):
+    """(tokenizers.Tokenizer, eos id) straight from tokenizer.json: workers skip importing
+    transformers (seconds per actor) since they only encode."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    p = Path(path)
+    tok = Tokenizer.from_file(str(p / "tokenizer.json"))
+    eos = None
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        f = p / name
+        if eos is None and f.is_file():
+            eos = json.loads(f.read_text()).get("eos_token")
+    eos = eos.get("content") if isinstance(eos, dict) else eos
+    return tok, tok.token_to_id(eos) if eos else None
+
+
 def check_tokenizer(tok, task: str) -> list[str]:
     """Problems that make a tokenizer unusable for a task, one line each."""
     problems = []
