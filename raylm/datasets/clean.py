@@ -1,8 +1,8 @@
 """Cleaning: normalise, filter, exact dedup; every dropped row is counted by reason.
 
-Rejected rows are written to `<prepared_dir>/rejects/*.parquet` (text, source, row_id, reason)
-by the task that rejects them, under a name derived from the batch's rows so that a retried
-task overwrites rather than duplicates. The manifest's counts are read back from those files.
+Rejected rows are written to `<prepared_dir>/rejects/rejects-<unit>.parquet` (row_id, source,
+reason, text) by the worker that rejects them, one file per unit, so that a retried unit
+overwrites rather than duplicates its ledger. Counts per reason go into the manifest.
 """
 
 from __future__ import annotations
