@@ -71,7 +71,9 @@ class DataConfig(BaseModel):
     )
     shard_rows: int = Field(8192, ge=1, description="Rows per Parquet shard.")
     tokenize_batch_size: int = Field(1024, ge=1, description="Documents per tokenize batch.")
-    tokenize_actors: int = Field(2, ge=1, description="Actors in the tokenizer pool.")
+    tokenize_actors: int | None = Field(
+        None, ge=1, description="Actors in the tokenizer pool; unset: one per CPU of the Ray cluster."
+    )
     seed: int = Field(0, description="Seed of the per-epoch shuffle.")
     shuffle_buffer_rows: int = Field(
         0, ge=0, description="Local shuffle buffer when streaming into training (0: block order only)."

@@ -236,6 +236,8 @@ UNIT_STATS = pa.schema([("key", pa.string()), ("bytes", pa.int64()), ("rows_in",
 
 
 def _unit_bytes(unit: Unit) -> int:
+    if unit.nbytes >= 0:
+        return unit.nbytes
     return (unit.end if unit.end >= 0 else unit.size) - unit.start
 
 
@@ -401,7 +403,7 @@ def _run_units(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: list[U
         batch_format="pyarrow",
         batch_size=1,
         # One unit at a time per actor: a queued unit would wait behind a long one while another actor idles.
-        compute=ray.data.ActorPoolStrategy(size=max(1, min(cfg.tokenize_actors, len(todo))),
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(_pool_size(cfg), len(todo))),
                                            max_tasks_in_flight_per_actor=1),
         runtime_env=_runtime_env(),
     )
@@ -415,6 +417,12 @@ def _run_units(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: list[U
             raise UserError(f"{bad} (data.on_error=fail)", hint="fix the file or set data.on_error=skip") from None
         raise
     progress.finish()
+
+
+def _pool_size(cfg: DataConfig) -> int:
+    import ray
+
+    return cfg.tokenize_actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def _find_bad_row(err: BaseException | None) -> str | None:

@@ -51,7 +51,8 @@ class BadRowError(Exception):
 
 @dataclass(frozen=True)
 class Unit:
-    """A piece of the corpus one worker reads: a file, or lines beginning in [start, end)."""
+    """A piece of the corpus one worker reads: a file, the lines beginning in bytes [start, end),
+    or (Parquet) row groups [start, end) whose first record is number `first_line`."""
 
     uri: str
     fmt: str
@@ -59,6 +60,7 @@ class Unit:
     start: int = 0
     end: int = -1  # -1: to the end of the file
     first_line: int = 1  # line number of the first line that begins at or after `start`
+    nbytes: int = -1  # bytes the unit covers, when start/end are not bytes (Parquet row groups)
 
     @property
     def key(self) -> str:
@@ -387,11 +389,14 @@ def _read_parquet(unit: Unit, cfg: DataConfig) -> Iterator[dict]:
         yield _row("", unit, "#0", reject="unreadable" if isinstance(err, PermissionError) else "wrong_format")
         return
     if cfg.text_field not in pf.schema_arrow.names:
-        yield _row("", unit, "#0", reject="missing_column")
+        if unit.start == 0:  # once per file, not once per run of row groups
+            yield _row("", unit, "#0", reject="missing_column")
         return
     cols = [cfg.text_field] + ([cfg.label_field] if cfg.label_field in pf.schema_arrow.names else [])
-    index = 0  # across the whole file: row ids do not depend on batch or row-group boundaries
-    for batch in pf.iter_batches(batch_size=4096, columns=cols):
+    # Record index across the whole file: row ids do not depend on batch, row group or unit.
+    index = unit.first_line if unit.end >= 0 else 0
+    groups = range(unit.start, unit.end) if unit.end >= 0 else None
+    for batch in pf.iter_batches(batch_size=4096, columns=cols, row_groups=groups):
         texts = batch.column(0).to_pylist()
         labels = batch.column(1).to_pylist() if len(cols) > 1 else [None] * len(texts)
         for t, lab in zip(texts, labels):
@@ -409,7 +414,9 @@ def plan_units(cfg: DataConfig, source: str, count: Any = None) -> list[Unit]:
     units, todo = [], []
     for uri, size in files:
         fmt = file_format(uri, cfg.format)
-        if size > cfg.unit_bytes and splittable(fmt, uri, cfg):
+        if size > cfg.unit_bytes and fmt == "parquet" and compression(uri) is None:
+            units += _parquet_units(uri, size, cfg.unit_bytes)
+        elif size > cfg.unit_bytes and splittable(fmt, uri, cfg):
             ranges = plan_ranges(size, cfg.unit_bytes)
             todo.append((uri, fmt, size, ranges, range_segments(ranges, size)))
         else:
@@ -421,6 +428,25 @@ def plan_units(cfg: DataConfig, source: str, count: Any = None) -> list[Unit]:
         units += units_from_counts(uri, fmt, size, ranges, counts[i: i + len(ranges)])
         i += len(ranges)
     return sorted(units, key=lambda u: (u.uri, u.start))
+
+
+def _parquet_units(uri: str, size: int, unit_bytes: int) -> list[Unit]:
+    """Runs of row groups of about `unit_bytes` each (from the footer only)."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(_fs.open_input(uri)).metadata
+    except (OSError, pa.ArrowException):
+        return [Unit(uri, "parquet", size)]  # the worker reports what is wrong with it
+    units, lo, first, nbytes, record = [], 0, 0, 0, 0
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        nbytes += rg.total_byte_size
+        record += rg.num_rows
+        if nbytes >= unit_bytes or g == meta.num_row_groups - 1:
+            units.append(Unit(uri, "parquet", size, lo, g + 1, first, nbytes))
+            lo, first, nbytes = g + 1, record, 0
+    return units or [Unit(uri, "parquet", size)]
 
 
 def check_row(row: dict, cfg: DataConfig) -> None:

@@ -16,6 +16,7 @@ import pytest
 from raylm.datasets.clean import read_rejects
 from raylm.datasets.config import DataConfig
 from raylm.datasets.prepare import PROGRESS, prepare
+from raylm.datasets.sources import read_corpus
 from raylm.datasets.tokenizers import train_bpe
 from raylm.errors import UserError
 
@@ -50,7 +51,7 @@ def make_corpus(root: Path) -> dict:
 
 def test_prepare_ledger_shards_idempotent_and_resumable(ray_session, tmp_path, tokenizer):
     expect = make_corpus(tmp_path / "corpus")
-    cfg = DataConfig(source=str(tmp_path / "corpus"), prepared_dir=str(tmp_path / "prep"), block_size=16,
+    cfg = DataConfig(source=str(tmp_path / "corpus"), prepared_dir=str(tmp_path / "prep"), block_size=16, tokenize_actors=2,
                      shard_rows=7, unit_bytes=4096, validation_fraction=0.2, tokenizer={"path": tokenizer})
     m = prepare(cfg)
     assert m["units"] > 4  # a.jsonl was read as several byte ranges
@@ -103,7 +104,7 @@ def test_prepare_ledger_shards_idempotent_and_resumable(ray_session, tmp_path, t
 def test_fail_stops_with_file_and_line(ray_session, tmp_path, tokenizer):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "bad.jsonl").write_text('{"text": "fine"}\n{"text": "fine too"}\n{"text": broken\n')
-    cfg = DataConfig(source=str(tmp_path / "c"), prepared_dir=str(tmp_path / "p"), on_error="fail",
+    cfg = DataConfig(source=str(tmp_path / "c"), prepared_dir=str(tmp_path / "p"), on_error="fail", tokenize_actors=1,
                      tokenizer={"path": tokenizer})
     with pytest.raises(UserError, match=r"bad\.jsonl:3: malformed JSON"):
         prepare(cfg)
@@ -114,7 +115,7 @@ def test_classification_truncates_and_maps_string_labels(ray_session, tmp_path, 
     rows = [f"{doc(i) * (1 + i % 4)}\t{'pos' if i % 2 else 'neg'}" for i in range(60)] + ["odd one\tmaybe"]
     (tmp_path / "c" / "t.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
     cfg = DataConfig(source=str(tmp_path / "c"), prepared_dir=str(tmp_path / "p"), text_field="sentence",
-                     label_field="label", labels=["neg", "pos"], max_length=24, shard_rows=16,
+                     label_field="label", labels=["neg", "pos"], max_length=24, shard_rows=16, tokenize_actors=1,
                      validation_fraction=0.0, tokenizer={"path": tokenizer})
     m = prepare(cfg, task="sequence-classification")
     assert m["rejected"] == {"bad_label": 1} and m["num_labels"] == 2
@@ -122,3 +123,10 @@ def test_classification_truncates_and_maps_string_labels(ray_session, tmp_path, 
     assert table.num_rows == 60 and max(len(x) for x in table.column("input_ids").to_pylist()) == 24
     assert sorted(set(table.column("label").to_pylist())) == [0, 1]
     assert m["splits"]["train"]["dropped"] > 0
+
+
+def test_read_corpus_streams_rows_with_their_reasons(ray_session, tmp_path):
+    make_corpus(tmp_path / "corpus")
+    rows = read_corpus(DataConfig(source=str(tmp_path / "corpus"), unit_bytes=4096)).take_all()
+    assert len(rows) == 456
+    assert sum(1 for r in rows if r["reject"]) == 5 and len({r["row_id"] for r in rows}) == 456

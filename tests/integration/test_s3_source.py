@@ -61,7 +61,7 @@ def test_s3_listing_globs_and_empty_pattern(s3):
 
 def test_prepare_from_s3_in_ray_workers(ray_session, s3, tmp_path):
     cfg = DataConfig(source="s3://corpus/raw", text_field="doc.text", prepared_dir=str(tmp_path / "p"),
-                     unit_bytes=2048, block_size=16, validation_fraction=0.0,
+                     unit_bytes=2048, block_size=16, tokenize_actors=2, validation_fraction=0.0,
                      tokenizer={"vocab_size": 300, "min_frequency": 1})
     m = prepare(cfg)
     assert m["units"] > 3  # a.jsonl read from S3 as byte ranges

@@ -69,6 +69,10 @@ def test_parquet_row_ids_count_across_batches_and_row_groups(tmp_path):
     assert len(rows) == 10_000 and not reasons(rows)
     assert rows[9999]["row_id"].endswith("p.parquet:#9999") and rows[9999]["text"] == "doc 9999"
     assert rows[4500]["label"] == "4500"
+    cfg = DataConfig(label_field="label", unit_bytes=1024)  # several units of whole row groups
+    units = plan_units(cfg, str(tmp_path / "p.parquet"))
+    assert len(units) == 4
+    assert [r["row_id"] for u in units for r in read_unit(u, cfg)] == [r["row_id"] for r in rows]
 
 
 def test_text_split_modes(tmp_path):
