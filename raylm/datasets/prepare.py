@@ -154,8 +154,10 @@ class SplitWriter:
 class UnitWorker:
     """Actor of the pool: holds the tokenizer; turns one unit into shards, rejects and a marker."""
 
-    def __init__(self, cfg: DataConfig, tokenizer_dir: str, out_dir: str, task: str, dedup: list | None) -> None:
+    def __init__(self, cfg: DataConfig, tokenizer_dir: str, out_dir: str, task: str, dedup: list | None,
+                 validation_files: list[str] | None = None) -> None:
         self.cfg, self.out_dir, self.task = cfg, out_dir, task
+        self.validation_files = set(validation_files or [])
         self.backend, self.eos = toks.load_backend(tokenizer_dir)
         self.dedup = ShardedDedup(dedup) if dedup else None
 
@@ -217,6 +219,12 @@ class UnitWorker:
                 r["reject"] = "duplicate"
         return [r for r, good in zip(live, ok) if good], hashes[ok]
 
+    def split(self, row: dict) -> str:
+        """data.validation_source files are the validation split; else a hash of the row id decides."""
+        if self.validation_files:
+            return "validation" if row["source"] in self.validation_files else "train"
+        return split_of(row["row_id"], self.cfg.validation_fraction)
+
     def _tokenize(self, kept: list[dict], writers: dict[str, SplitWriter]) -> None:
         if not kept:
             return
@@ -225,7 +233,7 @@ class UnitWorker:
         ids = [e.ids for e in encode(texts, add_special_tokens=False)]
         by_split: dict[str, list[int]] = {s: [] for s in SPLITS}
         for i, r in enumerate(kept):
-            by_split[split_of(r["row_id"], self.cfg.validation_fraction)].append(i)
+            by_split[self.split(r)].append(i)
         for s, idx in by_split.items():
             if idx:
                 writers[s].add([ids[i] for i in idx], [texts[i] for i in idx], [kept[i].get("label_id") for i in idx])
@@ -334,7 +342,7 @@ def prepare(cfg: DataConfig, task: str = "causal-lm", force: bool = False) -> di
     import ray
 
     source = resolve_source(cfg)
-    files = _fs.list_files(source)
+    files = _fs.list_files(source) + (_fs.list_files(cfg.validation_source) if cfg.validation_source else [])
     tok_dir = ensure_tokenizer(cfg, task, source)
     tok_fp = toks.fingerprint(tok_dir)
     inputs_fp = _fingerprint_inputs(cfg, task, tok_fp, files)
@@ -346,6 +354,9 @@ def prepare(cfg: DataConfig, task: str = "causal-lm", force: bool = False) -> di
     _start_fresh_if_changed(out, inputs_fp, force)
     t0 = time.time()
     units = plan_units(cfg, source, count=_count_on_ray)
+    if cfg.validation_source:
+        units = sorted(set(units) | set(plan_units(cfg, cfg.validation_source, count=_count_on_ray)),
+                       key=lambda u: (u.uri, u.start))
     done = {u.key for u in units if (out / PROGRESS / f"{u.key}.json").is_file()}
     todo = sorted((u for u in units if u.key not in done), key=_unit_bytes, reverse=True)  # big first: balance
     if done:
@@ -353,7 +364,8 @@ def prepare(cfg: DataConfig, task: str = "causal-lm", force: bool = False) -> di
     dedup = _start_dedup(cfg, out, done)
     try:
         if todo:
-            _run_units(cfg, task, tok_dir, out, todo, dedup, sum(_unit_bytes(u) for u in units))
+            _run_units(cfg, task, tok_dir, out, todo, dedup, sum(_unit_bytes(u) for u in units),
+                       _validation_files(cfg))
     finally:
         for actor in dedup or []:
             ray.kill(actor)
@@ -391,7 +403,7 @@ def _start_dedup(cfg: DataConfig, out: Path, done: set[str]) -> list | None:
 
 
 def _run_units(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: list[Unit], dedup: list | None,
-               total_bytes: int) -> None:
+               total_bytes: int, validation_files: list[str] | None) -> None:
     import ray
 
     from raylm.datasets.progress import Progress
@@ -399,7 +411,7 @@ def _run_units(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: list[U
     items = [{"unit": u.to_dict()} for u in todo]
     stats = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         UnitWorker,
-        fn_constructor_args=(cfg, tok_dir, str(out), task, dedup),
+        fn_constructor_args=(cfg, tok_dir, str(out), task, dedup, validation_files),
         batch_format="pyarrow",
         batch_size=1,
         # One unit at a time per actor: a queued unit would wait behind a long one while another actor idles.
@@ -417,6 +429,12 @@ def _run_units(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: list[U
             raise UserError(f"{bad} (data.on_error=fail)", hint="fix the file or set data.on_error=skip") from None
         raise
     progress.finish()
+
+
+def _validation_files(cfg: DataConfig) -> list[str] | None:
+    if not cfg.validation_source:
+        return None
+    return [uri for uri, _ in _fs.list_files(cfg.validation_source)]
 
 
 def _pool_size(cfg: DataConfig) -> int:

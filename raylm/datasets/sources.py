@@ -449,6 +449,11 @@ def _parquet_units(uri: str, size: int, unit_bytes: int) -> list[Unit]:
     return units or [Unit(uri, "parquet", size)]
 
 
+def list_files(source: str) -> list[str]:
+    """The files (paths or URIs) a source names: a file, directory, glob or object store URI."""
+    return [uri for uri, _ in _fs.list_files(source)]
+
+
 def check_row(row: dict, cfg: DataConfig) -> None:
     """Under on_error=fail, the first bad input row stops the run with `file:line: what is wrong`."""
     if row["reject"] and cfg.on_error == "fail" and row["reject"] in INPUT_ERRORS:
