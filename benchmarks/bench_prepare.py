@@ -68,6 +68,10 @@ def run_raylm(corpus: Path, tok_dir: str, out: Path) -> dict:
     from raylm.datasets.config import DataConfig
     from raylm.datasets.prepare import prepare
 
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="[raylm] %(message)s")  # prepare's progress lines
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -202,6 +206,11 @@ def main() -> None:
                              "target_ratio": 1.25}
     results["machine"]["loadavg_end"] = os.getloadavg()
     path = HERE / "results" / "bench_prepare.json"
+    if "memory" not in results and path.is_file():  # keep the last memory figures
+        old = json.loads(path.read_text())
+        if "memory" in old:
+            results["memory"] = old["memory"]
+            results["memory"]["from_earlier_run_with_loadavg"] = old["machine"].get("loadavg_end")
     path.write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results["throughput"].items() if not isinstance(v, dict)}, indent=1))
     if "memory" in results:

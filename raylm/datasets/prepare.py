@@ -202,8 +202,9 @@ class UnitWorker:
             r["reject"] = reject_reason(r["text"], cfg)
             if classify and not r["reject"]:
                 r["label_id"] = label_id(r["label"], cfg.labels)
-                r["reject"] = "bad_label" if r["label_id"] is None else ""
-                check_row(r, cfg)
+                if r["label_id"] is None:
+                    r["reject"] = "bad_label"
+                    check_row(r, cfg)
         live = [r for r in rows if not r["reject"]]
         if not cfg.dedup:
             return live, np.empty(0, np.int64)
