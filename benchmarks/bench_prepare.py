@@ -193,11 +193,25 @@ def train_tokenizer(corpus: Path) -> str:
     return str(tok_dir)
 
 
+def throughput(corpus: Path, tok_dir: str) -> dict:
+    bound, ours, hf = (measure(k, corpus, tok_dir) for k in ("bound", "raylm", "hf"))
+    return {
+        "corpus_mib": ours["corpus_mib"], "bound": bound, "raylm": ours, "hf_datasets": hf,
+        "raylm_vs_bound": round(ours["tokens_per_s"] / bound["tokens_per_s"], 3), "target_vs_bound": 0.8,
+        "raylm_vs_hf": round(ours["tokens_per_s"] / hf["tokens_per_s"], 3), "target_vs_hf": 1.0,
+        # Per CPU second (the whole process tree, start-up included): what a shared machine cannot skew.
+        "raylm_vs_bound_per_cpu_s": round(ours["tokens_per_cpu_s"] / bound["tokens_per_cpu_s"], 3),
+        "raylm_vs_hf_per_cpu_s": round(ours["tokens_per_cpu_s"] / hf["tokens_per_cpu_s"], 3),
+        "loadavg_after": os.getloadavg(),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--throughput-mb", type=int, default=200)
     ap.add_argument("--memory-mb", type=int, nargs=2, default=[100, 1000])
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true", help="keep the last throughput figures")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()
@@ -205,22 +219,17 @@ def main() -> None:
     tok_dir = train_tokenizer(corpus)
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_start": load0},
                      "block_size": BLOCK, "tokenizer": "byte-level BPE, vocab 4096 (raylm.datasets.tokenizers)"}
-    bound, ours, hf = (measure(k, corpus, tok_dir) for k in ("bound", "raylm", "hf"))
-    results["throughput"] = {
-        "corpus_mib": ours["corpus_mib"], "bound": bound, "raylm": ours, "hf_datasets": hf,
-        "raylm_vs_bound": round(ours["tokens_per_s"] / bound["tokens_per_s"], 3), "target_vs_bound": 0.8,
-        "raylm_vs_hf": round(ours["tokens_per_s"] / hf["tokens_per_s"], 3), "target_vs_hf": 1.0,
-        # Per CPU second (the whole process tree, start-up included): what a shared machine cannot skew.
-        "raylm_vs_bound_per_cpu_s": round(ours["tokens_per_cpu_s"] / bound["tokens_per_cpu_s"], 3),
-        "raylm_vs_hf_per_cpu_s": round(ours["tokens_per_cpu_s"] / hf["tokens_per_cpu_s"], 3),
-    }
+    path = HERE / "results" / "bench_prepare.json"
+    if args.skip_throughput:
+        results["throughput"] = json.loads(path.read_text())["throughput"]
+    else:
+        results["throughput"] = throughput(corpus, tok_dir)
     if not args.skip_memory:
         small, large = (build_corpus(WORK / f"corpus-{mb}mb", mb << 20) for mb in args.memory_mb)
         s, big = measure("raylm", small, tok_dir), measure("raylm", large, tok_dir)
         results["memory"] = {"small": s, "large": big, "ratio": round(big["peak_rss_mib"] / s["peak_rss_mib"], 3),
                              "target_ratio": 1.25}
     results["machine"]["loadavg_end"] = os.getloadavg()
-    path = HERE / "results" / "bench_prepare.json"
     if "memory" not in results and path.is_file():  # keep the last memory figures
         old = json.loads(path.read_text())
         if "memory" in old:
