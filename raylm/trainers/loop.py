@@ -55,6 +55,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with restored.as_directory() as d:
             st = ckpt.restore(d, model, opt, sched, rank, load_weights=False)
     sink = make_sink(cfg, loop_config, rank, resume_step=st.step)
+    if restored:
+        sink.log({"resumed_from": st.step}, st.step)
+        if rank == 0:
+            print(f"[raylm] resumed from checkpoint at step {st.step} (epoch {st.epoch}, "
+                  f"{st.batches_in_epoch} batches into it)", flush=True)
     amp = autocast_dtype(t.precision, device)
     scaler = torch.amp.GradScaler(enabled=amp == torch.float16)
     seq = meta.get("block_size", 0)
