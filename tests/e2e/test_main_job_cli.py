@@ -64,6 +64,6 @@ def test_killed_train_resumes_from_last_checkpoint(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [json.loads(l) for l in open(run_dir / "metrics.jsonl")]
     resumed = [r["resumed_from"] for r in rows if "resumed_from" in r]
-    assert resumed and resumed[0] >= saved and resumed[0] > 0, resumed  # not from zero
+    assert resumed and 10 <= resumed[0] <= saved, (resumed, saved)  # from a checkpoint, not from zero
     steps = [r["step"] for r in rows if "train_loss" in r]
     assert steps == list(range(1, 41)), steps  # no step lost or repeated in the history
