@@ -1,0 +1,195 @@
+"""Ray Jobs: submit `raylm train CONFIG` to a running cluster, follow it, list/status/logs/stop.
+
+The submission id is stable (derived from trainer.run_name), and a job that already exists
+under that id is followed rather than submitted again -- what KubeRay's submitter does -- so a
+retried `raylm submit` never starts a duplicate run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from raylm.errors import UserError
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# Exit code of `raylm submit --follow` / `raylm jobs status` per final job status.
+EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
+# runtime_env is stored by the job server and shown in the dashboard: no secrets in it.
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I)
+BASE_ENV = {"RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def resolve_address(address: str | None = None) -> str:
+    """--address > RAY_ADDRESS (when it is a Jobs API URL) > http://127.0.0.1:8265."""
+    if address:
+        return address
+    env = os.environ.get("RAY_ADDRESS", "")
+    return env if env.startswith(("http://", "https://")) else DEFAULT_ADDRESS
+
+
+def client(address: str | None = None) -> Any:
+    from ray.job_submission import JobSubmissionClient
+
+    url = resolve_address(address)
+    try:
+        return JobSubmissionClient(url)
+    except (ConnectionError, RuntimeError) as err:
+        raise UserError(
+            f"cannot reach the Ray Jobs API at {url}: {str(err).splitlines()[0]}",
+            hint="start a cluster (ray start --head) or forward its port "
+            "(kubectl port-forward svc/<cluster>-head-svc 8265:8265), or pass --address",
+        ) from None
+
+
+def submission_id_for(run_name: str) -> str:
+    return f"raylm-{run_name}"
+
+
+def job_status(c: Any, job_id: str) -> str | None:
+    """The job's status, or None when no job has that id."""
+    try:
+        return str(c.get_job_status(job_id).value)
+    except RuntimeError as err:
+        if "does not exist" in str(err) or "404" in str(err):
+            return None
+        raise UserError(f"job {job_id}: {err}") from None
+
+
+def check_env(env: dict[str, str]) -> None:
+    bad = sorted(k for k in env if _SECRET_NAME.search(k))
+    if bad:
+        raise UserError(
+            [f"env {k}: looks like a secret; runtime_env is stored by the job server and shown in "
+             "the dashboard" for k in bad],
+            hint="set secrets on the cluster itself (a Kubernetes Secret, k8s.wandb_secret) instead",
+        )
+
+
+def runtime_env(working_dir: str, env: dict[str, str] | None = None, pip: list[str] | None = None) -> dict[str, Any]:
+    env = {**BASE_ENV, **(env or {})}
+    check_env(env)
+    out: dict[str, Any] = {"working_dir": working_dir, "env_vars": env}
+    if pip:
+        out["pip"] = list(pip)
+    return out
+
+
+def submit_entrypoint(
+    c: Any, entrypoint: str, submission_id: str, runtime_env: dict[str, Any] | None = None,
+    resubmit_failed: bool = False, log: Callable[[str], None] = print,
+) -> tuple[str, bool]:
+    """Submit unless a job with this id exists; returns (id, submitted now)."""
+    status = job_status(c, submission_id)
+    if status is not None and not (resubmit_failed and status in ("FAILED", "STOPPED")):
+        log(f"job {submission_id} exists ({status}): not submitting it again")
+        return submission_id, False
+    if status is not None:
+        log(f"job {submission_id} ended {status}: deleting it to submit again")
+        c.delete_job(submission_id)
+    job_id = c.submit_job(
+        entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env,
+        metadata={"submitted_by": "raylm"},
+    )
+    log(f"submitted job {job_id}")
+    return job_id, True
+
+
+def follow(c: Any, job_id: str, out: TextIO | None = None, poll_s: float = 1.0) -> str:
+    """Stream the job's logs until it ends; return its final status."""
+    out = out or sys.stdout
+
+    async def _tail() -> None:
+        async for chunk in c.tail_job_logs(job_id):
+            out.write(chunk)
+            out.flush()
+
+    asyncio.run(_tail())
+    # The log stream closes when the job ends; the status may lag it by a moment.
+    while (status := job_status(c, job_id)) not in TERMINAL:
+        time.sleep(poll_s)
+    return status
+
+
+def exit_code(status: str | None) -> int:
+    return EXIT_CODES.get(status or "", 0)
+
+
+def submit(
+    config_path: str | Path,
+    overrides: list[str] | None = None,
+    address: str | None = None,
+    follow_logs: bool = False,
+    env: dict[str, str] | None = None,
+    pip: list[str] | None = None,
+    submission_id: str | None = None,
+    resubmit_failed: bool = False,
+) -> int:
+    """`raylm submit`: ship the resolved config in a working_dir and run `raylm train` on it."""
+    from raylm.config import load_config, save_config
+
+    cfg = load_config(config_path, overrides)
+    # The driver runs on the cluster and joins it through RAY_ADDRESS (set by Ray Jobs).
+    cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"address": None})})
+    c = client(address)
+    job_id = submission_id or submission_id_for(cfg.trainer.run_name)
+    name = Path(config_path).name
+    with tempfile.TemporaryDirectory(prefix="raylm-submit-") as tmp:
+        save_config(cfg, Path(tmp) / name)
+        job_id, _ = submit_entrypoint(
+            c, f"raylm train {name}", job_id, runtime_env(tmp, env, pip), resubmit_failed=resubmit_failed
+        )
+    if not follow_logs:
+        print(f"follow it: raylm jobs logs {job_id} --follow  (status: raylm jobs status {job_id})")
+        return 0
+    return exit_code(follow(c, job_id))
+
+
+# --- list / status / logs / stop ---------------------------------------------------------------
+
+
+def list_jobs(address: str | None = None) -> list[dict[str, Any]]:
+    rows = []
+    for j in client(address).list_jobs():
+        rows.append({
+            "id": j.submission_id or j.job_id, "status": str(j.status.value),
+            "entrypoint": j.entrypoint, "start_time": j.start_time, "end_time": j.end_time,
+        })
+    return sorted(rows, key=lambda r: r["start_time"] or 0)
+
+
+def status(job_id: str, address: str | None = None) -> str:
+    s = job_status(client(address), job_id)
+    if s is None:
+        raise UserError(f"no job {job_id} at {resolve_address(address)}", hint="see raylm jobs list")
+    return s
+
+
+def logs(job_id: str, address: str | None = None, follow_logs: bool = False) -> int:
+    c = client(address)
+    if job_status(c, job_id) is None:
+        raise UserError(f"no job {job_id} at {resolve_address(address)}", hint="see raylm jobs list")
+    if follow_logs:
+        return exit_code(follow(c, job_id))
+    sys.stdout.write(c.get_job_logs(job_id))
+    return 0
+
+
+def stop(job_id: str, address: str | None = None, wait_s: float = 30.0) -> str:
+    c = client(address)
+    if job_status(c, job_id) is None:
+        raise UserError(f"no job {job_id} at {resolve_address(address)}", hint="see raylm jobs list")
+    c.stop_job(job_id)
+    deadline = time.monotonic() + wait_s
+    while (s := job_status(c, job_id)) not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return s or "STOPPED"
+
