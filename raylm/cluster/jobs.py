@@ -24,7 +24,7 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # Exit code of `raylm submit --follow` / `raylm jobs status` per final job status.
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
 # runtime_env is stored by the job server and shown in the dashboard: no secrets in it.
-_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I)
+_SECRET_WORDS = {"KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "CREDENTIALS"}
 BASE_ENV = {"RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -65,7 +65,7 @@ def job_status(c: Any, job_id: str) -> str | None:
 
 
 def check_env(env: dict[str, str]) -> None:
-    bad = sorted(k for k in env if _SECRET_NAME.search(k))
+    bad = sorted(k for k in env if _SECRET_WORDS & set(re.split(r"[_\W]+", k.upper())))
     if bad:
         raise UserError(
             [f"env {k}: looks like a secret; runtime_env is stored by the job server and shown in "
@@ -137,6 +137,7 @@ def submit(
     from raylm.config import load_config, save_config
 
     cfg = load_config(config_path, overrides)
+    check_env(env or {})
     # The driver runs on the cluster and joins it through RAY_ADDRESS (set by Ray Jobs).
     cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"address": None})})
     c = client(address)
