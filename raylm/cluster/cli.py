@@ -140,13 +140,14 @@ def submit_cmd(
     pip: list[str] | None = typer.Option(None, "--pip", help="Extra pip requirement for the job."),
     submission_id: str | None = typer.Option(None, "--id", help="Submission id (default: raylm-<run_name>)."),
     resubmit_failed: bool = typer.Option(False, "--resubmit-failed", help="Replace a FAILED/STOPPED job of the same id."),
+    command: str = typer.Option("raylm train", "--command", help="What the job runs on the config."),
 ) -> None:
     """Submit CONFIG through the Ray Jobs API; the same run name never starts a second job."""
     from raylm.cluster import jobs
 
     code = jobs.submit(
         config, overrides, address, follow_logs=follow, env=_env_pairs(env), pip=pip,
-        submission_id=submission_id, resubmit_failed=resubmit_failed,
+        submission_id=submission_id, resubmit_failed=resubmit_failed, command=command,
     )
     raise typer.Exit(code)
 

@@ -36,12 +36,33 @@ def resolve_address(address: str | None = None) -> str:
     return env if env.startswith(("http://", "https://")) else DEFAULT_ADDRESS
 
 
+def _use_token_if_available() -> None:
+    # Ray >= 2.52 turns token auth on for clusters it starts; the Jobs client only sends the
+    # token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) in token mode. Do what
+    # ray.init does when it joins an existing cluster: token mode when a token is there, unless
+    # RAY_AUTH_MODE says otherwise.
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # older Ray: no token auth
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def client(address: str | None = None) -> Any:
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     url = resolve_address(address)
+    _use_token_if_available()
     try:
         return JobSubmissionClient(url)
+    except AuthenticationError:
+        raise UserError(
+            f"the Ray cluster at {url} wants an auth token",
+            hint="set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token, and RAY_AUTH_MODE=token",
+        ) from None
     except (ConnectionError, RuntimeError) as err:
         raise UserError(
             f"cannot reach the Ray Jobs API at {url}: {str(err).splitlines()[0]}",
@@ -132,8 +153,10 @@ def submit(
     pip: list[str] | None = None,
     submission_id: str | None = None,
     resubmit_failed: bool = False,
+    command: str = "raylm train",
 ) -> int:
-    """`raylm submit`: ship the resolved config in a working_dir and run `raylm train` on it."""
+    """`raylm submit`: ship the resolved config in a working_dir and run `<command> <config>` on it
+    (`raylm train` unless told otherwise, e.g. `python -m raylm train`)."""
     from raylm.config import load_config, save_config
 
     cfg = load_config(config_path, overrides)
@@ -146,7 +169,7 @@ def submit(
     with tempfile.TemporaryDirectory(prefix="raylm-submit-") as tmp:
         save_config(cfg, Path(tmp) / name)
         job_id, _ = submit_entrypoint(
-            c, f"raylm train {name}", job_id, runtime_env(tmp, env, pip), resubmit_failed=resubmit_failed
+            c, f"{command} {name}", job_id, runtime_env(tmp, env, pip), resubmit_failed=resubmit_failed
         )
     if not follow_logs:
         print(f"follow it: raylm jobs logs {job_id} --follow  (status: raylm jobs status {job_id})")
