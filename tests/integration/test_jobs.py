@@ -9,11 +9,8 @@ set RAYLM_JOBS_PYTHON to a Python that has it (e.g. a venv made with --system-si
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +19,7 @@ import typer
 from typer.testing import CliRunner
 
 from raylm.cluster import jobs
+from raylm.cluster._localray import LocalRay
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 DASHBOARD_MODULES = "import aiohttp_cors, opencensus, prometheus_client, colorful"
@@ -39,16 +37,6 @@ def _ray_python() -> str | None:
         if py and subprocess.run([py, "-c", DASHBOARD_MODULES], capture_output=True).returncode == 0:
             return py
     return None
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _wait_jobs_api(address: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
@@ -71,38 +59,11 @@ def ray_head():
     py = _ray_python()
     if py is None:
         pytest.skip("the Ray Jobs API needs ray[default] (dashboard); set RAYLM_JOBS_PYTHON to a Python with it")
-    gcs, dash, agent_http, agent_grpc, metrics, client, runtime_env = _free_ports(7)
-    # A short temp dir of our own: Ray's unix sockets live under it (107-byte limit), and it
-    # keeps this cluster apart from any other local Ray on the machine.
-    temp = tempfile.mkdtemp(prefix="rlj", dir="/tmp")
-    cmd = [
-        py, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--disable-usage-stats",
-        f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-        f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
-        f"--metrics-export-port={metrics}", f"--ray-client-server-port={client}",
-        f"--runtime-env-agent-port={runtime_env}", "--num-cpus=4", f"--temp-dir={temp}",
-    ]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PATH"] = f"{Path(py).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` in a job = this one
-    log = open(Path(temp) / "ray-start.log", "w")
-    # Its own process group, so that teardown ends exactly this cluster -- never `ray stop`,
-    # which stops every Ray on the machine, other people's included.
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
-    try:
-        _wait_jobs_api(address, proc)
-        yield address
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of this group only
-        except ProcessLookupError:
-            pass
-        log.close()
+    # Own ports and temp dir, so it stays apart from any other local Ray; teardown ends exactly
+    # its processes (never `ray stop`, which stops every Ray on the machine).
+    with LocalRay(num_cpus=4, dashboard=True, python=py) as head:
+        _wait_jobs_api(head.dashboard_url, head.procs[0])
+        yield head.dashboard_url
 
 
 def _config(tmp_path: Path, run_name: str) -> Path:
