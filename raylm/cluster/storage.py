@@ -31,7 +31,10 @@ def s3_filesystem() -> Any:
 
     endpoint, scheme = _endpoint()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    kw: dict[str, Any] = {"scheme": scheme}
+    # allow_delayed_open: small files (metrics, markers, small checkpoints) go up in one PutObject
+    # instead of a multipart upload -- fewer round trips, and S3-compatible stores with broken
+    # CompleteMultipartUpload responses (moto 5.2.1, getmoto/moto#10055) still take them.
+    kw: dict[str, Any] = {"scheme": scheme, "allow_delayed_open": True}
     if endpoint:
         kw["endpoint_override"] = endpoint
     if region:
