@@ -29,6 +29,14 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def _kill_group(p: subprocess.Popen) -> None:
+    """SIGKILL what is left of one node's process group (ours: started with a new session)."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 class LocalRay:
     """`with LocalRay(num_cpus=4, dashboard=True) as ray_: ray_.add_worker(...)`."""
 
@@ -37,7 +45,7 @@ class LocalRay:
         self.python = python or sys.executable
         # Short: Ray's unix sockets live under it (107-byte limit).
         self.temp_dir = tempfile.mkdtemp(prefix="rl", dir="/tmp")
-        self.gcs_port, self.dashboard_port = free_ports(2)
+        self.gcs_port = self.dashboard_port = 0
         self.procs: list[subprocess.Popen] = []
         self._logs: list[Any] = []
         self._env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -47,11 +55,31 @@ class LocalRay:
         self._env.setdefault("RAY_AUTH_MODE", "token")
         # `python` inside a Ray job is this one.
         self._env["PATH"] = f"{Path(self.python).parent}{os.pathsep}{self._env.get('PATH', '')}"
+        try:
+            self._retrying(lambda attempt: self._start_head(attempt, num_cpus, dashboard, resources))
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_head(self, attempt: int, num_cpus: int, dashboard: bool, resources: dict[str, float] | None) -> None:
+        self.gcs_port, self.dashboard_port = free_ports(2)
         head = ["--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}",
                 f"--include-dashboard={'true' if dashboard else 'false'}", "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={self.dashboard_port}"]
-        self._start("head", head, num_cpus, resources)
-        self.wait_nodes(1)
+        self._start(f"head-{attempt}", head, num_cpus, resources)
+
+    def _retrying(self, start: Any) -> None:
+        """Start a node and wait until it is alive; once more if it fails: a raylet gives up
+        after 30 s, which a loaded 2-core machine can exceed."""
+        for attempt in (1, 2):
+            start(attempt)
+            try:
+                self.wait_nodes(len(self.procs))
+                return
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+                _kill_group(self.procs.pop())  # what it left behind; its log stays in temp_dir
 
     @property
     def env(self) -> dict[str, str]:
@@ -67,18 +95,9 @@ class LocalRay:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def add_worker(self, num_cpus: int = 1, resources: dict[str, float] | None = None) -> None:
-        """Start a worker node and wait until it is alive. One at a time, and once more if it
-        fails: a raylet gives up after 30 s, which a loaded 2-core machine can exceed."""
+        """Start a worker node and wait until it is alive (one at a time)."""
         args = [f"--address={self.gcs_address}", "--node-ip-address=127.0.0.1"]
-        for attempt in (1, 2):
-            self._start(f"worker{len(self.procs)}-{attempt}", args, num_cpus, resources)
-            try:
-                self.wait_nodes(len(self.procs))
-                return
-            except RuntimeError:
-                if attempt == 2:
-                    raise
-                self.procs.pop()  # it exited; its log stays in temp_dir
+        self._retrying(lambda attempt: self._start(f"worker{len(self.procs)}-{attempt}", args, num_cpus, resources))
 
     def _start(self, name: str, args: list[str], num_cpus: int, resources: dict[str, float] | None) -> None:
         agent_http, agent_grpc, metrics, runtime_env = free_ports(4)
@@ -130,10 +149,7 @@ class LocalRay:
                 p.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 pass
-            try:
-                os.killpg(p.pid, signal.SIGKILL)  # stragglers of this node's group only
-            except ProcessLookupError:
-                pass
+            _kill_group(p)
         for log in self._logs:
             log.close()
 

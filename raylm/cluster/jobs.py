@@ -25,7 +25,9 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
 # runtime_env is stored by the job server and shown in the dashboard: no secrets in it.
 _SECRET_WORDS = {"KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "CREDENTIALS"}
-BASE_ENV = {"RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false"}
+# RAY_OVERRIDE_JOB_RUNTIME_ENV: `raylm train` calls ray.init with a runtime_env of its own
+# (raylm.cluster.connect); without it Ray refuses to merge that with the job's when a key repeats.
+BASE_ENV = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}
 
 
 def resolve_address(address: str | None = None) -> str:

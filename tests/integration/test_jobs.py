@@ -61,7 +61,7 @@ def ray_head():
         pytest.skip("the Ray Jobs API needs ray[default] (dashboard); set RAYLM_JOBS_PYTHON to a Python with it")
     # Own ports and temp dir, so it stays apart from any other local Ray; teardown ends exactly
     # its processes (never `ray stop`, which stops every Ray on the machine).
-    with LocalRay(num_cpus=4, dashboard=True, python=py) as head:
+    with LocalRay(num_cpus=6, dashboard=True, python=py) as head:
         _wait_jobs_api(head.dashboard_url, head.procs[0])
         yield head.dashboard_url
 
@@ -100,6 +100,34 @@ def test_submit_follow_succeeds_and_resubmit_does_not_duplicate(ray_head: str, t
     res = CliRunner().invoke(_app(), ["jobs", "logs", "raylm-jobs-ok", "--address", ray_head])
     assert res.exit_code == 0
     assert "RUN jobs-ok 42" in res.output + capfd.readouterr().out
+
+
+def test_submit_raylm_train_job(ray_head: str, tmp_path: Path, capfd) -> None:
+    """The real job: `raylm train` on a tiny corpus, run by the cluster from the shipped config.
+    The cluster's Python has no raylm installed here, so the job runs `python -m raylm` with
+    PYTHONPATH pointing at this checkout (an image from k8s/Dockerfile has raylm installed)."""
+    repo = Path(__file__).resolve().parents[2]
+    words = "the model reads tokens and predicts the next one while the loss goes down".split()
+    with open(tmp_path / "corpus.txt", "w") as f:
+        for i in range(200):
+            f.write(f"Document {i}: " + " ".join(words[(i + j) % len(words)] for j in range(30)) + "\n\n")
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        f"cluster: {{storage_path: {tmp_path}/runs}}\n"
+        f"data: {{source: {tmp_path}/corpus.txt, prepared_dir: {tmp_path}/prepared, block_size: 32, "
+        "tokenizer: {vocab_size: 320}}\n"
+        "model: {n_layer: 1, n_embd: 32, n_head: 2}\n"
+        "trainer: {run_name: jobs-train, num_workers: 2, batch_size: 4, max_steps: 4, warmup_steps: 1, "
+        "eval_every: 4, checkpoint_every: 4, eval_batches: 1, log_every: 1}\n"
+        "tracking: {wandb: {mode: disabled}}\n"
+    )
+    code = jobs.submit(cfg, address=ray_head, follow_logs=True, command="python -m raylm train",
+                       env={"PYTHONPATH": str(repo)})
+    out = capfd.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "[raylm] exported model:" in out
+    assert (tmp_path / "runs" / "jobs-train" / "export" / "config.json").is_file()
+    assert jobs.status("raylm-jobs-train", ray_head) == "SUCCEEDED"
 
 
 def test_failing_job_exits_non_zero(ray_head: str, tmp_path: Path) -> None:
