@@ -133,8 +133,48 @@ def _job_spec(k8s: K8sConfig, key: str, cluster: dict[str, Any]) -> dict[str, An
     if k8s.active_deadline_seconds:
         spec["activeDeadlineSeconds"] = k8s.active_deadline_seconds
     spec["backoffLimit"] = k8s.backoff_limit
+    if k8s.submission_mode == "K8sJobMode":
+        spec["submitterPodTemplate"] = _submitter_template(k8s)
     spec["rayClusterSpec"] = cluster
     return spec
+
+
+def _submitter_template(k8s: K8sConfig) -> dict[str, Any]:
+    # KubeRay's default submitter pod sets no securityContext and no limits; this one is small,
+    # non-root and bounded. No command: KubeRay fills in `ray job submit ... -- <entrypoint>`.
+    amounts = {"cpu": "500m", "memory": "1Gi"}
+    container = {
+        "name": "ray-job-submitter",
+        "image": k8s.image,
+        "imagePullPolicy": k8s.image_pull_policy,
+        "resources": {"requests": dict(amounts), "limits": dict(amounts)},
+        "securityContext": _container_security(),
+    }
+    spec: dict[str, Any] = {"restartPolicy": "Never", "securityContext": _pod_security(), "containers": [container]}
+    if k8s.service_account:
+        spec["serviceAccountName"] = k8s.service_account
+    if k8s.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": s} for s in k8s.image_pull_secrets]
+    return {"spec": spec}
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RAY_UID,
+        "runAsGroup": RAY_GID,
+        "fsGroup": RAY_GID,  # so the shared volume is writable by the ray user
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
 
 
 def _cluster_spec(k8s: K8sConfig, name: str, config_map: str) -> dict[str, Any]:
@@ -174,13 +214,7 @@ def _pod_template(
     k8s: K8sConfig, name: str, role: str, res: HeadConfig | WorkerGroupConfig, config_map: str
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RAY_UID,
-            "runAsGroup": RAY_GID,
-            "fsGroup": RAY_GID,  # so the shared volume is writable by the ray user
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": _pod_security(),
         "containers": [_container(k8s, role, res)],
         "volumes": _volumes(k8s, config_map, res),
     }
@@ -220,12 +254,7 @@ def _container(k8s: K8sConfig, role: str, res: HeadConfig | WorkerGroupConfig) -
         "resources": _resources(k8s, res),
         "env": _env(k8s),
         "volumeMounts": _mounts(k8s),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "privileged": False,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": _container_security(),
     }
     if role == "head":
         c["ports"] = [

@@ -190,6 +190,12 @@ def test_render_gpu_job_fields() -> None:
         assert wandb == {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb-key", "key": "WANDB_API_KEY"}}}
         assert {"name": "shared", "mountPath": "/mnt/shared"} in c["volumeMounts"]
         assert {"name": "shared", "persistentVolumeClaim": {"claimName": "raylm-shared"}} in pod["volumes"]
+    # The submitter pod (K8sJobMode) is non-root and bounded too; KubeRay supplies its command.
+    submitter = spec["submitterPodTemplate"]["spec"]
+    assert submitter["securityContext"]["runAsNonRoot"] is True and submitter["restartPolicy"] == "Never"
+    c = submitter["containers"][0]
+    assert "command" not in c and c["securityContext"]["privileged"] is False
+    assert c["resources"]["requests"] == c["resources"]["limits"]
 
 
 def _pods(doc: dict) -> list[dict]:
