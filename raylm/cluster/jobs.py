@@ -165,6 +165,7 @@ def submit(
     check_env(env or {})
     # The driver runs on the cluster and joins it through RAY_ADDRESS (set by Ray Jobs).
     cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"address": None})})
+    _warn_relative_paths(cfg)
     c = client(address)
     job_id = submission_id or submission_id_for(cfg.trainer.run_name)
     name = Path(config_path).name
@@ -177,6 +178,16 @@ def submit(
         print(f"follow it: raylm jobs logs {job_id} --follow  (status: raylm jobs status {job_id})")
         return 0
     return exit_code(follow(c, job_id))
+
+
+def _warn_relative_paths(cfg: Any) -> None:
+    # A relative path resolves inside the job's working dir on the cluster: a temporary copy
+    # that Ray may clean up, and one that other nodes do not see.
+    for key, path in (("cluster.storage_path", cfg.cluster.storage_path), ("data.prepared_dir", cfg.data.prepared_dir)):
+        if "://" not in path and not Path(path).is_absolute():
+            print(f"warning: {key} '{path}' is relative: on the cluster it lands in the job's temporary "
+                  "working dir; use shared storage (an absolute path on a shared volume, s3://, gs://)",
+                  file=sys.stderr)
 
 
 # --- list / status / logs / stop ---------------------------------------------------------------
