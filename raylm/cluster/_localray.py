@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 
@@ -68,7 +69,7 @@ class LocalRay:
                 f"--dashboard-port={self.dashboard_port}"]
         self._start(f"head-{attempt}", head, num_cpus, resources)
 
-    def _retrying(self, start: Any) -> None:
+    def _retrying(self, start: Callable[[int], None]) -> None:
         """Start a node and wait until it is alive; once more if it fails: a raylet gives up
         after 30 s, which a loaded 2-core machine can exceed."""
         for attempt in (1, 2):

@@ -15,9 +15,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from raylm.errors import UserError
+
+if TYPE_CHECKING:  # raylm.config imports this package: no runtime import
+    from raylm.config import RootConfig
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -180,7 +183,7 @@ def submit(
     return exit_code(follow(c, job_id))
 
 
-def _warn_relative_paths(cfg: Any) -> None:
+def _warn_relative_paths(cfg: RootConfig) -> None:
     # A relative path resolves inside the job's working dir on the cluster: a temporary copy
     # that Ray may clean up, and one that other nodes do not see.
     for key, path in (("cluster.storage_path", cfg.cluster.storage_path), ("data.prepared_dir", cfg.data.prepared_dir)):

@@ -16,13 +16,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from raylm.cluster._schema import Schemas, check, load_crds
 from raylm.cluster.config import HeadConfig, K8sConfig, PodResources, WorkerGroupConfig
 from raylm.errors import UserError
+
+if TYPE_CHECKING:  # raylm.config imports this package: no runtime import
+    from raylm.config import RootConfig
 
 API_VERSION = "ray.io/v1"
 CONFIG_MOUNT = "/config"
@@ -31,7 +34,7 @@ KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 RAY_UID, RAY_GID = 1000, 100
 
 
-def resource_name(cfg: Any) -> str:
+def resource_name(cfg: RootConfig) -> str:
     """k8s.name, else trainer.run_name made DNS-1035 (lowercase, dashes, starts with a letter)."""
     if cfg.k8s.name:
         return cfg.k8s.name
@@ -41,7 +44,7 @@ def resource_name(cfg: Any) -> str:
     return name[:63].rstrip("-")
 
 
-def render(cfg: Any, config_path: str | Path | None = None) -> list[dict[str, Any]]:
+def render(cfg: RootConfig, config_path: str | Path | None = None) -> list[dict[str, Any]]:
     """[ConfigMap, RayJob|RayCluster] for `cfg` (a RootConfig); raises UserError if the config
     cannot run on Kubernetes as given (e.g. multi-node without shared storage)."""
     from raylm.config import dump_config
@@ -65,16 +68,24 @@ def to_yaml(docs: list[dict[str, Any]]) -> str:
 # --- checks that need the whole config ---------------------------------------------------------
 
 
-def _check_runnable(cfg: Any) -> None:
+def _check_runnable(cfg: RootConfig) -> None:
     k8s, path = cfg.k8s, cfg.cluster.storage_path
     problems = []
     scheme = {"s3": "s3://", "gcs": "gs://"}.get(k8s.storage.type)
     if scheme and not path.startswith(scheme):
         problems.append(f"cluster.storage_path '{path}' must start with {scheme} for k8s.storage.type {k8s.storage.type}")
-    if k8s.storage.type == "pvc" and not _under(path, k8s.storage.mount_path):
+    mount = k8s.storage.mount_path
+    if k8s.storage.type == "pvc" and not _under(path, mount):
         problems.append(
             f"cluster.storage_path '{path}' is not on the shared volume: use a path under "
-            f"k8s.storage.mount_path ({k8s.storage.mount_path}), e.g. {k8s.storage.mount_path}/runs"
+            f"k8s.storage.mount_path ({mount}), e.g. {mount}/runs"
+        )
+    # Ray Data reads the shards from whichever pod runs the task: they must be shared too.
+    prepared = cfg.data.prepared_dir
+    if k8s.storage.type == "pvc" and "://" not in prepared and not _under(prepared, mount):
+        problems.append(
+            f"data.prepared_dir '{prepared}' is not on the shared volume: use a path under {mount}, "
+            f"e.g. {mount}/data/prepared"
         )
     if k8s.storage.type == "none" and sum(g.max_ for g in k8s.worker_groups) > 1:
         problems.append(

@@ -139,8 +139,9 @@ def _pyproject_deps() -> list[str]:
 @pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_render_validate_round_trip_of_shipped_configs(config: str, schemas: dict) -> None:
     cfg = load_config(REPO / "configs" / config)
-    if not cfg.cluster.storage_path.startswith(cfg.k8s.storage.mount_path):
-        cfg = load_config(REPO / "configs" / config, ["cluster.storage_path=/mnt/shared/runs"])
+    if not cfg.cluster.storage_path.startswith(cfg.k8s.storage.mount_path):  # a laptop recipe
+        shared = ["cluster.storage_path=/mnt/shared/runs", "data.prepared_dir=/mnt/shared/prepared"]
+        cfg = load_config(REPO / "configs" / config, shared)
     docs = kuberay.render(cfg, config)
     assert kuberay.validate(docs, schemas=schemas) == []
     # The ConfigMap carries the resolved config: loading it gives the same config back.
@@ -236,6 +237,7 @@ def test_render_raycluster_kind(schemas: dict) -> None:
     "overrides, expected",
     [
         (["cluster.storage_path=runs"], "is not on the shared volume"),
+        (["data.prepared_dir=data/prepared"], "data.prepared_dir 'data/prepared' is not on the shared volume"),
         (["cluster.storage_path=/data/runs", "k8s.storage.type=s3"], "must start with s3://"),
         (["k8s.storage.type=none"], "checkpoints need storage every pod sees"),
         (["cluster.address=ray://laptop:10001"], "leave its own cluster"),
