@@ -35,6 +35,9 @@ class DataConfig(BaseModel):
     )
     text_field: str = Field("text", description="Text field (JSONL key, dotted for nested; column).")
     label_field: str | None = Field(None, description="Label column for classification.")
+    labels: list[str] | None = Field(
+        None, description="Classification label names in id order; unset: labels are integers."
+    )
     text_split: Literal["file", "paragraph", "line"] = Field(
         "paragraph",
         description="Plain text: one document per file, per blank-line-separated paragraph, or per line.",

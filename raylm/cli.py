@@ -1,0 +1,185 @@
+"""The `raylm` command line: a thin typer app over each component's `main`."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from raylm.errors import EXIT_USER_ERROR, UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train language models on Ray: embedded locally or on a cluster.")
+tokenizer_app = typer.Typer(no_args_is_help=True, help="Train or inspect tokenizers.")
+app.add_typer(tokenizer_app, name="tokenizer")
+
+OVERRIDES = typer.Argument(None, help="Dotted overrides, e.g. trainer.max_steps=20 trainer.lr=1e-3")
+ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded Ray).")
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """UserError -> one line per problem on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            for line in err.lines():
+                typer.echo(line, err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: run the same command again to resume from the last checkpoint", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="[raylm] %(message)s", stream=sys.stdout)
+    for name in ("ray.data", "ray.train", "ray.tune", "filelock", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+
+def _load(config: str, overrides: list[str] | None):
+    from raylm.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+def _quiet_data() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+@app.command()
+@user_errors
+def prepare(config: str, overrides: list[str] = OVERRIDES, force: bool = typer.Option(False, help="Rebuild even if up to date."),
+            address: str = ADDRESS) -> None:
+    """Read, clean, tokenize and pack a corpus into Parquet shards + manifest.json."""
+    from raylm.cluster import connect
+    from raylm.datasets.prepare import prepare as run_prepare
+    from raylm.datasets.report import print_manifest
+
+    cfg = _load(config, overrides)
+    _setup_logging()
+    with connect(cfg.cluster, address):
+        _quiet_data()
+        print_manifest(run_prepare(cfg.data, task=cfg.trainer.task, force=force), cfg.data.prepared_dir)
+
+
+@tokenizer_app.command("train")
+@user_errors
+def tokenizer_train(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS) -> None:
+    """Train a byte-level BPE tokenizer on a streamed sample of the corpus."""
+    from raylm.cluster import connect
+    from raylm.datasets.prepare import ensure_tokenizer, resolve_source
+
+    cfg = _load(config, overrides)
+    _setup_logging()
+    with connect(cfg.cluster, address):
+        _quiet_data()
+        typer.echo(f"tokenizer: {ensure_tokenizer(cfg.data, cfg.trainer.task, resolve_source(cfg.data))}")
+
+
+@app.command()
+@user_errors
+def train(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS) -> None:
+    """Train (or resume the run of the same trainer.run_name) and export an HF model."""
+    from raylm.cluster import connect
+    from raylm.trainers.driver import train as run_train
+
+    cfg = _load(config, overrides)
+    _setup_logging()
+    with connect(cfg.cluster, address):
+        _quiet_data()
+        summary = run_train(cfg)
+    typer.echo(f"[raylm] run: {summary['run_dir']}\n[raylm] exported model: {summary['export_dir']}")
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(model_dir: str, config: str = typer.Option(None, "--config", help="Config whose prepared data to use."),
+             prepared: str = typer.Option(None, "--prepared", help="Prepared data directory (overrides --config)."),
+             split: str = "validation", max_batches: int = typer.Option(None, help="Evaluate at most N batches.")) -> None:
+    """Perplexity (language models) or accuracy/F1 (classifiers) of an HF directory on a prepared split."""
+    from raylm.datasets.prepare import load_manifest
+    from raylm.trainers.evaluation import classify, perplexity
+
+    prepared_dir = prepared or (_load(config, []).data.prepared_dir if config else None)
+    if not prepared_dir:
+        raise UserError("eval needs prepared data: pass --config CONFIG or --prepared DIR")
+    manifest = load_manifest(prepared_dir)
+    if manifest.get("task") == "sequence-classification":
+        res = classify(model_dir, prepared_dir, manifest, split, pad_id=manifest.get("pad_id") or 0)
+    else:
+        res = perplexity(model_dir, prepared_dir, manifest, split, max_batches=max_batches)
+    for k, v in res.items():
+        typer.echo(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+
+
+@app.command("generate")
+@user_errors
+def generate_cmd(model_dir: str, prompt: str = typer.Option("", help="Text to continue."),
+                 max_new_tokens: int = 60, temperature: float = 0.8, seed: int = 0) -> None:
+    """Sample text from an exported causal LM."""
+    from raylm.trainers.evaluation import generate
+
+    typer.echo(generate(model_dir, prompt, max_new_tokens, temperature, seed=seed))
+
+
+@app.command("report")
+@user_errors
+def report_cmd(run_dir: str) -> None:
+    """Loss curves (PNG) and a summary table of a run."""
+    from raylm.trainers.report import report
+
+    res = report(run_dir)
+    typer.echo(res["table"])
+    typer.echo(f"loss curves: {res['png']}")
+
+
+@app.command()
+@user_errors
+def run(config: str = typer.Argument("configs/demo.yaml"), overrides: list[str] = OVERRIDES, address: str = ADDRESS,
+        prompt: str = typer.Option("Return the", help="Prompt of the generated sample.")) -> None:
+    """The main job: prepare -> train -> evaluate -> generate a sample -> report."""
+    from raylm.main import main
+
+    cfg = _load(config, overrides)
+    _setup_logging()
+    main(cfg, address=address, prompt=prompt)
+
+
+def _register_optional() -> None:
+    """Sub-commands owned by other components (cluster, tuning) when present."""
+    try:
+        from raylm.cluster.cli import jobs_app, k8s_app, submit_cmd
+
+        app.add_typer(k8s_app, name="k8s")
+        app.add_typer(jobs_app, name="jobs")
+        app.command("submit")(user_errors(submit_cmd))
+    except ImportError:
+        pass
+    try:
+        from raylm.tuning.cli import tune_cmd
+
+        app.command("tune")(user_errors(tune_cmd))
+    except ImportError:
+        pass
+
+
+_register_optional()
+
+if __name__ == "__main__":
+    app()

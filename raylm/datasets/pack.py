@@ -1,0 +1,38 @@
+"""Tokenize and pack. Pure functions (unit-tested) plus the Ray actor that applies them."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+
+def pack_documents(docs: list[list[int]], eos_id: int, block_size: int) -> tuple[np.ndarray, int]:
+    """Concatenate documents with EOS after each and cut into blocks of `block_size`.
+
+    Returns (blocks [n, block_size] int32, dropped) where dropped is the final partial block's
+    length: tokens in + EOS == blocks.size + dropped.
+    """
+    total = sum(len(d) + 1 for d in docs)
+    flat = np.empty(total, dtype=np.int32)
+    pos = 0
+    for d in docs:
+        flat[pos : pos + len(d)] = d
+        flat[pos + len(d)] = eos_id
+        pos += len(d) + 1
+    n = total // block_size
+    return flat[: n * block_size].reshape(n, block_size), total - n * block_size
+
+
+def split_of(row_id: str, validation_fraction: float) -> str:
+    """Deterministic split by a hash of the row id: the same document always lands in the same split."""
+    if validation_fraction <= 0:
+        return "train"
+    h = int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "little")
+    return "validation" if (h % 1_000_000) / 1_000_000 < validation_fraction else "train"
+
+
+def sample_id(shard: str, index: int) -> int:
+    """A stable 63-bit id of a packed block (shard name + index), for exactly-once checks."""
+    h = hashlib.blake2b(f"{shard}#{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 1

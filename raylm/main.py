@@ -1,0 +1,39 @@
+"""The main job, one call: prepare -> train (2 workers) -> evaluate -> generate -> report."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from raylm.config import RootConfig
+
+
+def main(cfg: RootConfig, address: str | None = None, prompt: str = "Return the") -> dict:
+    from raylm.cluster import connect
+    from raylm.datasets.prepare import load_manifest
+    from raylm.trainers.driver import train
+    from raylm.trainers.evaluation import generate, perplexity
+    from raylm.trainers.report import report
+
+    t0 = time.time()
+    with connect(cfg.cluster, address):
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        summary = train(cfg)
+    manifest = load_manifest(cfg.data.prepared_dir)
+    ev = perplexity(summary["export_dir"], cfg.data.prepared_dir, manifest)
+    sample = generate(summary["export_dir"], prompt, max_new_tokens=48, seed=cfg.trainer.seed)
+    rep = report(summary["run_dir"])
+    out = {"validation": ev, "sample": sample, "loss_png": rep["png"], "export_dir": summary["export_dir"],
+           "run_dir": summary["run_dir"], "seconds": round(time.time() - t0, 1)}
+    with open(os.path.join(summary["run_dir"], "main.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"\n[raylm] validation perplexity: {ev['perplexity']:.2f} (loss {ev['loss']:.4f} nats/token, "
+          f"{ev['nats_per_char']:.4f} nats/char)")
+    print(f"[raylm] sample: {sample!r}")
+    print(rep["table"])
+    print(f"[raylm] loss curves: {rep['png']}\n[raylm] model: {summary['export_dir']}  "
+          f"(AutoModelForCausalLM.from_pretrained)\n[raylm] done in {out['seconds']:.0f}s")
+    return out

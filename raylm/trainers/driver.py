@@ -1,0 +1,138 @@
+"""`raylm train`: build a TorchTrainer from the config, fit, export the final model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from typing import Any
+
+from raylm.config import RootConfig, save_config
+from raylm.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def storage_root(cfg: RootConfig, storage_path: str | None = None) -> str:
+    path = storage_path or cfg.cluster.storage_path
+    return path if is_remote(path) else os.path.abspath(path)
+
+
+def local_run_dir(cfg: RootConfig, name: str | None = None, storage_path: str | None = None) -> str:
+    """Where the driver keeps config, metrics and plots (the run directory when storage is local)."""
+    root = storage_root(cfg, storage_path)
+    base = root if not is_remote(root) else os.path.abspath(os.path.join("runs", "_remote"))
+    return os.path.join(base, name or cfg.trainer.run_name)
+
+
+def model_meta(cfg: RootConfig, manifest: dict) -> dict:
+    """What workers need from the manifest (they may not see the driver's filesystem)."""
+    meta = {k: manifest.get(k) for k in ("vocab_size", "eos_id", "pad_id", "mask_id", "block_size", "max_length")}
+    if cfg.trainer.task == "sequence-classification":
+        meta["num_labels"] = manifest.get("num_labels") or len(manifest.get("labels") or []) or 2
+    if meta["pad_id"] is None:
+        meta["pad_id"] = meta["eos_id"]
+    return meta
+
+
+def check_compatible(cfg: RootConfig, manifest: dict) -> None:
+    problems = []
+    if manifest.get("task", "causal-lm") != cfg.trainer.task and cfg.trainer.task != "masked-lm":
+        problems.append(f"data in {cfg.data.prepared_dir} was prepared for {manifest.get('task')}, "
+                        f"not {cfg.trainer.task}: run `raylm prepare` with this config")
+    if manifest.get("block_size") != cfg.data.block_size and cfg.trainer.task != "sequence-classification":
+        problems.append(f"data.block_size is {cfg.data.block_size} but the shards hold blocks of "
+                        f"{manifest.get('block_size')}: prepare again or set data.block_size")
+    if problems:
+        raise UserError(problems)
+
+
+def scaling_config(cfg: RootConfig) -> Any:
+    import ray
+    from ray.train import ScalingConfig
+
+    t = cfg.trainer
+    gpu = t.use_gpu if isinstance(t.use_gpu, bool) else ray.cluster_resources().get("GPU", 0) >= t.num_workers
+    return ScalingConfig(num_workers=t.num_workers, use_gpu=gpu, resources_per_worker={"CPU": t.cpus_per_worker})
+
+
+def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: list | None = None,
+                  name: str | None = None, storage_path: str | None = None,
+                  loop_overrides: dict | None = None) -> Any:
+    """A TorchTrainer for this config (used by `raylm train` and by the Tune driver)."""
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from raylm.datasets.prepare import load_manifest
+    from raylm.datasets.streaming import open_split
+    from raylm.trainers.loop import train_loop_per_worker
+
+    manifest = manifest or load_manifest(cfg.data.prepared_dir)
+    t, name = cfg.trainer, name or cfg.trainer.run_name
+    run_dir = local_run_dir(cfg, name, storage_path)
+    loop_config = {"cfg": cfg.model_dump(mode="json"), "meta": model_meta(cfg, manifest),
+                   "metrics_path": os.path.join(run_dir, "metrics.jsonl"), "wandb_dir": run_dir,
+                   "run_id": name, **(loop_overrides or {})}
+    datasets = {s: open_split(cfg.data.prepared_dir, s, manifest) for s in ("train", "validation")}
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True  # a deterministic order makes "skip what was consumed" exact on resume
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=scaling_config(cfg),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_root(cfg, storage_path),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
+            callbacks=callbacks,
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options={"train": ingest}),
+    )
+
+
+def export_model(checkpoint_dir: str, tokenizer_dir: str, out_dir: str) -> str:
+    """Copy the checkpoint's HF model and the tokenizer into one directory transformers loads."""
+    from transformers import AutoTokenizer
+
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(os.path.join(checkpoint_dir, "model"), tmp)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def train(cfg: RootConfig) -> dict:
+    """Fit (resuming the run of the same name if it has checkpoints), export, summarise."""
+    from raylm.datasets.prepare import load_manifest, prepare
+
+    manifest = prepare(cfg.data, task=cfg.trainer.task)  # no-op when the shards are up to date
+    check_compatible(cfg, manifest)
+    run_dir = local_run_dir(cfg)
+    os.makedirs(run_dir, exist_ok=True)
+    save_config(cfg, os.path.join(run_dir, "config.yaml"))
+    trainer = build_trainer(cfg, manifest=manifest)
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    export_dir = cfg.trainer.export_dir or os.path.join(run_dir, "export")
+    with result.checkpoint.as_directory() as d:
+        export_model(d, manifest["tokenizer_dir"], export_dir)
+        if is_remote(cfg.cluster.storage_path) and os.path.exists(os.path.join(d, "metrics.jsonl")):
+            shutil.copy(os.path.join(d, "metrics.jsonl"), os.path.join(run_dir, "metrics.jsonl"))
+    summary = {"run_dir": run_dir, "export_dir": export_dir, "checkpoint": result.checkpoint.path,
+               "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float, str))}}
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary

@@ -1,0 +1,88 @@
+"""`raylm eval` and `raylm generate`: any HF directory, on a prepared split or a prompt."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from raylm.errors import UserError
+
+
+def _load(auto_name: str, model_dir: str):
+    import transformers
+
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise UserError(f"'{model_dir}' is not a Hugging Face model directory (no config.json)",
+                        hint="pass an exported model, e.g. runs/demo/export")
+    return getattr(transformers, auto_name).from_pretrained(model_dir).eval()
+
+
+def split_batches(prepared_dir: str, manifest: dict, split: str, batch_size: int, max_batches: int | None):
+    """Batches of one split read straight from the shards (one file at a time)."""
+    n = 0
+    for f in manifest["splits"][split]["files"]:
+        table = pq.read_table(os.path.join(prepared_dir, f["path"]))
+        for start in range(0, table.num_rows, batch_size):
+            if max_batches is not None and n >= max_batches:
+                return
+            yield table.slice(start, batch_size).to_pydict()
+            n += 1
+
+
+@torch.no_grad()
+def perplexity(model_dir: str, prepared_dir: str, manifest: dict, split: str = "validation",
+               batch_size: int = 32, max_batches: int | None = None) -> dict:
+    """Token-weighted mean loss, perplexity, and nats per character of a causal LM on a split."""
+    model = _load("AutoModelForCausalLM", model_dir)
+    loss_sum, n_tok = 0.0, 0
+    for batch in split_batches(prepared_dir, manifest, split, batch_size, max_batches):
+        ids = torch.tensor(np.asarray(batch["input_ids"], dtype=np.int64))
+        out = model(input_ids=ids, labels=ids)
+        n = ids.numel() - ids.shape[0]
+        loss_sum, n_tok = loss_sum + out.loss.item() * n, n_tok + n
+    if not n_tok:
+        raise UserError(f"split '{split}' of {prepared_dir} has no rows to evaluate")
+    loss = loss_sum / n_tok
+    s = manifest["splits"][split]
+    chars_per_token = s["chars"] / max(s["tokens_in"], 1)
+    return {"split": split, "loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": n_tok,
+            "nats_per_char": loss / chars_per_token, "chars_per_token": chars_per_token}
+
+
+@torch.no_grad()
+def classify(model_dir: str, prepared_dir: str, manifest: dict, split: str = "validation",
+             batch_size: int = 64, pad_id: int = 0) -> dict:
+    model = _load("AutoModelForSequenceClassification", model_dir)
+    correct = total = tp = fp = fn = 0
+    for batch in split_batches(prepared_dir, manifest, split, batch_size, None):
+        seqs, y = batch["input_ids"], torch.tensor(batch["label"])
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+        pred = model(input_ids=ids, attention_mask=ids.ne(pad_id).long()).logits.argmax(-1)
+        correct, total = correct + int(pred.eq(y).sum()), total + len(y)
+        tp, fp, fn = tp + int(((pred == 1) & (y == 1)).sum()), fp + int(((pred == 1) & (y != 1)).sum()), fn + int(((pred != 1) & (y == 1)).sum())
+    return {"split": split, "accuracy": correct / max(total, 1), "f1": 2 * tp / max(2 * tp + fp + fn, 1), "examples": total}
+
+
+@torch.no_grad()
+def generate(model_dir: str, prompt: str, max_new_tokens: int = 60, temperature: float = 0.8,
+             top_k: int = 50, seed: int = 0) -> str:
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = _load("AutoModelForCausalLM", model_dir)
+    ids = tok(prompt, return_tensors="pt").input_ids
+    if ids.shape[1] == 0:
+        ids = torch.tensor([[tok.eos_token_id]])
+    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
+    ids = ids[:, -limit + 1:]
+    out = model.generate(ids, max_new_tokens=min(max_new_tokens, limit - ids.shape[1]), do_sample=True,
+                         temperature=temperature, top_k=top_k, pad_token_id=tok.eos_token_id)
+    return tok.decode(out[0], skip_special_tokens=True)

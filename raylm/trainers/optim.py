@@ -1,0 +1,42 @@
+"""AdamW with decay only on matrices, and warmup + cosine/linear/constant schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from raylm.trainers.config import TrainerConfig
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms and embeddings' 1-D params (GPT-2/nanoGPT practice)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, t: TrainerConfig, device: torch.device) -> torch.optim.Optimizer:
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=t.betas, fused=fused)
+
+
+def lr_factor(step: int, t: TrainerConfig) -> float:
+    """Multiplier of the peak lr at `step` (0-based, before the optimizer step)."""
+    if t.warmup_steps and step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    if t.schedule == "constant":
+        return 1.0
+    span = max(1, t.max_steps - t.warmup_steps)
+    progress = min(1.0, (step - t.warmup_steps) / span)
+    if t.schedule == "linear":
+        shape = 1.0 - progress
+    else:
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return t.min_lr_ratio + (1.0 - t.min_lr_ratio) * shape
+
+
+def build_scheduler(opt: torch.optim.Optimizer, t: TrainerConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t))

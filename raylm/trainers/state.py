@@ -1,0 +1,85 @@
+"""Checkpoint state: HF model directory (safetensors) + a small, explicit training state.
+
+Layout of a checkpoint directory:
+  model/            save_pretrained (safetensors), loadable by transformers as is
+  state.pt          optimizer, scheduler, step, data position, metrics so far
+  rng_rank{r}.pt    torch RNG state of each rank
+  metrics.jsonl     the metric history up to this step (for runs on remote storage)
+Everything is loaded with `torch.load(weights_only=True)` or safetensors: no pickled code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches this worker consumed in `epoch`
+    tokens_seen: int = 0
+    best_metric: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def save(dirpath: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, state: TrainState,
+         rank: int, metrics_file: str | None = None, model_state: dict | None = None) -> None:
+    """Write this rank's part of a checkpoint into `dirpath` (rank 0 writes model + state)."""
+    os.makedirs(dirpath, exist_ok=True)
+    torch.save({"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+               os.path.join(dirpath, f"rng_rank{rank}.pt"))
+    if rank != 0:
+        return
+    unwrap(model).save_pretrained(os.path.join(dirpath, "model"), state_dict=model_state, safe_serialization=True)
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": asdict(state)},
+               os.path.join(dirpath, "state.pt"))
+    if metrics_file and os.path.exists(metrics_file):
+        shutil.copy(metrics_file, os.path.join(dirpath, "metrics.jsonl"))
+
+
+def load_model_weights(model: torch.nn.Module, model_dir: str) -> None:
+    from safetensors.torch import load_file
+
+    files = sorted(f for f in os.listdir(model_dir) if f.endswith(".safetensors"))
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        sd.update(load_file(os.path.join(model_dir, f)))
+    missing, unexpected = unwrap(model).load_state_dict(sd, strict=False)
+    # Tied weights (lm_head = wte) are saved once; anything else missing is a real mismatch.
+    missing = [k for k in missing if "lm_head" not in k]
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def restore(dirpath: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, rank: int,
+            load_weights: bool = True) -> TrainState:
+    if load_weights:
+        load_model_weights(model, os.path.join(dirpath, "model"))
+    blob = torch.load(os.path.join(dirpath, "state.pt"), map_location="cpu", weights_only=True)
+    opt.load_state_dict(blob["optimizer"])
+    sched.load_state_dict(blob["scheduler"])
+    rng_path = os.path.join(dirpath, f"rng_rank{rank}.pt")
+    if os.path.exists(rng_path):
+        rng = torch.load(rng_path, weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        random.setstate((3, tuple(rng["python"]), None))
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    return TrainState(**blob["state"])
+
+
+def read_state(dirpath: str) -> TrainState:
+    blob = torch.load(os.path.join(dirpath, "state.pt"), map_location="cpu", weights_only=True)
+    return TrainState(**blob["state"])

@@ -1,0 +1,152 @@
+"""Tasks, chosen by `trainer.task`: how to build the model, collate a batch and compute the loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from raylm.config import RootConfig
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        TASKS[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def get_task(name: str) -> Task:
+    return TASKS[name]()
+
+
+class Task:
+    name = ""
+    metric = "val_loss"  # what "best" means
+    mode = "min"
+
+    def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Mean loss over the batch and the number of target tokens (or examples) it covers."""
+        out = model(**{k: v for k, v in batch.items() if k != "sample_id"})
+        return out.loss, int(batch["_n"]) if "_n" in batch else int(batch["labels"].ne(-100).sum())
+
+
+def _from_pretrained(auto_cls: Any, path: str, **kw: Any) -> torch.nn.Module:
+    return auto_cls.from_pretrained(path, **kw)
+
+
+def _stack(col: np.ndarray) -> np.ndarray:
+    return np.stack(col) if col.dtype == object else np.array(col)  # a copy: Ray's arrays are read-only
+
+
+@register("causal-lm")
+class CausalLM(Task):
+    def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+        m = cfg.model
+        if m.init_from:
+            return _from_pretrained(AutoModelForCausalLM, m.init_from, attn_implementation=m.attn_implementation)
+        if m.arch == "llama":
+            conf = LlamaConfig(vocab_size=meta["vocab_size"], hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
+                               num_attention_heads=m.n_head, intermediate_size=4 * m.n_embd,
+                               max_position_embeddings=meta["block_size"], eos_token_id=meta["eos_id"],
+                               bos_token_id=meta["eos_id"], tie_word_embeddings=True)
+        else:
+            conf = GPT2Config(vocab_size=meta["vocab_size"], n_positions=meta["block_size"], n_embd=m.n_embd,
+                              n_layer=m.n_layer, n_head=m.n_head, resid_pdrop=m.dropout, embd_pdrop=m.dropout,
+                              attn_pdrop=m.dropout, bos_token_id=meta["eos_id"], eos_token_id=meta["eos_id"])
+        conf._attn_implementation = m.attn_implementation
+        return AutoModelForCausalLM.from_config(conf)
+
+    def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
+        ids = torch.from_numpy(_stack(batch["input_ids"]).astype(np.int64))
+        # HF shifts labels inside the model: each block predicts its own next tokens.
+        return {"input_ids": ids, "labels": ids.clone(), "sample_id": torch.from_numpy(np.array(batch["sample_id"])),
+                "_n": torch.tensor(ids.numel() - ids.shape[0])}
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        out = model(input_ids=batch["input_ids"], labels=batch["labels"])
+        return out.loss, int(batch["_n"])
+
+
+@register("masked-lm")
+class MaskedLM(Task):
+    mask_prob = 0.15
+
+    def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
+        from transformers import AutoModelForMaskedLM, BertConfig, RobertaConfig
+
+        m = cfg.model
+        if m.init_from:
+            return _from_pretrained(AutoModelForMaskedLM, m.init_from)
+        cls = RobertaConfig if m.arch == "roberta" else BertConfig
+        conf = cls(vocab_size=meta["vocab_size"], hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
+                   num_attention_heads=m.n_head, intermediate_size=4 * m.n_embd,
+                   max_position_embeddings=meta["block_size"] + 2, pad_token_id=meta["pad_id"],
+                   hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.dropout)
+        conf._attn_implementation = m.attn_implementation
+        return AutoModelForMaskedLM.from_config(conf)
+
+    def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
+        ids = torch.from_numpy(_stack(batch["input_ids"]).astype(np.int64))
+        ids, labels = mask_tokens(ids, meta, torch.Generator().manual_seed(step_seed), self.mask_prob)
+        return {"input_ids": ids, "labels": labels, "sample_id": torch.from_numpy(np.array(batch["sample_id"]))}
+
+
+def mask_tokens(ids: torch.Tensor, meta: dict, gen: torch.Generator, prob: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT dynamic masking: 15% of tokens are targets; of those 80% [MASK], 10% random, 10% kept."""
+    labels = ids.clone()
+    special = ids.eq(meta["eos_id"]) | ids.eq(meta["pad_id"])
+    chosen = (torch.rand(ids.shape, generator=gen) < prob) & ~special
+    labels[~chosen] = -100
+    roll = torch.rand(ids.shape, generator=gen)
+    ids = ids.clone()
+    ids[chosen & (roll < 0.8)] = meta["mask_id"]
+    rand = chosen & (roll >= 0.8) & (roll < 0.9)
+    ids[rand] = torch.randint(meta["vocab_size"], ids.shape, generator=gen)[rand]
+    return ids, labels
+
+
+@register("sequence-classification")
+class SequenceClassification(Task):
+    metric, mode = "val_accuracy", "max"
+
+    def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification, BertConfig
+
+        m, n = cfg.model, meta["num_labels"]
+        if m.init_from:
+            return _from_pretrained(AutoModelForSequenceClassification, m.init_from, num_labels=n,
+                                    ignore_mismatched_sizes=True)
+        conf = BertConfig(vocab_size=meta["vocab_size"], hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
+                          num_attention_heads=m.n_head, intermediate_size=4 * m.n_embd,
+                          max_position_embeddings=meta["max_length"] + 2, pad_token_id=meta["pad_id"],
+                          num_labels=n)
+        return AutoModelForSequenceClassification.from_config(conf)
+
+    def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
+        seqs = list(batch["input_ids"])
+        width = max(len(s) for s in seqs)  # pad per batch, not to max_length
+        ids = torch.full((len(seqs), width), meta["pad_id"], dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": ids.ne(meta["pad_id"]).long(),
+                "labels": torch.from_numpy(batch["label"].astype(np.int64)),
+                "sample_id": torch.from_numpy(np.array(batch["sample_id"])), "_n": torch.tensor(len(seqs))}
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        return out.loss, int(batch["_n"])

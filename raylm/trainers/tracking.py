@@ -1,0 +1,27 @@
+"""Builds the sink for a worker: JSONL on rank 0 always, W&B on rank 0 when enabled."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from raylm.config import RootConfig
+from raylm.trainers.sinks import JsonlSink, MultiSink, NullSink, WandbSink
+
+log = logging.getLogger(__name__)
+
+
+def make_sink(cfg: RootConfig, loop_config: dict, rank: int, resume_step: int = 0) -> Any:
+    if rank != 0:
+        return NullSink()
+    jsonl = JsonlSink(loop_config["metrics_path"], resume_step=resume_step)
+    sinks: list[Any] = [jsonl]
+    if cfg.tracking.wandb.mode != "disabled":
+        try:
+            sinks.append(WandbSink(cfg.tracking.wandb, loop_config["wandb_dir"], loop_config["run_id"],
+                                   loop_config["cfg"]))
+        except Exception as err:  # tracking must never take training down
+            log.warning("W&B disabled for this run: %s", err)
+    sink = MultiSink(sinks)
+    sink.jsonl_path = jsonl.path
+    return sink
