@@ -72,6 +72,42 @@ def trial_raw(base_raw: dict[str, Any], overrides: dict[str, Any], tuning: Tunin
     return raw
 
 
+_PATH_KEYS = ("data.source", "data.prepared_dir", "data.tokenizer.path", "model.init_from", "trainer.export_dir")
+
+
+def absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:
+    """Local paths made absolute: trials run in other processes (and Tune may chdir them)."""
+    found: dict[str, Any] = {}
+    for key in _PATH_KEYS:
+        node: Any = raw
+        for p in key.split("."):
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, str) and "://" not in node and (key != "data.source" or os.path.exists(node)):
+            found[key] = os.path.abspath(node)
+    return apply_dotted(raw, found)
+
+
+def trial_data_dir(base_raw: dict[str, Any], raw: dict[str, Any]) -> str | None:
+    """A prepared dir of the trial's own when the sample changes the data section (block_size,
+    tokenizer, ...): shards differ per data config, and trials must not rewrite each other's."""
+    if raw.get("data") == base_raw.get("data"):
+        return None
+    digest = hashlib.sha1(repr(sorted(raw["data"].items())).encode()).hexdigest()[:8]
+    return f"{raw['data']['prepared_dir']}-{digest}"
+
+
+def prepare_trial_data(cfg: RootConfig) -> None:
+    """Prepare the trial's shards once, under a lock (two trials may share a data config)."""
+    import fcntl
+
+    from raylm.datasets.prepare import prepare
+
+    os.makedirs(os.path.dirname(cfg.data.prepared_dir) or ".", exist_ok=True)
+    with open(cfg.data.prepared_dir + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        prepare(cfg.data, task=cfg.trainer.task)
+
+
 def train_run_name(trial_id: str, resume_from: str | None) -> str:
     """The Train run of a trial; a PBT clone gets a fresh run so Train does not auto-resume
     the trial's own older checkpoints instead of the donor's."""
@@ -88,8 +124,11 @@ def _own_checkpoint(resume_from: str | None, train_storage: str, trial_id: str) 
 
 
 def make_driver(base_raw: dict[str, Any], tuning: TuningConfig, paths: SweepPaths,
-                factory: TrainerFactory) -> Callable[[dict[str, Any]], None]:
-    """The Tune trainable: validate the trial config, build the TorchTrainer, fit."""
+                factory: TrainerFactory, prepare_data: bool = True) -> Callable[[dict[str, Any]], None]:
+    """The Tune trainable: validate the trial config, build the TorchTrainer, fit.
+
+    `base_raw` must already hold absolute paths (absolute_paths) and prepared shards.
+    """
 
     def driver(config: dict[str, Any]) -> None:
         from ray import tune
@@ -97,7 +136,13 @@ def make_driver(base_raw: dict[str, Any], tuning: TuningConfig, paths: SweepPath
 
         ctx = tune.get_context()
         trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
-        cfg = validate(trial_raw(base_raw, overrides_of(config), tuning, trial_name), origin=trial_name)
+        raw = trial_raw(base_raw, overrides_of(config), tuning, trial_name)
+        own_data = trial_data_dir(base_raw, raw)
+        if own_data:
+            raw["data"]["prepared_dir"] = own_data
+        cfg = validate(raw, origin=trial_name)
+        if own_data and prepare_data:
+            prepare_trial_data(cfg)
         ckpt = tune.get_checkpoint()
         resume_from = ckpt.path if ckpt is not None else None
         # Tuner.restore of a trial resumes its own Train run by name; only a clone needs a path.

@@ -18,7 +18,7 @@ from typing import Any
 
 from raylm.config import RootConfig, dump_config, validate
 from raylm.tuning.driver import SweepPaths, is_bad_metric
-from raylm.tuning.schedulers import CHECKPOINT_PATH_KEY, TIME_ATTR
+from raylm.tuning.schedulers import CHECKPOINT_PATH_KEY, EXPLOITS_FILE, TIME_ATTR
 from raylm.tuning.space import apply_dotted, format_value, overrides_of
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class SweepSummary:
     resumed: bool = False
     interrupted: bool = False
     plots: list[str] = field(default_factory=list)
+    exploits: list[dict[str, Any]] = field(default_factory=list)  # PBT: clone <- donor checkpoint
 
     def row(self, trial_id: str) -> TrialRow:
         return next(r for r in self.rows if r.trial_id == trial_id)
@@ -209,6 +210,7 @@ def summarise(grid: Any, cfg: RootConfig, paths: SweepPaths, budget: int, *, res
         sweep_dir=str(sweep_dir), metric=t.metric, mode=t.mode, budget_steps=budget, rows=rows,
         best_trial=best.trial_id if best else None, resumed=resumed,
         interrupted=any(r.status == UNFINISHED for r in rows),
+        exploits=read_exploits(sweep_dir),
     )
     if best is not None:
         summary.best_config = _write_best_config(cfg, best, sweep_dir)
@@ -219,6 +221,13 @@ def summarise(grid: Any, cfg: RootConfig, paths: SweepPaths, budget: int, *, res
         summary.plots = write_plots(summary, sweep_dir / "plots")
     _write_tables(summary, sweep_dir)
     return summary
+
+
+def read_exploits(sweep_dir: Path) -> list[dict[str, Any]]:
+    path = sweep_dir / EXPLOITS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def load_summary(sweep_dir: str | Path) -> dict[str, Any]:

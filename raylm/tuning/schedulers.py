@@ -6,6 +6,9 @@ the same unit as `trainer.max_steps`, whatever the eval cadence.
 
 from __future__ import annotations
 
+import json
+import os
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +20,7 @@ from raylm.tuning.space import pbt_mutations
 TIME_ATTR = "step"
 # Key TuneReportCallback adds to a result that came with a Train checkpoint.
 CHECKPOINT_PATH_KEY = "checkpoint_path"
+EXPLOITS_FILE = "pbt_exploits.jsonl"
 
 
 class TrainV2PBT(PopulationBasedTraining):
@@ -30,11 +34,11 @@ class TrainV2PBT(PopulationBasedTraining):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._latest_ckpt: dict[str, str] = {}
+        self._latest_ckpt: dict[str, tuple[str, int]] = {}  # trial_id -> (path, step)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if result.get(CHECKPOINT_PATH_KEY):
-            self._latest_ckpt[trial.trial_id] = result[CHECKPOINT_PATH_KEY]
+            self._latest_ckpt[trial.trial_id] = (result[CHECKPOINT_PATH_KEY], int(result.get(TIME_ATTR, -1)))
         return super().on_trial_result(tune_controller, trial, result)
 
     def _checkpoint_or_exploit(self, trial: Any, tune_controller: Any, upper_quantile: list, lower_quantile: list) -> None:
@@ -42,7 +46,7 @@ class TrainV2PBT(PopulationBasedTraining):
 
         state = self._trial_state[trial]
         if trial in upper_quantile:
-            path = self._latest_ckpt.get(trial.trial_id)
+            path, _ = self._latest_ckpt.get(trial.trial_id, (None, -1))
             state.last_checkpoint = Checkpoint.from_directory(path) if path else None
             self._num_checkpoints += 1
         else:
@@ -52,13 +56,17 @@ class TrainV2PBT(PopulationBasedTraining):
         donors = [t for t in upper_quantile if self._trial_state[t].last_checkpoint is not None]
         if donors:
             # PBT picks a random top trial; only those with a checkpoint can be cloned.
-            self._exploit(tune_controller, trial, self._pick(donors))
+            donor = random.choice(donors)
+            self._record(trial, donor)
+            self._exploit(tune_controller, trial, donor)
 
-    @staticmethod
-    def _pick(donors: list) -> Any:
-        import random
-
-        return random.choice(donors)
+    def _record(self, trial: Any, donor: Any) -> None:
+        """Append the exploit to <sweep>/pbt_exploits.jsonl (the summary and tests read it)."""
+        path, step = self._latest_ckpt[donor.trial_id]
+        rec = {"trial": trial.trial_id, "donor": donor.trial_id, "checkpoint": path, "donor_step": step,
+               "trial_step": int(trial.last_result.get(TIME_ATTR, -1))}
+        with open(os.path.join(trial.local_experiment_path, EXPLOITS_FILE), "a") as f:
+            f.write(json.dumps(rec) + "\n")
 
 
 def _asha(t: TuningConfig, max_steps: int) -> TrialScheduler:

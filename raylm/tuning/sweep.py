@@ -6,10 +6,17 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from raylm.config import RootConfig
+from raylm.config import RootConfig, validate
 from raylm.errors import UserError
 from raylm.tuning.config import TuningConfig
-from raylm.tuning.driver import SweepPaths, TrainerFactory, is_bad_metric, make_driver, sweep_paths
+from raylm.tuning.driver import (
+    SweepPaths,
+    TrainerFactory,
+    absolute_paths,
+    is_bad_metric,
+    make_driver,
+    sweep_paths,
+)
 from raylm.tuning.resources import max_concurrent
 from raylm.tuning.results import SweepSummary, summarise
 from raylm.tuning.schedulers import build_scheduler
@@ -37,11 +44,19 @@ def budget_steps(cfg: RootConfig) -> int:
 def _trainable(cfg: RootConfig, paths: SweepPaths, factory: TrainerFactory | None) -> Any:
     from ray import tune
 
+    prepare_data = factory is None
     if factory is None:
         from raylm.trainers import build_trainer as factory  # noqa: N813 (the lead's API)
-    base_raw = cfg.model_dump(mode="json")
     assert cfg.tuning is not None
-    return tune.with_resources(make_driver(base_raw, cfg.tuning, paths, factory), {"cpu": DRIVER_CPU})
+    driver = make_driver(cfg.model_dump(mode="json"), cfg.tuning, paths, factory, prepare_data)
+    return tune.with_resources(driver, {"cpu": DRIVER_CPU})
+
+
+def prepare_base_data(cfg: RootConfig) -> None:
+    """Shards for the base data config, prepared once before any trial starts."""
+    from raylm.datasets.prepare import prepare
+
+    prepare(cfg.data, task=cfg.trainer.task)
 
 
 def _stop_on_bad_metric(metric: str) -> Any:
@@ -83,7 +98,10 @@ def _new_tuner(cfg: RootConfig, paths: SweepPaths, trainable: Any, limit: int,
 
 def build_tuner(cfg: RootConfig, *, factory: TrainerFactory | None = None,
                 callbacks: Sequence[Any] = ()) -> tuple[Any, bool]:
-    """(Tuner, resumed): a restored Tuner when the sweep dir holds an unfinished sweep."""
+    """(Tuner, resumed): a restored Tuner when the sweep dir holds an unfinished sweep.
+
+    `cfg` should hold absolute local paths (run_sweep sees to it): trials run elsewhere.
+    """
     import ray
     from ray import tune
 
@@ -91,6 +109,8 @@ def build_tuner(cfg: RootConfig, *, factory: TrainerFactory | None = None,
     if t is None:
         raise UserError("this config has no 'tuning' section", hint="see configs/tune-*.yaml")
     check_space(t, cfg.model_dump(mode="json"))
+    if factory is None:
+        prepare_base_data(cfg)
     limit = max_concurrent(ray.cluster_resources(), t.resources, t.max_concurrent_trials)
     paths = sweep_paths(cfg)
     trainable = _trainable(cfg, paths, factory)
@@ -106,6 +126,7 @@ def build_tuner(cfg: RootConfig, *, factory: TrainerFactory | None = None,
 def run_sweep(cfg: RootConfig, *, factory: TrainerFactory | None = None,
               callbacks: Sequence[Any] = ()) -> SweepSummary:
     """Run or resume the sweep described by `cfg.tuning` on the connected Ray; write outputs."""
+    cfg = validate(absolute_paths(cfg.model_dump(mode="json")), origin="config")
     tuner, resumed = build_tuner(cfg, factory=factory, callbacks=callbacks)
     grid = tuner.fit()
     return summarise(grid, cfg, sweep_paths(cfg), budget_steps(cfg), resumed=resumed)
