@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from raylm.config import RootConfig, dump_config, validate
+from raylm.tuning.config import TuningConfig
 from raylm.tuning.driver import SweepPaths, is_bad_metric
 from raylm.tuning.schedulers import CHECKPOINT_PATH_KEY, EXPLOITS_FILE, TIME_ATTR
 from raylm.tuning.space import apply_dotted, format_value, overrides_of
@@ -198,6 +199,22 @@ def _write_tables(summary: SweepSummary, sweep_dir: Path) -> None:
     (sweep_dir / "summary.json").write_text(json.dumps(data, indent=1, default=str))
 
 
+def expected_trials(t: TuningConfig) -> int:
+    """Trials a complete sweep has: num_samples x the grid (grid keys multiply, Tune-style)."""
+    grid = 1
+    for spec in t.space.values():
+        if spec.type == "grid":
+            grid *= len(spec.values or [])
+    return t.num_samples * grid
+
+
+def _interrupted(rows: list[TrialRow], t: TuningConfig) -> bool:
+    # Trials are created lazily: a sweep stopped by Ctrl+C may simply lack the later ones.
+    if any(r.status == UNFINISHED for r in rows):
+        return True
+    return t.time_budget_s is None and len(rows) < expected_trials(t)
+
+
 def summarise(grid: Any, cfg: RootConfig, paths: SweepPaths, budget: int, *, resumed: bool = False) -> SweepSummary:
     """Collect the trials, pick the best, write every output file into the sweep dir."""
     t = cfg.tuning
@@ -209,7 +226,7 @@ def summarise(grid: Any, cfg: RootConfig, paths: SweepPaths, budget: int, *, res
     summary = SweepSummary(
         sweep_dir=str(sweep_dir), metric=t.metric, mode=t.mode, budget_steps=budget, rows=rows,
         best_trial=best.trial_id if best else None, resumed=resumed,
-        interrupted=any(r.status == UNFINISHED for r in rows),
+        interrupted=_interrupted(rows, t),
         exploits=read_exploits(sweep_dir),
     )
     if best is not None:

@@ -215,3 +215,14 @@ def test_scheduler_registry(kind):
     assert isinstance(s, expected)
     if kind == "asha":
         assert s._max_t == 100  # grace_period is capped at the budget instead of asserting
+
+
+def test_a_sweep_with_missing_trials_counts_as_interrupted():
+    from raylm.tuning.results import _interrupted, expected_trials
+
+    t = _tuning({"trainer.lr": {"type": "grid", "values": [1, 2, 3]},
+                 "trainer.batch_size": {"type": "grid", "values": [8, 16]}}, num_samples=2)
+    assert expected_trials(t) == 12
+    rows = [_row(str(i), COMPLETED, 0.1) for i in range(11)]
+    assert _interrupted(rows, t) and not _interrupted(rows + [_row("x", FAILED, None)], t)
+    assert _interrupted(rows + [_row("y", "unfinished", None)], t)
