@@ -30,6 +30,11 @@ class DataConfig(BaseModel):
         description="'demo' (a corpus built from the installed Python standard library's "
         "docstrings, offline) or a path, directory, glob or s3:// URI of corpus files.",
     )
+    validation_source: str | None = Field(
+        None,
+        description="Files held out as the validation split (path, glob or URI). Unset: "
+        "`validation_fraction` of the documents, chosen by a hash of their row id.",
+    )
     format: Literal["auto", "text", "jsonl", "parquet", "csv", "tsv"] = Field(
         "auto", description="File format; 'auto' chooses by extension."
     )

@@ -69,7 +69,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                             cfg.data.shuffle_buffer_rows, collate)
     sample_log = open(os.environ["RAYLM_SAMPLE_LOG"] + f".rank{rank}", "a") if os.environ.get("RAYLM_SAMPLE_LOG") else None
 
-    while st.step < t.max_steps:
+    train_s, last = st.extra.get("train_s", 0.0), False
+    while st.step < t.max_steps and not last:
         t0, wait, loss_sum, n_sum, tokens = time.perf_counter(), 0.0, 0.0, 0, 0
         model.train()
         for micro in range(t.grad_accum):
@@ -115,12 +116,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                    "tokens_per_s": tokens * world / dt, "tokens_per_s_per_worker": tokens / dt,
                                    "step_time_s": dt, "data_wait_s": wait, "compute_s": dt - wait,
                                    "mfu": mfu(tokens / dt, fpt, peak), "peak_mem_mb": peak_memory_mb(device),
-                                   "tokens_seen": st.tokens_seen, "epoch": st.epoch}
+                                   "tokens_seen": st.tokens_seen, "epoch": st.epoch, "train_time_s": train_s + dt}  # noqa: E501
+        train_s += dt
+        st.extra["train_s"] = train_s
+        # A time budget ends the run on the same step on every rank (rank 0's clock decides).
+        last = st.step == t.max_steps or (t.max_train_seconds is not None and _all_sum(
+            [float(rank == 0 and train_s >= t.max_train_seconds)], device)[0] > 0)
         progress.update(st.step, metrics)
-        if st.step % t.log_every == 0 or st.step == t.max_steps:
+        if st.step % t.log_every == 0 or last:
             sink.log(metrics, st.step)
-        evaluate_now = st.step % t.eval_every == 0 or st.step == t.max_steps
-        save_now = st.step % t.checkpoint_every == 0 or st.step == t.max_steps
+        evaluate_now = st.step % t.eval_every == 0 or last
+        save_now = st.step % t.checkpoint_every == 0 or last
         if evaluate_now:
             metrics.update(evaluate(model, task, val_set, collate, t, device, amp))
             sink.log({k: v for k, v in metrics.items() if k.startswith("val_")}, st.step)
