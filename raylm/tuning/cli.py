@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from raylm.config import RootConfig, load_config
-from raylm.errors import EXIT_USER_ERROR, UserError
+import logging
+import os
+import sys
+
+import typer
+
+from raylm.config import RootConfig
+from raylm.errors import UserError
 from raylm.tuning.driver import TrainerFactory
 
 
@@ -38,12 +44,46 @@ def main(cfg: RootConfig, *, address: str | None = None, factory: TrainerFactory
     return 0
 
 
-def tune_cmd(config: str, overrides: list[str] | None = None, address: str | None = None) -> int:
-    """Typer-compatible body of `raylm tune`; returns the exit code (2 on a user error)."""
-    try:
-        cfg = load_config(config, overrides or [])
-        return main(cfg, address=address)
-    except UserError as err:
-        for line in err.lines():
-            print(line)
-        return EXIT_USER_ERROR
+def tune_cmd(
+    config: str,
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. tuning.num_samples=4 trainer.max_steps=50"),
+    address: str = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded Ray)."),
+) -> None:
+    """Sweep hyperparameters with Ray Tune (the config's `tuning` section); rerun to resume."""
+    from raylm.config import load_config
+
+    cfg = load_config(config, overrides or [])
+    check_before_ray(cfg, config)
+    _setup_logging()
+    code = main(cfg, address=address)
+    if code:
+        raise typer.Exit(code)
+
+
+def check_before_ray(cfg: RootConfig, origin: str = "config") -> None:
+    """Every input problem (search space, searcher extra, data, model) in one UserError, in a
+    second, before a cluster starts."""
+    from raylm.preflight import preflight
+    from raylm.tuning.searchers import require_extra
+    from raylm.tuning.space import space_problems
+
+    if cfg.tuning is None:
+        raise UserError(f"{origin}: no 'tuning' section to sweep", hint="see configs/tune-*.yaml")
+    problems = space_problems(cfg.tuning, cfg.model_dump(mode="json"))
+    hint = "see configs/tune-*.yaml for a valid search space" if problems else None
+    for check in (lambda: preflight(cfg), lambda: require_extra(cfg.tuning.searcher.type)):  # type: ignore[union-attr]
+        try:
+            check()
+        except UserError as err:
+            problems += err.problems
+            hint = hint or err.hint
+    if problems:
+        raise UserError(problems, hint=hint)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="[raylm] %(message)s", stream=sys.stdout)
+    for name in ("ray.data", "ray.train", "filelock", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
