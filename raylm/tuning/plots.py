@@ -38,6 +38,7 @@ def progress_plot(summary: "SweepSummary", path: Path) -> str:
         width = 2.5 if row.trial_id == summary.best_trial else 1.2
         (line,) = ax.plot(xs, ys, ls, alpha=alpha, lw=width, color=color, label=_label(row))
         ax.plot(xs[-1:], ys[-1:], marker, color=line.get_color(), ms=9, alpha=alpha)
+    _mark_exploits(ax, summary)
     ax.axvline(summary.budget_steps, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(summary.metric)
@@ -47,6 +48,16 @@ def progress_plot(summary: "SweepSummary", path: Path) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
+
+
+def _mark_exploits(ax: object, summary: "SweepSummary") -> None:
+    """PBT: a star where a weak trial took over a donor's checkpoint."""
+    for i, ex in enumerate(summary.exploits):
+        donor = next((r for r in summary.rows if r.trial_id == ex["donor"]), None)
+        point = next((h for h in (donor.history if donor else []) if h["step"] == ex["donor_step"]), None)
+        if point:
+            ax.plot([point["step"]], [point["value"]], "*", color="black", ms=12,  # type: ignore[attr-defined]
+                    label="PBT exploit (clone restarts here)" if i == 0 else None)
 
 
 def _numeric(values: list) -> bool:

@@ -159,7 +159,7 @@ def test_pbt_plumbing_with_the_standin_trainer(ray_session: Any, tmp_path: Path)
            "tuning": {"name": "pbt-standin", "num_samples": 1, "max_concurrent_trials": 2,
                       "space": {"trainer.lr": {"type": "grid", "values": [0.1, 1e-6]}},
                       "scheduler": {"type": "pbt", "perturbation_interval": 5, "quantile_fraction": 0.5,
-                                    "resample_probability": 0.0}, "plots": False}}
+                                    "resample_probability": 0.0}}}
     summary = run_sweep(validate(raw), factory=tune_standin.build_trainer)
     assert summary.exploits
     ex = summary.exploits[0]
