@@ -9,7 +9,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from raylm.tuning.config import ParamSpec, ResourcesConfig, SchedulerConfig, SearcherConfig, TuningConfig
+from raylm.tuning.config import (
+    ParamSpec,
+    ResourcesConfig,
+    SchedulerConfig,
+    SearcherConfig,
+    TuningConfig,
+)
 
 _LAZY = {
     "check_space": "raylm.tuning.space",
@@ -20,7 +26,19 @@ _LAZY = {
     "tune_cmd": "raylm.tuning.cli",
 }
 
-__all__ = ["ParamSpec", "ResourcesConfig", "SchedulerConfig", "SearcherConfig", "TuningConfig", *_LAZY]
+__all__ = [
+    "ParamSpec",
+    "ResourcesConfig",
+    "SchedulerConfig",
+    "SearcherConfig",
+    "TuningConfig",
+    "check_space",
+    "main",
+    "param_space",
+    "run_sweep",
+    "space_problems",
+    "tune_cmd",
+]
 
 
 def __getattr__(name: str) -> Any:

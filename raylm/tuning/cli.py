@@ -44,11 +44,11 @@ def main(cfg: RootConfig, *, address: str | None = None, factory: TrainerFactory
     return 0
 
 
-def tune_cmd(
-    config: str,
-    overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. tuning.num_samples=4 trainer.max_steps=50"),
-    address: str = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded Ray)."),
-) -> None:
+OVERRIDES = typer.Argument(None, help="Dotted overrides, e.g. tuning.num_samples=4 trainer.max_steps=50")
+ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded Ray).")
+
+
+def tune_cmd(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS) -> None:
     """Sweep hyperparameters with Ray Tune (the config's `tuning` section); rerun to resume."""
     from raylm.config import load_config
 

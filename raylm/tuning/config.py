@@ -81,8 +81,9 @@ class ResourcesConfig(BaseModel):
 
     workers_per_trial: int = Field(1, ge=1, description="Ray Train workers in each trial.")
     cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(
-        0.0, ge=0, description="GPUs per worker; >0 sets trainer.use_gpu for every trial."
+    gpus_per_worker: int = Field(
+        0, ge=0, le=1,
+        description="0 or 1: with 1, each worker of a trial takes a whole GPU (trainer.use_gpu=true).",
     )
 
 

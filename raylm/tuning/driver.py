@@ -20,8 +20,9 @@ from raylm.config import RootConfig, validate
 from raylm.tuning.config import TuningConfig
 from raylm.tuning.space import apply_dotted, overrides_of
 
-# The loop resumes from this checkpoint path when its own run has none (PBT exploit). Train V2
-# dropped TorchTrainer(resume_from_checkpoint=...), so it travels in train_loop_config.
+# The loop resumes from this checkpoint path when its own run has none (a PBT clone). Train V2
+# dropped TorchTrainer(resume_from_checkpoint=...), so it travels in train_loop_config, through
+# build_trainer(loop_overrides=...).
 RESUME_KEY = "resume_from"
 TrainerFactory = Callable[..., Any]
 
@@ -148,11 +149,9 @@ def make_driver(base_raw: dict[str, Any], tuning: TuningConfig, paths: SweepPath
         # Tuner.restore of a trial resumes its own Train run by name; only a clone needs a path.
         if _own_checkpoint(resume_from, paths.train_storage, trial_id):
             resume_from = None
-        trainer = factory(cfg, callbacks=[TuneReportCallback()],
-                          name=train_run_name(trial_id, resume_from), storage_path=paths.train_storage)
-        if resume_from:
-            # Read by TorchTrainer.fit() when it builds the workers' function.
-            trainer.train_loop_config = {**(trainer.train_loop_config or {}), RESUME_KEY: resume_from}
+        extra = {"loop_overrides": {RESUME_KEY: resume_from}} if resume_from else {}
+        trainer = factory(cfg, callbacks=[TuneReportCallback()], name=train_run_name(trial_id, resume_from),
+                          storage_path=paths.train_storage, **extra)
         trainer.fit()
 
     driver.__name__ = "raylm_trial"

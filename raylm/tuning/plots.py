@@ -17,14 +17,14 @@ _STYLE = {  # status -> (line style, end marker, alpha)
 }
 
 
-def _label(row: "TrialRow") -> str:
+def _label(row: TrialRow) -> str:
     from raylm.tuning.space import format_value
 
     params = ", ".join(f"{k.split('.')[-1]}={format_value(v)}" for k, v in row.params.items())
     return f"{row.trial_id[-5:]} {params} ({row.status})"
 
 
-def progress_plot(summary: "SweepSummary", path: Path) -> str:
+def progress_plot(summary: SweepSummary, path: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -50,7 +50,7 @@ def progress_plot(summary: "SweepSummary", path: Path) -> str:
     return str(path)
 
 
-def _mark_exploits(ax: object, summary: "SweepSummary") -> None:
+def _mark_exploits(ax: object, summary: SweepSummary) -> None:
     """PBT: a star where a weak trial took over a donor's checkpoint."""
     for i, ex in enumerate(summary.exploits):
         donor = next((r for r in summary.rows if r.trial_id == ex["donor"]), None)
@@ -64,7 +64,7 @@ def _numeric(values: list) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
-def params_plot(summary: "SweepSummary", path: Path) -> str | None:
+def params_plot(summary: SweepSummary, path: Path) -> str | None:
     import matplotlib.pyplot as plt
 
     keys = sorted({k for r in summary.rows for k in r.params})
@@ -90,7 +90,7 @@ def params_plot(summary: "SweepSummary", path: Path) -> str | None:
     return str(path)
 
 
-def write_plots(summary: "SweepSummary", out_dir: Path) -> list[str]:
+def write_plots(summary: SweepSummary, out_dir: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")  # headless: sweeps run on cluster heads and CI

@@ -112,15 +112,18 @@ def _status(trial: Any, error: Any, history: list[dict[str, Any]], budget: int) 
     return (COMPLETED if history[-1]["step"] >= budget else STOPPED), ""
 
 
-def trial_rows(grid: Any, metric: str, mode: str, budget: int) -> list[TrialRow]:
+def trial_rows(grid: Any, metric: str, mode: str, base_steps: int) -> list[TrialRow]:
+    """One row per trial; `base_steps` is trainer.max_steps unless the trial sampled its own."""
     rows = []
     # ResultGrid keeps results in the order of its trials; the Trial carries the status.
     for trial, result in zip(grid._experiment_analysis.trials, grid):
         history = _history(result.metrics_dataframe, metric)
+        params = overrides_of(result.config or {})
+        budget = int(params.get("trainer.max_steps", base_steps))
         status, reason = _status(trial, result.error, history, budget)
         values = [h["value"] for h in history]
         rows.append(TrialRow(
-            trial_id=trial.trial_id, status=status, params=overrides_of(result.config or {}),
+            trial_id=trial.trial_id, status=status, params=params,
             final=values[-1] if values else None, best=_best_value(values, mode),
             step=history[-1]["step"] if history else 0, reports=len(history), reason=reason,
             checkpoint=_best_checkpoint(history, mode),
@@ -219,7 +222,7 @@ def summarise(grid: Any, cfg: RootConfig, paths: SweepPaths, budget: int, *, res
     """Collect the trials, pick the best, write every output file into the sweep dir."""
     t = cfg.tuning
     assert t is not None
-    rows = trial_rows(grid, t.metric, t.mode, budget)
+    rows = trial_rows(grid, t.metric, t.mode, cfg.trainer.max_steps)
     best = pick_best(rows, t.mode)
     sweep_dir = paths.sweep_dir
     sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,12 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
+from ray.tune.schedulers import (
+    ASHAScheduler,
+    FIFOScheduler,
+    PopulationBasedTraining,
+    TrialScheduler,
+)
 
 from raylm.tuning.config import TuningConfig
 from raylm.tuning.space import pbt_mutations

@@ -81,16 +81,12 @@ def _candidates(spec: ParamSpec) -> list[Any]:
 
 def _value_problem(base_raw: dict[str, Any], key: str, value: Any) -> str | None:
     """Why `key=value` on top of the base config does not validate, or None."""
-    raw = _set_dotted(base_raw, key, value)
+    raw = apply_dotted(base_raw, {key: value})
     try:
         validate(raw, origin="trial")
     except UserError as err:
         return "; ".join(p.removeprefix("trial: ") for p in err.problems)
     return None
-
-
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
-    return apply_dotted(raw, {key: value})
 
 
 def apply_dotted(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

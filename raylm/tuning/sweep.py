@@ -46,7 +46,7 @@ def _trainable(cfg: RootConfig, paths: SweepPaths, factory: TrainerFactory | Non
 
     prepare_data = factory is None
     if factory is None:
-        from raylm.trainers import build_trainer as factory  # noqa: N813 (the lead's API)
+        from raylm.trainers import build_trainer as factory
     assert cfg.tuning is not None
     driver = make_driver(cfg.model_dump(mode="json"), cfg.tuning, paths, factory, prepare_data)
     return tune.with_resources(driver, {"cpu": DRIVER_CPU})

@@ -18,7 +18,7 @@ from raylm.tuning.sweep import run_sweep
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
-WORDS = "the cat dog sat on a mat ran fast slow red blue green king queen river stone tree".split()
+WORDS = ["the", "cat", "dog", "sat", "on", "a", "mat", "ran", "fast", "slow", "red", "blue", "green", "king", "queen", "river", "stone", "tree"]
 MAX_STEPS, EVERY = 12, 4
 
 
@@ -149,7 +149,6 @@ def test_pbt_plumbing_with_the_standin_trainer(ray_session: Any, tmp_path: Path)
     """Tune side of PBT (exploit -> clone restarts from the donor's Train checkpoint path) with a
     loop that honours `resume_from` and reports the step it restored (`restored_step`)."""
     import ray.cloudpickle
-
     import tune_standin
 
     ray.cloudpickle.register_pickle_by_value(tune_standin)  # workers cannot import tests/

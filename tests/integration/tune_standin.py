@@ -1,4 +1,5 @@
-"""A stand-in for `raylm.trainers.build_trainer`, used only while the real one is not on main.
+"""A stand-in for `raylm.trainers.build_trainer` in the PBT plumbing test: the real loop does not
+restore from `loop_config["resume_from"]` yet, which a PBT clone needs.
 
 It follows the trainer contract the tuning driver relies on: a Train V2 TorchTrainer whose
 loop applies `cfg` + dotted overrides, restores from `ray.train.get_checkpoint()` (or
@@ -21,14 +22,14 @@ from raylm.tuning.space import apply_dotted
 
 
 def build_trainer(cfg: RootConfig, *, callbacks: list | None = None, name: str | None = None,
-                  storage_path: str | None = None) -> Any:
+                  storage_path: str | None = None, loop_overrides: dict | None = None) -> Any:
     import ray.train
     from ray.train.torch import TorchTrainer
 
     t = cfg.trainer
     return TorchTrainer(
         _loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json")},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), **(loop_overrides or {})},
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers, use_gpu=False, resources_per_worker={"CPU": t.cpus_per_worker}
         ),

@@ -11,7 +11,15 @@ from raylm.errors import UserError
 from raylm.tuning.config import ResourcesConfig, TuningConfig
 from raylm.tuning.driver import _own_checkpoint, train_run_name, trial_raw
 from raylm.tuning.resources import fit_trials, max_concurrent
-from raylm.tuning.results import COMPLETED, FAILED, STOPPED, TrialRow, best_config, markdown, pick_best
+from raylm.tuning.results import (
+    COMPLETED,
+    FAILED,
+    STOPPED,
+    TrialRow,
+    best_config,
+    markdown,
+    pick_best,
+)
 from raylm.tuning.space import check_space, param_space, pbt_mutations, space_problems
 
 pytestmark = pytest.mark.unit
@@ -34,7 +42,7 @@ def test_valid_space_has_no_problems_and_maps_to_tune_domains():
     space = param_space(t)["train_loop_config"]
     assert space["trainer.weight_decay"] == {"grid_search": [0.0, 0.1]}
     assert 1e-4 <= space["trainer.lr"].sample() <= 1e-2
-    assert space["trainer.warmup_steps"].sample() in range(0, 5)
+    assert space["trainer.warmup_steps"].sample() in range(5)
 
 
 def test_each_bad_dimension_gives_one_line():
@@ -111,7 +119,8 @@ def test_pbt_mutations_keep_lists_and_domains():
         ({"CPU": 8.0}, ResourcesConfig(workers_per_trial=2, cpus_per_worker=1), 3, 3),
         ({"CPU": 8.0}, ResourcesConfig(workers_per_trial=1, cpus_per_worker=3), 10, 2),
         ({"CPU": 64.0, "GPU": 4.0}, ResourcesConfig(workers_per_trial=2, gpus_per_worker=1), None, 2),
-        ({"CPU": 64.0, "GPU": 4.0}, ResourcesConfig(workers_per_trial=1, gpus_per_worker=0.5), None, 8),
+        ({"CPU": 64.0, "GPU": 4.0}, ResourcesConfig(workers_per_trial=1, gpus_per_worker=1), 8, 4),
+        ({"CPU": 3.0, "GPU": 4.0}, ResourcesConfig(workers_per_trial=1, gpus_per_worker=1), None, 3),
     ],
 )
 def test_max_concurrent_trials_from_cluster_resources(cluster, res, requested, expected):
@@ -204,7 +213,11 @@ def test_searchers_build_with_the_concurrency_limit(kind):
 
 @pytest.mark.parametrize("kind", ["asha", "pbt", "fifo"])
 def test_scheduler_registry(kind):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import (
+        ASHAScheduler,
+        FIFOScheduler,
+        PopulationBasedTraining,
+    )
 
     from raylm.tuning.schedulers import build_scheduler
 
