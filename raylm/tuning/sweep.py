@@ -109,12 +109,16 @@ def build_tuner(cfg: RootConfig, *, factory: TrainerFactory | None = None,
     if t is None:
         raise UserError("this config has no 'tuning' section", hint="see configs/tune-*.yaml")
     check_space(t, cfg.model_dump(mode="json"))
+    paths = sweep_paths(cfg)
+    restorable = tune.Tuner.can_restore(str(paths.sweep_dir))
+    if restorable and not t.resume:
+        raise UserError(f"{paths.sweep_dir} already holds a sweep and tuning.resume is false",
+                        hint="choose another tuning.name, delete that directory, or set tuning.resume=true")
+    limit = max_concurrent(ray.cluster_resources(), t.resources, t.max_concurrent_trials)
     if factory is None:
         prepare_base_data(cfg)
-    limit = max_concurrent(ray.cluster_resources(), t.resources, t.max_concurrent_trials)
-    paths = sweep_paths(cfg)
     trainable = _trainable(cfg, paths, factory)
-    if t.resume and tune.Tuner.can_restore(str(paths.sweep_dir)):
+    if restorable:
         log.warning("resuming the sweep in %s (its saved search space and scheduler state are used)",
                     paths.sweep_dir)
         return tune.Tuner.restore(str(paths.sweep_dir), trainable, resume_unfinished=True,
