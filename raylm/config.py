@@ -17,6 +17,7 @@ from raylm.cluster.config import ClusterConfig, K8sConfig
 from raylm.datasets.config import DataConfig
 from raylm.errors import UserError
 from raylm.trainers.config import ModelConfig, TrackingConfig, TrainerConfig
+from raylm.tuning.config import TuningConfig
 
 
 class RootConfig(BaseModel):
@@ -27,7 +28,7 @@ class RootConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    tuning: dict[str, Any] | None = Field(None, description="Ray Tune sweep (see raylm.tuning).")
+    tuning: TuningConfig | None = Field(None, description="Ray Tune sweep (see raylm.tuning).")
     k8s: K8sConfig = Field(default_factory=K8sConfig)
 
 
