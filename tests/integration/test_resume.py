@@ -26,6 +26,15 @@ def _losses(run_dir: str) -> dict[int, float]:
     return {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
 
 
+def _registered(run_dir: str, name: str) -> bool:
+    """Ray Train has registered the checkpoint (a directory alone may still be in flight)."""
+    try:
+        snap = json.load(open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")))
+    except (OSError, ValueError):
+        return False
+    return any(c["checkpoint_dir_name"] == name for c in snap["checkpoint_results"])
+
+
 def test_resume_continues_step_optimizer_state_and_data_position(ray_session, tmp_path):
     data, runs = str(tmp_path / "data"), str(tmp_path / "runs")
     manifest = write_synthetic(data, n_train=256)
@@ -62,7 +71,7 @@ def test_sigkilled_worker_restarts_from_checkpoint_and_every_sample_is_trained_o
     fit = threading.Thread(target=lambda: out.append(trainer.fit()))
     fit.start()
     deadline = time.time() + 600
-    while not os.path.isdir(f"{runs}/t/checkpoint_00000010") and fit.is_alive() and time.time() < deadline:
+    while not _registered(f"{runs}/t", "checkpoint_00000010") and fit.is_alive() and time.time() < deadline:
         time.sleep(0.05)
     pid = int(open(f"{ids}.rank1").readline().split()[1].split("=")[1])
     os.kill(pid, signal.SIGKILL)  # a worker process dies mid-run, as on a lost node
