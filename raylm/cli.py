@@ -48,10 +48,15 @@ def _setup_logging() -> None:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 
-def _load(config: str, overrides: list[str] | None):
+def _load(config: str, overrides: list[str] | None, check_inputs: bool = False):
     from raylm.config import load_config
 
-    return load_config(config, overrides or [])
+    cfg = load_config(config, overrides or [])
+    if check_inputs:
+        from raylm.preflight import preflight
+
+        preflight(cfg)
+    return cfg
 
 
 def _quiet_data() -> None:
@@ -71,7 +76,7 @@ def prepare(config: str, overrides: list[str] = OVERRIDES, force: bool = typer.O
     from raylm.datasets.prepare import prepare as run_prepare
     from raylm.datasets.report import print_manifest
 
-    cfg = _load(config, overrides)
+    cfg = _load(config, overrides, check_inputs=True)
     _setup_logging()
     with connect(cfg.cluster, address):
         _quiet_data()
@@ -85,7 +90,7 @@ def tokenizer_train(config: str, overrides: list[str] = OVERRIDES, address: str 
     from raylm.cluster import connect
     from raylm.datasets.prepare import ensure_tokenizer, resolve_source
 
-    cfg = _load(config, overrides)
+    cfg = _load(config, overrides, check_inputs=True)
     _setup_logging()
     with connect(cfg.cluster, address):
         _quiet_data()
@@ -99,7 +104,7 @@ def train(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS)
     from raylm.cluster import connect
     from raylm.trainers.driver import train as run_train
 
-    cfg = _load(config, overrides)
+    cfg = _load(config, overrides, check_inputs=True)
     _setup_logging()
     with connect(cfg.cluster, address):
         _quiet_data()
@@ -156,7 +161,7 @@ def run(config: str = typer.Argument("configs/demo.yaml"), overrides: list[str] 
     """The main job: prepare -> train -> evaluate -> generate a sample -> report."""
     from raylm.main import main
 
-    cfg = _load(config, overrides)
+    cfg = _load(config, overrides, check_inputs=True)
     _setup_logging()
     main(cfg, address=address, prompt=prompt)
 

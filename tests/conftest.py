@@ -26,6 +26,9 @@ def ray_session():
             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
             log_to_driver=True,
         )
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
 

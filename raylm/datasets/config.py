@@ -30,6 +30,11 @@ class DataConfig(BaseModel):
         description="'demo' (a corpus built from the installed Python standard library's "
         "docstrings, offline) or a path, directory, glob or s3:// URI of corpus files.",
     )
+    validation_source: str | None = Field(
+        None,
+        description="Files held out as the validation split (path, glob or URI). Unset: "
+        "`validation_fraction` of the documents, chosen by a hash of their row id.",
+    )
     format: Literal["auto", "text", "jsonl", "parquet", "csv", "tsv"] = Field(
         "auto", description="File format; 'auto' chooses by extension."
     )
@@ -61,6 +66,10 @@ class DataConfig(BaseModel):
     tokenize_batch_size: int = Field(256, ge=1, description="Documents per tokenize batch.")
     tokenize_actors: int = Field(2, ge=1, description="Actors in the tokenizer pool.")
     seed: int = Field(0, description="Seed of the per-epoch shuffle.")
+    materialize_max_mb: int = Field(
+        1024, ge=0, description="Training splits smaller than this are read once into the object store "
+        "(no re-read per epoch); larger ones stream from the shards every epoch.",
+    )
     shuffle_buffer_rows: int = Field(
         0, ge=0, description="Local shuffle buffer when streaming into training (0: block order only)."
     )

@@ -59,15 +59,22 @@ def _label(value: str | None, labels: list[str] | None) -> int:
 class ShardWriter:
     """Actor: holds a fast tokenizer; tokenizes, packs and writes one shard per split per batch."""
 
-    def __init__(self, cfg: DataConfig, tokenizer_dir: str, out_dir: str, task: str) -> None:
+    def __init__(self, cfg: DataConfig, tokenizer_dir: str, out_dir: str, task: str,
+                 validation_files: list[str] | None = None) -> None:
         self.cfg, self.out_dir, self.task = cfg, out_dir, task
         self.tok = toks.load_tokenizer(tokenizer_dir)
+        self.validation_files = set(validation_files or [])
+
+    def split(self, row: dict) -> str:
+        if self.validation_files:
+            return "validation" if row["source"] in self.validation_files else "train"
+        return split_of(row["row_id"], self.cfg.validation_fraction)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         stats = []
         for split in SPLITS:
-            docs = [r for r in rows if split_of(r["row_id"], self.cfg.validation_fraction) == split]
+            docs = [r for r in rows if self.split(r) == split]
             if docs:
                 stats.append(self._write(split, docs))
         return pa.Table.from_pylist(stats, schema=STATS_SCHEMA)
@@ -114,7 +121,10 @@ def cleaned_dataset(cfg: DataConfig, source: str, rejects_dir: str | None, dedup
     cleaner = Cleaner(cfg, rejects_dir or "", dedup)
     if rejects_dir is None:  # sampling only: no ledger writes
         cleaner = _SampleCleaner(cfg)
-    return read_corpus(cfg, source).map_batches(cleaner, batch_format="pyarrow", batch_size=1024)
+    ds = read_corpus(cfg, source)
+    if cfg.validation_source and rejects_dir is not None:
+        ds = ds.union(read_corpus(cfg, cfg.validation_source))
+    return ds.map_batches(cleaner, batch_format="pyarrow", batch_size=1024)
 
 
 class _SampleCleaner(Cleaner):
@@ -176,7 +186,7 @@ def prepare(cfg: DataConfig, task: str = "causal-lm", force: bool = False) -> di
     ds = cleaned_dataset(cfg, source, str(out / "rejects"), dedup)
     stats_ds = ds.map_batches(
         ShardWriter,
-        fn_constructor_args=(cfg, tok_dir, str(out), task),
+        fn_constructor_args=(cfg, tok_dir, str(out), task, _validation_files(cfg)),
         batch_format="pyarrow",
         batch_size=cfg.tokenize_batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.tokenize_actors),
@@ -195,6 +205,14 @@ def prepare(cfg: DataConfig, task: str = "causal-lm", force: bool = False) -> di
     tmp.write_text(json.dumps(manifest, indent=2))
     tmp.replace(mpath)
     return manifest
+
+
+def _validation_files(cfg: DataConfig) -> list[str] | None:
+    if not cfg.validation_source:
+        return None
+    from raylm.datasets.sources import list_files
+
+    return list_files(cfg.validation_source)
 
 
 def _find_bad_row(err: BaseException) -> str | None:

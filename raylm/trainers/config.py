@@ -43,7 +43,10 @@ class TrainerConfig(BaseModel):
     )
     batch_size: int = Field(16, ge=1, description="Blocks per worker per micro-step.")
     grad_accum: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
-    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
+    max_steps: int = Field(200, ge=1, description="Optimizer steps (the lr schedule's horizon).")
+    max_train_seconds: float | None = Field(
+        None, gt=0, description="Stop (eval + checkpoint) once training time, start-up excluded, reaches this."
+    )
     lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final lr as a share of the peak.")
     warmup_steps: int = Field(10, ge=0)

@@ -123,6 +123,9 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
                    "run_id": name, "run_dir": run_dir, **(loop_overrides or {})}
     metric, mode = best_checkpoint_rule(cfg)
     datasets = {s: open_split(cfg.data.prepared_dir, s, manifest) for s in ("train", "validation")}
+    train_mb = manifest["splits"]["train"].get("tokens_out", 0) * 4 / 2**20
+    if train_mb <= cfg.data.materialize_max_mb:  # small corpus: skip the per-epoch re-read (~seconds each)
+        datasets["train"] = datasets["train"].materialize()
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # a deterministic order makes "skip what was consumed" exact on resume
     return TorchTrainer(

@@ -65,6 +65,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             st = ckpt.restore(d, model, opt, sched, rank, load_weights=False)
         last_ckpt = restored.path
     sink = make_sink(cfg, loop_config, rank, resume_step=st.step)
+    if restored:
+        sink.log({"resumed_from": st.step}, st.step)
+        if rank == 0:
+            print(f"[raylm] resumed from checkpoint at step {st.step} (epoch {st.epoch}, "
+                  f"{st.batches_in_epoch} batches into it)", flush=True)
     samples = SampleLog(loop_config.get("sample_log") or os.environ.get("RAYLM_SAMPLE_LOG"), rank, st.step)
     amp = autocast_dtype(t.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
@@ -78,7 +83,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     stream = TrainStream(ray.train.get_dataset_shard("train"), t.batch_size, cfg.data.seed,
                          cfg.data.shuffle_buffer_rows, collate, st.epoch, st.batches_in_epoch)
 
-    while st.step < t.max_steps:
+    train_s, last = st.extra.get("train_s", 0.0), False
+    while st.step < t.max_steps and not last:
         t0, wait, loss_sum, n_sum, tokens, width = time.perf_counter(), 0.0, 0.0, 0, 0, 0
         model.train()
         for micro in range(t.grad_accum):
@@ -110,11 +116,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                    "tokens_per_s": tokens * world / dt, "tokens_per_s_per_worker": tokens / dt,
                                    "step_time_s": dt, "data_wait_s": wait, "compute_s": dt - wait,
                                    "mfu": mfu(tokens / dt, fpt, peak), "peak_mem_mb": peak_memory_mb(device),
-                                   "tokens_seen": st.tokens_seen, "epoch": st.epoch}
+                                   "tokens_seen": st.tokens_seen, "epoch": st.epoch, "train_time_s": train_s + dt}
+        train_s += dt
+        st.extra["train_s"] = train_s
+        # A time budget ends the run on the same step on every rank (rank 0's clock decides).
+        last = st.step == t.max_steps or (t.max_train_seconds is not None and _all_sum(
+            [float(rank == 0 and train_s >= t.max_train_seconds)], device)[0] > 0)
         progress.update(st.step, metrics)
-        if st.step % t.log_every == 0 or st.step == t.max_steps:
+        if st.step % t.log_every == 0 or last:
             sink.log(metrics, st.step)
-        save_now = st.step % t.checkpoint_every == 0 or st.step == t.max_steps
+        save_now = st.step % t.checkpoint_every == 0 or last
         # Every checkpoint carries the validation metrics: "best" ranks checkpoints by them.
         if save_now or st.step % t.eval_every == 0:
             metrics.update(evaluate(model, task, val_set, collate, device, amp))

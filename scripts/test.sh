@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# README command 2: install raylm with its test extras, then run every test tier.
+# torch==2.13.0 first: on CPU machines it is the CPU build; a bare `torch` could pull a CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e ".[test]"
+exec python -m pytest -p no:cacheprovider --timeout=1200 "$@"

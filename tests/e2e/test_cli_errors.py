@@ -1,0 +1,71 @@
+"""Bad input through the real CLI: one line per problem, exit code 2, no traceback, nothing overwritten."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+DEMO = os.path.join(REPO, "configs", "demo.yaml")
+
+
+def raylm(*args: str, cwd: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", "raylm", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def assert_user_error(res: subprocess.CompletedProcess, *needles: str) -> None:
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+    for n in needles:
+        assert n in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("trainer.lrr=1", "unknown key 'trainer.lrr'"),
+    ("trainer.max_steps=many", "trainer.max_steps"),
+    ("trainer.lr=-0.1", "trainer.lr: Input should be greater than 0"),
+    ("data.source=/nonexistent/corpus/*.txt", "no files match '/nonexistent/corpus/*.txt'"),
+])
+def test_bad_input_exits_2_with_one_clear_line(tmp_path, override, needle):
+    assert_user_error(raylm("train", DEMO, override, cwd=str(tmp_path)), needle)
+
+
+def test_several_problems_are_all_listed(tmp_path):
+    res = raylm("train", DEMO, "trainer.lr=-1", "model.n_head=0", "data.blocksize=3", cwd=str(tmp_path))
+    assert_user_error(res, "trainer.lr", "model.n_head", "data.blocksize")
+    assert len([l for l in res.stderr.splitlines() if l.startswith("error:")]) == 3
+
+
+def test_empty_corpus(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("")
+    assert_user_error(raylm("prepare", DEMO, f"data.source={tmp_path}/corpus", cwd=str(tmp_path)), "corpus is empty")
+
+
+def test_tokenizer_smaller_than_its_special_tokens(tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "<pad>": 1}, unk_token="<pad>"))
+    PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|endoftext|>", pad_token="<pad>").save_pretrained(tmp_path / "tok")
+    res = raylm("train", DEMO, f"data.tokenizer.path={tmp_path}/tok", cwd=str(tmp_path))
+    assert_user_error(res, "no larger than its special tokens")
+
+
+def test_bad_input_never_touches_an_existing_run(tmp_path):
+    run = tmp_path / "runs" / "demo"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("precious: true\n")
+    assert_user_error(raylm("train", DEMO, "trainer.lr=-1", cwd=str(tmp_path)), "trainer.lr")
+    assert (run / "config.yaml").read_text() == "precious: true\n"
+    assert sorted(os.listdir(run)) == ["config.yaml"]
+
+
+def test_missing_config_file(tmp_path):
+    assert_user_error(raylm("train", "nope.yaml", cwd=str(tmp_path)), "config file not found: nope.yaml")
