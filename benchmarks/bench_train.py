@@ -101,10 +101,15 @@ def bare_run(data: str, manifest: dict, root: str, steps: int, warmup: int) -> d
 
 def overhead(root: str, steps: int, warmup: int) -> dict:
     data, manifest = _data(root, rows=8 * steps * 2)
-    bare = bare_run(data, manifest, root, steps, warmup)
+    # Bare, raylm, bare again: the machine is shared, so the faster bare run is the reference
+    # (the comparison is then conservative for raylm).
+    before = bare_run(data, manifest, root, steps, warmup)
     ray1 = raylm_run(data, manifest, root, "one", 1, steps, warmup)
+    after = bare_run(data, manifest, root, steps, warmup)
+    bare = max(before, after, key=lambda r: r["tokens_per_s"])
     ratio = ray1["tokens_per_s"] / bare["tokens_per_s"]
-    return {"benchmark": "overhead", "bare": bare, "raylm_1_worker": ray1, "ratio": ratio, "target": 0.95,
+    return {"benchmark": "overhead", "bare": bare, "bare_runs_tokens_per_s": [before["tokens_per_s"], after["tokens_per_s"]],
+            "raylm_1_worker": ray1, "ratio": ratio, "target": 0.95, "load_avg_1m": os.getloadavg()[0],
             "meets_target": ratio >= 0.95, "steps": steps, "warmup_steps": warmup,
             "config": "gpt2 4x256, block 128, batch 8, fp32, 1 torch thread, AdamW, clip 1.0"}
 
@@ -115,6 +120,7 @@ def scaling(root: str, steps: int, warmup: int) -> dict:
     two = raylm_run(data, manifest, root, "s2", 2, steps, warmup)
     x = two["tokens_per_s"] / one["tokens_per_s"]
     return {"benchmark": "scaling", "one_worker": one, "two_workers": two, "speedup": x, "target": 1.7,
+            "load_avg_1m": os.getloadavg()[0],
             "meets_target": x >= 1.7, "steps": steps, "warmup_steps": warmup, "cpu_cores": os.cpu_count()}
 
 
