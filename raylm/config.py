@@ -13,10 +13,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from raylm.cluster.config import ClusterConfig
+from raylm.cluster.config import ClusterConfig, K8sConfig
 from raylm.datasets.config import DataConfig
 from raylm.errors import UserError
 from raylm.trainers.config import ModelConfig, TrackingConfig, TrainerConfig
+from raylm.tuning.config import TuningConfig
 
 
 class RootConfig(BaseModel):
@@ -27,8 +28,8 @@ class RootConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    tuning: dict[str, Any] | None = Field(None, description="Ray Tune sweep (see raylm.tuning).")
-    k8s: dict[str, Any] | None = Field(None, description="KubeRay rendering (see raylm.cluster).")
+    tuning: TuningConfig | None = Field(None, description="Ray Tune sweep (see raylm.tuning).")
+    k8s: K8sConfig = Field(default_factory=K8sConfig)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -80,6 +80,10 @@ class DataConfig(BaseModel):
         None, ge=1, description="Actors in the tokenizer pool; unset: one per CPU of the Ray cluster."
     )
     seed: int = Field(0, description="Seed of the per-epoch shuffle.")
+    materialize_max_mb: int = Field(
+        1024, ge=0, description="Training splits smaller than this are read once into the object store "
+        "(no re-read per epoch); larger ones stream from the shards every epoch.",
+    )
     shuffle_buffer_rows: int = Field(
         0, ge=0, description="Local shuffle buffer when streaming into training (0: block order only)."
     )

