@@ -495,6 +495,7 @@ def _manifest(cfg: DataConfig, task: str, tok_dir: str, tok_fp: str, inputs_fp: 
         "tokenizer_dir": os.path.abspath(tok_dir), "tokenizer_fingerprint": tok_fp,
         "inputs_fingerprint": inputs_fp, "vocab_size": len(tok), "eos_id": tok.eos_token_id,
         "pad_id": tok.pad_token_id, "mask_id": tok.mask_token_id,
+        "cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id,  # the trainer adds them at collate
         "block_size": cfg.block_size, "max_length": cfg.max_length, "shard_rows": cfg.shard_rows,
         "labels": cfg.labels if classify else None,
         "num_labels": (len(cfg.labels) if cfg.labels else max(m["max_label"] for m in markers) + 1) if classify else None,
