@@ -126,11 +126,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="raylm-sst2-") as root:
         train_tsv = os.path.join(root, "train.tsv")  # the first N rows, a temporary file outside the project
-        with open(train_tsv, "w") as f:
-            f.write("label\tsentence\n" + "".join(f"{y}\t{t}\n" for t, y in train))
+        dev_tsv = os.path.join(root, "dev.tsv")  # dev.tsv's header says `content`, train's `sentence`
+        for path, rows in ((train_tsv, train), (dev_tsv, dev)):
+            with open(path, "w") as f:
+                f.write("label\tsentence\n" + "".join(f"{y}\t{t}\n" for t, y in rows))
         hf = hf_trainer(mdir, train, dev, args.epochs, args.max_steps or -1, os.path.join(root, "hf"))
+        print("hf_trainer:", json.dumps(hf), flush=True)
         ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-        ours = raylm_finetune(mdir, train_tsv, os.path.join(sst2, "dev.tsv"), steps, root)
+        ours = raylm_finetune(mdir, train_tsv, dev_tsv, steps, root)
     res = {"benchmark": "sst2_finetune", "rows": args.rows, "epochs": args.epochs, "steps": steps,
            "scaled_down": bool(args.max_steps), "hyperparameters": HP,
            "hf_trainer": hf, "raylm": ours, "accuracy_delta_points": 100 * (ours["accuracy"] - hf["accuracy"]),
