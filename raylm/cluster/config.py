@@ -189,6 +189,12 @@ class K8sConfig(BaseModel):
         None, ge=1, description="RayJob: fail the job after this many seconds."
     )
     backoff_limit: int = Field(0, ge=0, description="RayJob: retries with a fresh cluster.")
+    auth: Literal["token", "disabled"] = Field(
+        "token",
+        description="Ray token authentication (authOptions.mode, KubeRay >= 1.5.1, Ray >= 2.52): the "
+        "operator keeps a random token in a Secret named after the cluster and gives it to every "
+        "Ray container; clients need RAY_AUTH_MODE=token and RAY_AUTH_TOKEN.",
+    )
     autoscaling: bool | None = Field(
         None, description="enableInTreeAutoscaling. Default: on when a group has min != max."
     )

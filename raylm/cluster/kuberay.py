@@ -200,6 +200,8 @@ def _cluster_spec(k8s: K8sConfig, name: str, config_map: str) -> dict[str, Any]:
     }
     return {
         "rayVersion": k8s.ray_version,
+        # Without a token anyone who reaches the dashboard (8265) or GCS can run code on the cluster.
+        "authOptions": {"mode": k8s.auth},
         "enableInTreeAutoscaling": autoscale,
         "headGroupSpec": head,
         "workerGroupSpecs": [_worker_group(k8s, name, g, config_map) for g in k8s.worker_groups],

@@ -112,6 +112,7 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
     from ray.train.torch import TorchTrainer
 
     from raylm.datasets.prepare import load_manifest
+    from raylm.cluster.storage import run_storage
     from raylm.datasets.streaming import open_split
     from raylm.trainers.loop import train_loop_per_worker
 
@@ -134,7 +135,7 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=name,
-            storage_path=storage_root(cfg, storage_path),
+            **run_storage(storage_root(cfg, storage_path)),
             failure_config=FailureConfig(max_failures=t.max_failures),
             # Ray ranks checkpoints by the metric but never deletes the latest: resume uses it.
             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep, checkpoint_score_attribute=metric,

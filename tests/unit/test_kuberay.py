@@ -173,6 +173,7 @@ def test_render_gpu_job_fields() -> None:
     assert spec["entrypoint"] == "raylm train /config/cluster-cpu.yaml" and "cluster-cpu.yaml" in cm["data"]
     cluster = spec["rayClusterSpec"]
     assert cluster["rayVersion"] == "2.60.0" and cluster["enableInTreeAutoscaling"] is True
+    assert cluster["authOptions"] == {"mode": "token"}  # secure by default
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
     group = cluster["workerGroupSpecs"][0]
     assert (group["minReplicas"], group["replicas"], group["maxReplicas"]) == (1, 2, 4)
@@ -314,6 +315,10 @@ def _wrong_type(d: dict) -> None:
     d["spec"]["backoffLimit"] = "twice"
 
 
+def _auth(d: dict) -> None:
+    d["spec"]["rayClusterSpec"]["authOptions"]["mode"] = "tokens"
+
+
 def _api(d: dict) -> None:
     d["apiVersion"] = "ray.io/v2"
 
@@ -332,6 +337,7 @@ BROKEN = [
     (_image, "containers[0].image: image has Ray 2.9.0 but rayVersion is 2.60.0"),
     (_deep_typo, "containers[0].resource: unknown field (did you mean 'resources'?)"),
     (_wrong_type, "spec.backoffLimit: expected an integer, got string"),
+    (_auth, "spec.rayClusterSpec.authOptions.mode: 'tokens' is not one of ['disabled', 'token']"),
     (_api, "apiVersion: no CRD schema for ray.io/v2 RayJob"),
 ]
 
