@@ -112,6 +112,16 @@ def train(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS)
     typer.echo(f"[raylm] run: {summary['run_dir']}\n[raylm] exported model: {summary['export_dir']}")
 
 
+@app.command("rejects")
+@user_errors
+def rejects_cmd(config: str, overrides: list[str] = OVERRIDES, reason: str = typer.Option(None, help="Only this reason."),
+                limit: int = typer.Option(20, help="Rows to show.")) -> None:
+    """Show rows that `prepare` dropped (the rejects ledger), with file, line and reason."""
+    from raylm.datasets.report import print_rejects
+
+    print_rejects(_load(config, overrides).data.prepared_dir, reason, limit)
+
+
 @app.command("eval")
 @user_errors
 def eval_cmd(model_dir: str, config: str = typer.Option(None, "--config", help="Config whose prepared data to use."),

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from raylm.cluster.config import ClusterConfig
+from raylm.cluster.config import ClusterConfig, K8sConfig
 from raylm.datasets.config import DataConfig
 from raylm.errors import UserError
 from raylm.trainers.config import ModelConfig, TrackingConfig, TrainerConfig
@@ -29,7 +29,7 @@ class RootConfig(BaseModel):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     tuning: TuningConfig | None = Field(None, description="Ray Tune sweep (see raylm.tuning).")
-    k8s: dict[str, Any] | None = Field(None, description="KubeRay rendering (see raylm.cluster).")
+    k8s: K8sConfig = Field(default_factory=K8sConfig)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -26,6 +26,8 @@ def init_kwargs(cfg: ClusterConfig, address: str | None = None) -> dict:
     addr = resolve_address(cfg, address)
     env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::DeprecationWarning"}}
     if addr:
+        if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # inside a Ray job: its runtime_env applies; Ray refuses to merge another
+            return {"address": addr, "log_to_driver": True}
         return {"address": addr, "runtime_env": env, "log_to_driver": True}
     kw = {
         "num_cpus": embedded_num_cpus(cfg),

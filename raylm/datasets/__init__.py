@@ -7,7 +7,10 @@ _EXPORTS = {
     "DataConfig": "raylm.datasets.config", "TokenizerConfig": "raylm.datasets.config",
     "pack_documents": "raylm.datasets.pack", "split_of": "raylm.datasets.pack",
     "load_manifest": "raylm.datasets.prepare", "prepare": "raylm.datasets.prepare",
-    "read_corpus": "raylm.datasets.sources",
+    "read_corpus": "raylm.datasets.sources", "plan_units": "raylm.datasets.sources",
+    "bucket_batches": "raylm.datasets.bucketing", "bucket_dict_batches": "raylm.datasets.bucketing",
+    "padding_fraction": "raylm.datasets.bucketing", "read_rejects": "raylm.datasets.clean",
+    "print_rejects": "raylm.datasets.report",
 }
 __all__ = sorted(_EXPORTS)
 

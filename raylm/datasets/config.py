@@ -53,6 +53,18 @@ class DataConfig(BaseModel):
     min_chars: int = Field(1, ge=0, description="Drop documents shorter than this (after cleaning).")
     max_chars: int = Field(1_000_000, ge=1, description="Drop documents longer than this.")
     dedup: bool = Field(True, description="Exact deduplication by a hash of the normalised text.")
+    dedup_shards: int = Field(
+        2, ge=1, description="Actors holding the dedup index, each a hash range (~100 bytes a document)."
+    )
+    max_line_bytes: int = Field(
+        8 << 20, ge=1024,
+        description="A line (or paragraph) longer than this is rejected as too_long without being held in memory.",
+    )
+    unit_bytes: int = Field(
+        32 << 20, ge=1024,
+        description="Uncompressed JSONL/text files larger than this are read as several byte ranges in parallel.",
+    )
+    progress_seconds: float = Field(10.0, ge=0, description="Seconds between progress lines of `prepare` (0: off).")
     prepared_dir: str = Field(
         "data/prepared/demo", description="Where `raylm prepare` writes shards + manifest.json."
     )
@@ -63,9 +75,15 @@ class DataConfig(BaseModel):
         0.05, ge=0.0, lt=1.0, description="Share of documents (by hash of row_id) held out."
     )
     shard_rows: int = Field(8192, ge=1, description="Rows per Parquet shard.")
-    tokenize_batch_size: int = Field(256, ge=1, description="Documents per tokenize batch.")
-    tokenize_actors: int = Field(2, ge=1, description="Actors in the tokenizer pool.")
+    tokenize_batch_size: int = Field(1024, ge=1, description="Documents per tokenize batch.")
+    tokenize_actors: int | None = Field(
+        None, ge=1, description="Actors in the tokenizer pool; unset: one per CPU of the Ray cluster."
+    )
     seed: int = Field(0, description="Seed of the per-epoch shuffle.")
+    materialize_max_mb: int = Field(
+        1024, ge=0, description="Training splits smaller than this are read once into the object store "
+        "(no re-read per epoch); larger ones stream from the shards every epoch.",
+    )
     shuffle_buffer_rows: int = Field(
         0, ge=0, description="Local shuffle buffer when streaming into training (0: block order only)."
     )

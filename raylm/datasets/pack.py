@@ -36,3 +36,21 @@ def sample_id(shard: str, index: int) -> int:
     """A stable 63-bit id of a packed block (shard name + index), for exactly-once checks."""
     h = hashlib.blake2b(f"{shard}#{index}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") >> 1
+
+
+def pack_with_carry(carry: np.ndarray, docs: list[list[int]], eos_id: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Streaming form of `pack_documents`: the tokens left after the last full block (`carry`)
+    start the next call, so only the final partial block of a stream is dropped.
+
+    Returns (blocks [n, block_size] int32, new carry).
+    """
+    total = len(carry) + sum(len(d) + 1 for d in docs)
+    flat = np.empty(total, dtype=np.int32)
+    flat[: len(carry)] = carry
+    pos = len(carry)
+    for d in docs:
+        flat[pos : pos + len(d)] = d
+        flat[pos + len(d)] = eos_id
+        pos += len(d) + 1
+    n = total // block_size
+    return flat[: n * block_size].reshape(n, block_size), flat[n * block_size :].copy()

@@ -1,33 +1,47 @@
-"""`raylm prepare`: corpus -> clean -> tokenize -> pack -> Parquet shards + manifest.json.
+"""`raylm prepare`: corpus -> clean -> dedup -> tokenize -> pack -> Parquet shards + manifest.json.
 
-One streaming pass on Ray Data. Tokenizer actors write their own shards (temporary name, then
-rename) and return only small stats rows, so the driver never holds the corpus.
+The corpus is cut into units (files, or byte ranges of big files; see `sources`). Ray Data
+schedules the units over an actor pool (`ActorPoolStrategy`); each `UnitWorker` holds a fast
+tokenizer and streams its unit: read -> clean -> dedup (sharded `DedupIndex` actors) ->
+tokenize -> pack -> shards of exactly `data.shard_rows` rows (the unit's last one may be short),
+written atomically. A finished unit leaves a marker in `_progress/` (its shards, checksums and
+counts, and the hashes it claimed for dedup), so a rerun skips finished units and an
+interrupted run continues where it stopped. Workers return one small stats row per unit:
+neither the driver nor a worker holds the corpus.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import itertools
 import json
 import logging
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raylm.datasets import _fs
 from raylm.datasets import tokenizers as toks
-from raylm.datasets.clean import BadRowError, Cleaner, DedupIndex, count_rejects
+from raylm.datasets.clean import DedupIndex, RejectsWriter, ShardedDedup, normalize, reject_reason, text_hash
 from raylm.datasets.config import DataConfig
-from raylm.datasets.pack import pack_documents, sample_id, split_of
+from raylm.datasets.pack import pack_with_carry, sample_id, split_of
+from raylm.datasets.sources import BadRowError, Unit, check_row, plan_units, read_unit
 from raylm.errors import UserError
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SPLITS = ("train", "validation")
+PROGRESS = "_progress"
+COUNTS = ("rows", "docs", "chars", "tokens_in", "tokens_out", "dropped")
 
 
 def resolve_source(cfg: DataConfig) -> str:
@@ -39,103 +53,236 @@ def resolve_source(cfg: DataConfig) -> str:
 
 
 def _atomic_write(table: pa.Table, path: str) -> str:
+    """Write under a temporary name, then rename: a reader never sees half a shard. Returns sha256."""
     tmp = f"{path}.{uuid.uuid4().hex}.tmp"
     pq.write_table(table, tmp)
+    h = hashlib.sha256()
     with open(tmp, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
     os.replace(tmp, path)
-    return digest
+    return h.hexdigest()
 
 
-def _label(value: str | None, labels: list[str] | None) -> int:
+def _atomic_json(obj: Any, path: str) -> None:
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def label_id(value: str | None, labels: list[str] | None) -> int | None:
+    """Label index: position in `data.labels`, or the integer itself; None when it is neither."""
     if labels:
-        return labels.index(value) if value in labels else -1
+        return labels.index(value) if value in labels else None
     try:
-        return int(value)  # type: ignore[arg-type]
+        n = int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        return -1
+        return None
+    return n if n >= 0 else None
 
 
-class ShardWriter:
-    """Actor: holds a fast tokenizer; tokenizes, packs and writes one shard per split per batch."""
+class SplitWriter:
+    """One split of one unit: packs (or truncates) documents into shards of exactly `shard_rows`."""
 
-    def __init__(self, cfg: DataConfig, tokenizer_dir: str, out_dir: str, task: str,
+    def __init__(self, out_dir: str, split: str, key: str, cfg: DataConfig, task: str, eos_id: int) -> None:
+        self.out_dir, self.split, self.key, self.cfg, self.eos = out_dir, split, key, cfg, eos_id
+        self.classify = task == "sequence-classification"
+        self.pending: list[Any] = []  # LM: arrays of blocks; classification: (ids, label) pairs
+        self.pending_rows = 0
+        self.carry = np.empty(0, np.int32)
+        self.files: list[dict] = []
+        self.counts = dict.fromkeys(COUNTS, 0)
+        self.max_label = -1
+
+    def add(self, ids: list[list[int]], texts: list[str], labels: list[int | None]) -> None:
+        c = self.counts
+        c["docs"] += len(ids)
+        c["chars"] += sum(len(t) for t in texts)
+        c["tokens_in"] += sum(len(x) for x in ids)
+        if self.classify:
+            for x, lab in zip(ids, labels):
+                cut = x[: self.cfg.max_length]
+                c["dropped"] += len(x) - len(cut)
+                self.pending.append((cut, lab))
+                self.max_label = max(self.max_label, lab or 0)
+            self.pending_rows += len(ids)
+        else:
+            blocks, self.carry = pack_with_carry(self.carry, ids, self.eos, self.cfg.block_size)
+            if len(blocks):
+                self.pending.append(blocks)
+                self.pending_rows += len(blocks)
+        while self.pending_rows >= self.cfg.shard_rows:
+            self._flush(self.cfg.shard_rows)
+
+    def close(self) -> dict:
+        if self.pending_rows:
+            self._flush(self.pending_rows)
+        self.counts["dropped"] += len(self.carry)  # the final partial block of this stream
+        self.carry = np.empty(0, np.int32)
+        return {"files": self.files, **self.counts}
+
+    def _flush(self, n: int) -> None:
+        name = f"{self.split}/{self.key}-{len(self.files):05d}.parquet"
+        if self.classify:
+            rows, self.pending = self.pending[:n], self.pending[n:]
+            table = pa.table({
+                "sample_id": pa.array([sample_id(name, i) for i in range(n)], pa.int64()),
+                "input_ids": pa.array([r[0] for r in rows], pa.list_(pa.int32())),
+                "label": pa.array([r[1] for r in rows], pa.int64()),
+            })
+            tokens = sum(len(r[0]) for r in rows)
+        else:
+            allb = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+            blocks, rest = allb[:n], allb[n:]
+            self.pending = [rest] if len(rest) else []
+            table = pa.table({
+                "sample_id": pa.array([sample_id(name, i) for i in range(n)], pa.int64()),
+                "input_ids": pa.FixedSizeListArray.from_arrays(pa.array(blocks.reshape(-1), pa.int32()),
+                                                               self.cfg.block_size),
+            })
+            tokens = int(blocks.size)
+        self.pending_rows -= n
+        path = os.path.join(self.out_dir, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        digest = _atomic_write(table, path)
+        self.files.append({"path": name, "rows": n, "sha256": digest})
+        self.counts["rows"] += n
+        self.counts["tokens_out"] += tokens
+
+
+class UnitWorker:
+    """Actor of the pool: holds the tokenizer; turns one unit into shards, rejects and a marker."""
+
+    def __init__(self, cfg: DataConfig, tokenizer_dir: str, out_dir: str, task: str, dedup: list | None,
                  validation_files: list[str] | None = None) -> None:
         self.cfg, self.out_dir, self.task = cfg, out_dir, task
-        self.tok = toks.load_tokenizer(tokenizer_dir)
         self.validation_files = set(validation_files or [])
+        self.backend, self.eos = toks.load_backend(tokenizer_dir)
+        self.dedup = ShardedDedup(dedup) if dedup else None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        stats = [self.process(Unit(**d)) for d in batch.column("unit").to_pylist()]
+        return pa.Table.from_pylist(stats, schema=UNIT_STATS)
+
+    def process(self, unit: Unit) -> dict:
+        key, t0 = unit.key, time.time()
+        for old in glob.glob(os.path.join(self.out_dir, "*", f"{key}-*.parquet")):
+            os.remove(old)  # an interrupted attempt's shards: this attempt rewrites them all
+        rejects = RejectsWriter(os.path.join(self.out_dir, "rejects"), key)
+        writers = {s: SplitWriter(self.out_dir, s, key, self.cfg, self.task, self.eos) for s in SPLITS}
+        seen: set[int] = set()
+        claimed: list[np.ndarray] = []
+        rows_in = 0
+        for rows in _batched(read_unit(unit, self.cfg), self.cfg.tokenize_batch_size):
+            rows_in += len(rows)
+            kept, hashes = self._clean(rows, seen, int(key, 16) >> 1)
+            claimed.append(hashes)
+            rejects.add([r for r in rows if r["reject"]])
+            self._tokenize(kept, writers)
+        rejects.close()
+        splits = {s: w.close() for s, w in writers.items()}
+        marker = {"unit": unit.to_dict(), "rows_in": rows_in, "rejected": rejects.counts,
+                  "max_label": max(w.max_label for w in writers.values()), "splits": splits}
+        pdir = os.path.join(self.out_dir, PROGRESS)
+        np.save(os.path.join(pdir, f"{key}.hashes.npy"), np.concatenate(claimed) if claimed else np.empty(0, np.int64))
+        _atomic_json(marker, os.path.join(pdir, f"{key}.json"))  # last: the unit counts as done from here
+        return {"key": key, "bytes": _unit_bytes(unit), "rows_in": rows_in,
+                "rows_kept": sum(s["docs"] for s in splits.values()),
+                "tokens_out": sum(s["tokens_out"] for s in splits.values()), "seconds": time.time() - t0}
+
+    def _clean(self, rows: list[dict], seen: set[int], owner: int) -> tuple[list[dict], np.ndarray]:
+        """Normalise and filter in place (setting `reject`); returns kept rows and their hashes."""
+        cfg, classify = self.cfg, self.task == "sequence-classification"
+        for r in rows:
+            check_row(r, cfg)
+            if r["reject"]:
+                continue
+            r["text"] = normalize(r["text"])
+            r["reject"] = reject_reason(r["text"], cfg)
+            if classify and not r["reject"]:
+                r["label_id"] = label_id(r["label"], cfg.labels)
+                if r["label_id"] is None:
+                    r["reject"] = "bad_label"
+                    check_row(r, cfg)
+        live = [r for r in rows if not r["reject"]]
+        if not cfg.dedup:
+            return live, np.empty(0, np.int64)
+        hashes = np.array([text_hash(r["text"]) for r in live], dtype=np.int64)
+        ok = np.ones(len(live), dtype=bool)
+        for i, h in enumerate(hashes.tolist()):  # duplicates inside this unit
+            ok[i] = h not in seen
+            seen.add(h)
+        if self.dedup is not None and ok.any():
+            ok[ok] = self.dedup.claim(hashes[ok], owner)  # and across the corpus
+        for r, good in zip(live, ok):
+            if not good:
+                r["reject"] = "duplicate"
+        return [r for r, good in zip(live, ok) if good], hashes[ok]
 
     def split(self, row: dict) -> str:
+        """data.validation_source files are the validation split; else a hash of the row id decides."""
         if self.validation_files:
             return "validation" if row["source"] in self.validation_files else "train"
         return split_of(row["row_id"], self.cfg.validation_fraction)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        stats = []
-        for split in SPLITS:
-            docs = [r for r in rows if self.split(r) == split]
-            if docs:
-                stats.append(self._write(split, docs))
-        return pa.Table.from_pylist(stats, schema=STATS_SCHEMA)
-
-    def _write(self, split: str, docs: list[dict]) -> dict:
-        key = hashlib.sha1(docs[0]["row_id"].encode()).hexdigest()[:16]
-        name = f"{split}/shard-{key}.parquet"
-        ids = self.tok([d["text"] for d in docs], add_special_tokens=False)["input_ids"]
-        tokens = sum(len(x) for x in ids)
-        chars = sum(len(d["text"]) for d in docs)
-        if self.task == "sequence-classification":
-            ids = [x[: self.cfg.max_length] for x in ids]
-            labels = [_label(d["label"], self.cfg.labels) for d in docs]
-            table = pa.table({
-                "sample_id": pa.array([sample_id(name, i) for i in range(len(ids))], pa.int64()),
-                "input_ids": pa.array(ids, pa.list_(pa.int32())),
-                "label": pa.array(labels, pa.int64()),
-            })
-            kept, dropped = sum(len(x) for x in ids), tokens - sum(len(x) for x in ids)
-        else:
-            blocks, dropped = pack_documents(ids, self.tok.eos_token_id, self.cfg.block_size)
-            table = pa.table({
-                "sample_id": pa.array([sample_id(name, i) for i in range(len(blocks))], pa.int64()),
-                "input_ids": pa.array(list(blocks), pa.list_(pa.int32(), self.cfg.block_size)),
-            })
-            kept = int(blocks.size)
-        path = os.path.join(self.out_dir, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        digest = _atomic_write(table, path)
-        return {"split": split, "file": name, "rows": table.num_rows, "docs": len(docs), "chars": chars,
-                "tokens_in": tokens, "tokens_out": kept, "dropped": dropped, "sha256": digest}
+    def _tokenize(self, kept: list[dict], writers: dict[str, SplitWriter]) -> None:
+        if not kept:
+            return
+        texts = [r["text"] for r in kept]
+        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+        ids = [e.ids for e in encode(texts, add_special_tokens=False)]
+        by_split: dict[str, list[int]] = {s: [] for s in SPLITS}
+        for i, r in enumerate(kept):
+            by_split[self.split(r)].append(i)
+        for s, idx in by_split.items():
+            if idx:
+                writers[s].add([ids[i] for i in idx], [texts[i] for i in idx], [kept[i].get("label_id") for i in idx])
 
 
-STATS_SCHEMA = pa.schema([
-    ("split", pa.string()), ("file", pa.string()), ("rows", pa.int64()), ("docs", pa.int64()),
-    ("chars", pa.int64()), ("tokens_in", pa.int64()), ("tokens_out", pa.int64()),
-    ("dropped", pa.int64()), ("sha256", pa.string()),
-])
+UNIT_STATS = pa.schema([("key", pa.string()), ("bytes", pa.int64()), ("rows_in", pa.int64()),
+                        ("rows_kept", pa.int64()), ("tokens_out", pa.int64()), ("seconds", pa.float64())])
 
 
-def cleaned_dataset(cfg: DataConfig, source: str, rejects_dir: str | None, dedup: Any = None):
-    from raylm.datasets.sources import read_corpus
-
-    cleaner = Cleaner(cfg, rejects_dir or "", dedup)
-    if rejects_dir is None:  # sampling only: no ledger writes
-        cleaner = _SampleCleaner(cfg)
-    ds = read_corpus(cfg, source)
-    if cfg.validation_source and rejects_dir is not None:
-        ds = ds.union(read_corpus(cfg, cfg.validation_source))
-    return ds.map_batches(cleaner, batch_format="pyarrow", batch_size=1024)
+def _unit_bytes(unit: Unit) -> int:
+    if unit.nbytes >= 0:
+        return unit.nbytes
+    return (unit.end if unit.end >= 0 else unit.size) - unit.start
 
 
-class _SampleCleaner(Cleaner):
-    def __init__(self, cfg: DataConfig) -> None:
-        super().__init__(cfg, "", None)
+def _batched(rows: Iterator[dict], n: int) -> Iterator[list[dict]]:
+    batch: list[dict] = []
+    for r in rows:
+        batch.append(r)
+        if len(batch) >= n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from raylm.datasets.clean import normalize, reject_reason
 
-        rows = [dict(r, text=normalize(r["text"])) for r in batch.to_pylist() if not r["reject"]]
-        return pa.Table.from_pylist([r for r in rows if not reject_reason(r["text"], self.cfg)], schema=batch.schema)
+# ---------------------------------------------------------------- tokenizer
+
+
+def sample_documents(cfg: DataConfig, source: str, n: int, max_files: int = 64) -> Iterator[str]:
+    """Up to n cleaned documents streamed from up to `max_files` files spread over the corpus
+    (never the whole corpus in memory). Bad rows stop it under on_error=fail."""
+    files = _fs.list_files(source)
+    step = max(1, len(files) // max_files)
+    picked = files[::step][:max_files]
+    quota = -(-n // len(picked))
+    for uri, size in picked:
+        from raylm.datasets.sources import file_format
+
+        got = 0
+        for row in read_unit(Unit(uri, file_format(uri, cfg.format), size), cfg):
+            check_row(row, cfg)
+            text = normalize(row["text"]) if not row["reject"] else ""
+            if text and not reject_reason(text, cfg):
+                yield text
+                got += 1
+                if got >= quota:
+                    break
 
 
 def ensure_tokenizer(cfg: DataConfig, task: str, source: str) -> str:
@@ -143,8 +290,15 @@ def ensure_tokenizer(cfg: DataConfig, task: str, source: str) -> str:
     tok_dir = toks.resolve_tokenizer_dir(cfg.prepared_dir, cfg.tokenizer.path)
     if not Path(tok_dir, "tokenizer.json").is_file() and not cfg.tokenizer.path:
         t0 = time.time()
-        sample = toks.sample_texts(cleaned_dataset(cfg, source, None), cfg.tokenizer.sample_docs)
-        toks.train_bpe(sample, tok_dir, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+        try:
+            sample = sample_documents(cfg, source, cfg.tokenizer.sample_docs)
+            first = next(sample, None)  # raise here, not inside the Rust trainer
+            if first is None:
+                raise UserError("the corpus is empty: no document survived reading and cleaning",
+                                hint="check data.source, data.text_field and data.min_chars")
+            toks.train_bpe(itertools.chain([first], sample), tok_dir, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+        except BadRowError as err:
+            raise UserError(f"{err} (data.on_error=fail)", hint="fix the file or set data.on_error=skip") from None
         log.info("tokenizer: trained %s in %.1fs", tok_dir, time.time() - t0)
     problems = toks.check_tokenizer(toks.load_tokenizer(tok_dir), task)
     if problems:
@@ -152,9 +306,17 @@ def ensure_tokenizer(cfg: DataConfig, task: str, source: str) -> str:
     return tok_dir
 
 
-def _fingerprint_inputs(cfg: DataConfig, task: str, tok_fp: str) -> str:
-    keys = cfg.model_dump(mode="json", exclude={"tokenize_batch_size", "tokenize_actors", "shuffle_buffer_rows", "seed"})
-    return hashlib.sha256(json.dumps([keys, task, tok_fp], sort_keys=True).encode()).hexdigest()[:16]
+# ---------------------------------------------------------------- driver
+
+
+# Knobs that change how fast, not what: a change keeps the prepared shards.
+_SPEED_KNOBS = {"tokenize_batch_size", "tokenize_actors", "shuffle_buffer_rows", "seed", "dedup_shards",
+                "unit_bytes", "progress_seconds"}
+
+
+def _fingerprint_inputs(cfg: DataConfig, task: str, tok_fp: str, files: list[tuple[str, int]]) -> str:
+    keys = cfg.model_dump(mode="json", exclude=_SPEED_KNOBS)
+    return hashlib.sha256(json.dumps([keys, task, tok_fp, files], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_manifest(prepared_dir: str) -> dict:
@@ -164,98 +326,182 @@ def load_manifest(prepared_dir: str) -> dict:
     return json.loads(path.read_text())
 
 
+def _start_fresh_if_changed(out: Path, inputs_fp: str, force: bool) -> None:
+    """Finished units are only reusable with the same inputs; otherwise start from nothing."""
+    state = out / PROGRESS / "inputs.json"
+    same = state.is_file() and json.loads(state.read_text()).get("inputs_fingerprint") == inputs_fp
+    if force or not same:
+        for sub in (*SPLITS, "rejects", PROGRESS):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        (out / "manifest.json").unlink(missing_ok=True)
+    (out / PROGRESS).mkdir(parents=True, exist_ok=True)
+    _atomic_json({"inputs_fingerprint": inputs_fp}, str(state))
+
+
 def prepare(cfg: DataConfig, task: str = "causal-lm", force: bool = False) -> dict:
-    """Prepare shards (Ray must be initialised). Idempotent: same inputs -> reuse the manifest."""
+    """Prepare shards (Ray must be initialised). Idempotent and resumable (see module doc)."""
     import ray
 
     source = resolve_source(cfg)
+    files = _fs.list_files(source) + (_fs.list_files(cfg.validation_source) if cfg.validation_source else [])
     tok_dir = ensure_tokenizer(cfg, task, source)
     tok_fp = toks.fingerprint(tok_dir)
-    inputs_fp = _fingerprint_inputs(cfg, task, tok_fp)
+    inputs_fp = _fingerprint_inputs(cfg, task, tok_fp, files)
     out = Path(cfg.prepared_dir)
     mpath = out / "manifest.json"
-    if mpath.is_file() and not force:
-        old = json.loads(mpath.read_text())
-        if old.get("inputs_fingerprint") == inputs_fp:
-            log.info("prepare: %s is up to date", out)
-            return old
-    for sub in (*SPLITS, "rejects"):
-        shutil.rmtree(out / sub, ignore_errors=True)
+    if mpath.is_file() and not force and json.loads(mpath.read_text()).get("inputs_fingerprint") == inputs_fp:
+        log.info("prepare: %s is up to date", out)
+        return json.loads(mpath.read_text())
+    _start_fresh_if_changed(out, inputs_fp, force)
     t0 = time.time()
-    dedup = ray.remote(DedupIndex).options(num_cpus=0).remote() if cfg.dedup else None
-    ds = cleaned_dataset(cfg, source, str(out / "rejects"), dedup)
-    stats_ds = ds.map_batches(
-        ShardWriter,
-        fn_constructor_args=(cfg, tok_dir, str(out), task, _validation_files(cfg)),
-        batch_format="pyarrow",
-        batch_size=cfg.tokenize_batch_size,
-        compute=ray.data.ActorPoolStrategy(size=cfg.tokenize_actors),
-    )
+    units = plan_units(cfg, source, count=_count_on_ray)
+    if cfg.validation_source:
+        units = sorted(set(units) | set(plan_units(cfg, cfg.validation_source, count=_count_on_ray)),
+                       key=lambda u: (u.uri, u.start))
+    done = {u.key for u in units if (out / PROGRESS / f"{u.key}.json").is_file()}
+    todo = sorted((u for u in units if u.key not in done), key=_unit_bytes, reverse=True)  # big first: balance
+    if done:
+        log.info("prepare: resuming, %d of %d units already done", len(done), len(units))
+    dedup = _start_dedup(cfg, out, done)
     try:
-        stats = stats_ds.take_all()
-    except Exception as err:  # a BadRowError raised in a task arrives wrapped
+        if todo:
+            _run_units(cfg, task, tok_dir, out, todo, dedup, sum(_unit_bytes(u) for u in units),
+                       _validation_files(cfg))
+    finally:
+        for actor in dedup or []:
+            ray.kill(actor)
+    markers = [json.loads((out / PROGRESS / f"{u.key}.json").read_text()) for u in units]
+    _remove_orphans(out, markers)
+    manifest = _manifest(cfg, task, tok_dir, tok_fp, inputs_fp, markers)
+    manifest["seconds"] = round(time.time() - t0, 2)
+    _atomic_json(manifest, str(mpath))
+    return manifest
+
+
+def _count_on_ray(segments: list[tuple[str, int, int]]) -> list[int]:
+    import ray
+
+    from raylm.datasets.sources import count_newlines
+
+    task = ray.remote(count_newlines).options(runtime_env=_runtime_env())
+    return ray.get([task.remote(*s) for s in segments])
+
+
+def _runtime_env() -> dict | None:
+    env = _fs.worker_env()
+    return {"env_vars": env} if env else None
+
+
+def _start_dedup(cfg: DataConfig, out: Path, done: set[str]) -> list | None:
+    import ray
+
+    if not cfg.dedup:
+        return None
+    actors = [ray.remote(DedupIndex).options(num_cpus=0).remote(i, cfg.dedup_shards) for i in range(cfg.dedup_shards)]
+    paths = [str(out / PROGRESS / f"{k}.hashes.npy") for k in sorted(done)]
+    ray.get([a.load.remote(paths) for a in actors])  # the claims of units finished before
+    return actors
+
+
+def _run_units(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: list[Unit], dedup: list | None,
+               total_bytes: int, validation_files: list[str] | None) -> None:
+    import ray
+
+    from raylm.datasets.progress import Progress
+
+    items = [{"unit": u.to_dict()} for u in todo]
+    stats = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        UnitWorker,
+        fn_constructor_args=(cfg, tok_dir, str(out), task, dedup, validation_files),
+        batch_format="pyarrow",
+        batch_size=1,
+        # One unit at a time per actor: a queued unit would wait behind a long one while another actor idles.
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(_pool_size(cfg), len(todo))),
+                                           max_tasks_in_flight_per_actor=1),
+        runtime_env=_runtime_env(),
+    )
+    progress = Progress(total_bytes, total_bytes - sum(_unit_bytes(u) for u in todo), len(todo), cfg.progress_seconds)
+    try:
+        for row in stats.iter_rows():
+            progress.update(row)
+    except Exception as err:  # a BadRowError raised in a worker arrives wrapped
         bad = _find_bad_row(err)
         if bad:
             raise UserError(f"{bad} (data.on_error=fail)", hint="fix the file or set data.on_error=skip") from None
         raise
-    manifest = _manifest(cfg, task, tok_dir, tok_fp, inputs_fp, stats, count_rejects(str(out / "rejects")))
-    manifest["seconds"] = round(time.time() - t0, 2)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = mpath.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(mpath)
-    return manifest
+    progress.finish()
 
 
 def _validation_files(cfg: DataConfig) -> list[str] | None:
     if not cfg.validation_source:
         return None
-    from raylm.datasets.sources import list_files
-
-    return list_files(cfg.validation_source)
+    return [uri for uri, _ in _fs.list_files(cfg.validation_source)]
 
 
-def _find_bad_row(err: BaseException) -> str | None:
-    seen = 0
-    while err is not None and seen < 10:
+def _pool_size(cfg: DataConfig) -> int:
+    import ray
+
+    return cfg.tokenize_actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _find_bad_row(err: BaseException | None) -> str | None:
+    for _ in range(10):
+        if err is None:
+            return None
         if isinstance(err, BadRowError):
             return str(err)
-        text = str(err)
-        if "BadRowError" in text:
-            line = [l for l in text.splitlines() if "BadRowError" in l][-1]
-            return line.split("BadRowError:", 1)[-1].strip()
+        lines = [line for line in str(err).splitlines() if "BadRowError:" in line]
+        if lines:
+            return lines[-1].split("BadRowError:", 1)[-1].strip()
         err = err.__cause__ or getattr(err, "cause", None)
-        seen += 1
     return None
 
 
-def _manifest(cfg: DataConfig, task: str, tok_dir: str, tok_fp: str, inputs_fp: str,
-              stats: list[dict], rejects: dict[str, int]) -> dict:
+def _remove_orphans(out: Path, markers: list[dict]) -> None:
+    """Shards and ledgers no finished unit lists: leftovers of changed files or crashed attempts."""
+    keep = {f["path"] for m in markers for s in m["splits"].values() for f in s["files"]}
+    keys = {Unit(**m["unit"]).key for m in markers}
+    for split in SPLITS:
+        for path in glob.glob(str(out / split / "*")):
+            if os.path.relpath(path, out) not in keep:
+                os.remove(path)
+    for path in glob.glob(str(out / "rejects" / "*")):
+        if not path.endswith(".parquet") or os.path.basename(path)[len("rejects-"):-len(".parquet")] not in keys:
+            os.remove(path)
+
+
+def _manifest(cfg: DataConfig, task: str, tok_dir: str, tok_fp: str, inputs_fp: str, markers: list[dict]) -> dict:
     tok = toks.load_tokenizer(tok_dir)
     splits: dict[str, Any] = {}
     for split in SPLITS:
-        rows = sorted((s for s in stats if s["split"] == split), key=lambda s: s["file"])
-        splits[split] = {
-            "files": [{"path": s["file"], "rows": s["rows"], "sha256": s["sha256"]} for s in rows],
-            **{k: sum(s[k] for s in rows) for k in ("rows", "docs", "chars", "tokens_in", "tokens_out", "dropped")},
-        }
-    kept_docs = sum(splits[s]["docs"] for s in SPLITS)
-    if kept_docs == 0:
+        parts = [m["splits"][split] for m in markers]
+        splits[split] = {"files": [f for p in parts for f in p["files"]],
+                         **{k: sum(p[k] for p in parts) for k in COUNTS}}
+    rejected: dict[str, int] = {}
+    for m in markers:
+        for reason, n in m["rejected"].items():
+            rejected[reason] = rejected.get(reason, 0) + n
+    rows_in = sum(m["rows_in"] for m in markers)
+    kept = sum(splits[s]["docs"] for s in SPLITS)
+    if kept == 0:
         raise UserError(f"the corpus is empty: no document in '{cfg.source}' survived cleaning "
-                        f"(rejected: {rejects or 'none'})", hint=f"see {cfg.prepared_dir}/rejects/")
+                        f"(rejected: {rejected or 'none'})", hint=f"see {cfg.prepared_dir}/rejects/")
     if splits["train"]["rows"] == 0:
         raise UserError(f"no training rows: the corpus is smaller than one block of {cfg.block_size} tokens",
                         hint="add text or lower data.block_size")
-    labels = None
-    if task == "sequence-classification":
-        labels = cfg.labels
+    classify = task == "sequence-classification"
     return {
         "schema_version": SCHEMA_VERSION, "task": task, "source": cfg.source,
         "tokenizer_dir": os.path.abspath(tok_dir), "tokenizer_fingerprint": tok_fp,
         "inputs_fingerprint": inputs_fp, "vocab_size": len(tok), "eos_id": tok.eos_token_id,
         "pad_id": tok.pad_token_id, "mask_id": tok.mask_token_id,
-        "block_size": cfg.block_size, "max_length": cfg.max_length, "labels": labels,
-        "rows_in": kept_docs + sum(rejects.values()), "rows_kept": kept_docs,
-        "rows_rejected": sum(rejects.values()), "rejected": rejects, "splits": splits,
+        "cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id,  # the trainer adds them at collate
+        "block_size": cfg.block_size, "max_length": cfg.max_length, "shard_rows": cfg.shard_rows,
+        "labels": cfg.labels if classify else None,
+        "num_labels": (len(cfg.labels) if cfg.labels else max(m["max_label"] for m in markers) + 1) if classify else None,
+        # The ledger: every row read is either kept or rejected under a reason.
+        "rows_in": rows_in, "rows_kept": kept, "rows_rejected": sum(rejected.values()),
+        "ledger_balanced": rows_in == kept + sum(rejected.values()), "rejected": dict(sorted(rejected.items())),
+        "units": len(markers), "splits": splits,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -1,11 +1,30 @@
-"""Human-readable summary of a prepared dataset's manifest."""
+"""Human-readable summaries of a prepared dataset: the manifest, and the rejects ledger."""
 
 from __future__ import annotations
 
 
 def print_manifest(m: dict, prepared_dir: str) -> None:
-    print(f"[raylm] prepared {prepared_dir} in {m.get('seconds', 0):.1f}s: rows in {m['rows_in']}, "
-          f"kept {m['rows_kept']}, rejected {m['rows_rejected']} {m['rejected'] or ''}")
+    balanced = "balanced" if m.get("ledger_balanced", True) else "NOT BALANCED"
+    print(f"[raylm] prepared {prepared_dir} in {m.get('seconds', 0):.1f}s: rows in {m['rows_in']} = "
+          f"kept {m['rows_kept']} + rejected {m['rows_rejected']} ({balanced}) {m['rejected'] or ''}")
     for split, s in m["splits"].items():
         print(f"[raylm]   {split}: {s['rows']} rows, {s['tokens_out']:,} tokens in {len(s['files'])} shards "
               f"({s['docs']} documents, {s['dropped']} tokens dropped)")
+    if m["rows_rejected"]:
+        print(f"[raylm]   rejected rows: {prepared_dir}/rejects/*.parquet (row_id, source, reason, text)")
+
+
+def format_rejects(rows: list[dict], width: int = 100) -> list[str]:
+    """One line per rejected row: `row_id  reason  text…` (what `raylm rejects` would print)."""
+    out = []
+    for r in rows:
+        text = " ".join(r["text"].split())
+        out.append(f"{r['row_id']}  {r['reason']}  {text[:width]}{'…' if len(text) > width else ''}")
+    return out
+
+
+def print_rejects(prepared_dir: str, reason: str | None = None, limit: int = 20) -> None:
+    from raylm.datasets.clean import read_rejects
+
+    for line in format_rejects(read_rejects(prepared_dir, reason, limit)):
+        print(line)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from raylm.errors import UserError
@@ -54,6 +54,24 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
+def load_backend(path: str | Path):
+    """(tokenizers.Tokenizer, eos id) straight from tokenizer.json: workers skip importing
+    transformers (seconds per actor) since they only encode."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    p = Path(path)
+    tok = Tokenizer.from_file(str(p / "tokenizer.json"))
+    eos = None
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        f = p / name
+        if eos is None and f.is_file():
+            eos = json.loads(f.read_text()).get("eos_token")
+    eos = eos.get("content") if isinstance(eos, dict) else eos
+    return tok, tok.token_to_id(eos) if eos else None
+
+
 def check_tokenizer(tok, task: str) -> list[str]:
     """Problems that make a tokenizer unusable for a task, one line each."""
     problems = []
@@ -78,17 +96,6 @@ def fingerprint(path: str | Path) -> str:
             h.update(name.encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:16]
-
-
-def sample_texts(ds, n: int, batch_size: int = 512) -> Iterator[str]:
-    """Stream the first n texts of a Ray Dataset through the driver (bounded memory)."""
-    seen = 0
-    for batch in ds.limit(n).iter_batches(batch_size=batch_size, batch_format="pyarrow"):
-        for t in batch.column("text").to_pylist():
-            yield t
-            seen += 1
-    if not seen:
-        raise UserError("the corpus is empty: no document survived reading and cleaning", hint="check data.source and the rejects/ ledger")
 
 
 def resolve_tokenizer_dir(prepared_dir: str, configured: str | None) -> str:

@@ -62,7 +62,18 @@ class TrainerConfig(BaseModel):
     log_every: int = Field(10, ge=1)
     seed: int = 1337
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker (CPU).")
-    nan_policy: Literal["stop", "skip"] = "stop"
+    nan_policy: Literal["stop", "skip"] = Field(
+        "stop", description="A non-finite loss or grad norm: stop the run, or skip that step's update."
+    )
+    compile: bool = Field(False, description="torch.compile the model (in place, before DDP/FSDP).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
+    best_metric: str | None = Field(
+        None, description="Metric that ranks checkpoints (default: the task's, val_loss or val_accuracy)."
+    )
+    best_mode: Literal["auto", "min", "max"] = Field("auto", description="auto: the task's direction.")
+    export_checkpoint: Literal["last", "best"] = Field(
+        "last", description="Which checkpoint `raylm train` exports (resume always uses the latest)."
+    )
     export_dir: str | None = Field(
         None, description="Where the final HF model is exported (default: <run>/export)."
     )

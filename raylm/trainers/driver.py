@@ -32,12 +32,54 @@ def local_run_dir(cfg: RootConfig, name: str | None = None, storage_path: str | 
 
 def model_meta(cfg: RootConfig, manifest: dict) -> dict:
     """What workers need from the manifest (they may not see the driver's filesystem)."""
-    meta = {k: manifest.get(k) for k in ("vocab_size", "eos_id", "pad_id", "mask_id", "block_size", "max_length")}
+    meta = {k: manifest.get(k) for k in ("vocab_size", "eos_id", "pad_id", "mask_id", "block_size", "max_length",
+                                         "cls_id", "sep_id")}
     if cfg.trainer.task == "sequence-classification":
-        meta["num_labels"] = manifest.get("num_labels") or len(manifest.get("labels") or []) or 2
+        meta["num_labels"] = (manifest.get("num_labels") or len(manifest.get("labels") or [])
+                              or _labels_in_data(cfg.data.prepared_dir, manifest))
+        if meta["cls_id"] is None and manifest.get("tokenizer_dir"):
+            meta.update(_special_ids(manifest["tokenizer_dir"]))
     if meta["pad_id"] is None:
         meta["pad_id"] = meta["eos_id"]
     return meta
+
+
+def _labels_in_data(prepared_dir: str, manifest: dict) -> int:
+    """num_labels = largest label id in the train shards + 1 (reads the label column only)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    top = 0
+    for f in manifest["splits"]["train"]["files"]:
+        col = pq.read_table(os.path.join(prepared_dir, f["path"]), columns=["label"]).column("label")
+        top = max(top, int(pc.max(col).as_py() or 0))
+    return max(top + 1, 2)
+
+
+def _special_ids(tokenizer_dir: str) -> dict:
+    """[CLS]/[SEP] ids of a BERT-style tokenizer (None for GPT-style ones)."""
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    except (OSError, ValueError):
+        return {}
+    return {"cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id}
+
+
+def best_checkpoint_rule(cfg: RootConfig) -> tuple[str, str]:
+    """(metric, "min"|"max") that ranks checkpoints: the config's, else the task's."""
+    from raylm.trainers.tasks import get_task
+
+    task = get_task(cfg.trainer.task)
+    metric = cfg.trainer.best_metric or task.metric
+    mode = cfg.trainer.best_mode
+    if mode == "auto":
+        mode = task.mode if metric == task.metric else ("max" if metric in _HIGHER_IS_BETTER else "min")
+    return metric, mode
+
+
+_HIGHER_IS_BETTER = {"val_accuracy", "val_f1"}
 
 
 def check_compatible(cfg: RootConfig, manifest: dict) -> None:
@@ -70,6 +112,7 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
     from ray.train.torch import TorchTrainer
 
     from raylm.datasets.prepare import load_manifest
+    from raylm.cluster.storage import run_storage
     from raylm.datasets.streaming import open_split
     from raylm.trainers.loop import train_loop_per_worker
 
@@ -78,8 +121,12 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
     run_dir = local_run_dir(cfg, name, storage_path)
     loop_config = {"cfg": cfg.model_dump(mode="json"), "meta": model_meta(cfg, manifest),
                    "metrics_path": os.path.join(run_dir, "metrics.jsonl"), "wandb_dir": run_dir,
-                   "run_id": name, **(loop_overrides or {})}
+                   "run_id": name, "run_dir": run_dir, **(loop_overrides or {})}
+    metric, mode = best_checkpoint_rule(cfg)
     datasets = {s: open_split(cfg.data.prepared_dir, s, manifest) for s in ("train", "validation")}
+    train_mb = manifest["splits"]["train"].get("tokens_out", 0) * 4 / 2**20
+    if train_mb <= cfg.data.materialize_max_mb:  # small corpus: skip the per-epoch re-read (~seconds each)
+        datasets["train"] = datasets["train"].materialize()
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # a deterministic order makes "skip what was consumed" exact on resume
     return TorchTrainer(
@@ -88,9 +135,11 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=name,
-            storage_path=storage_root(cfg, storage_path),
+            **run_storage(storage_root(cfg, storage_path)),
             failure_config=FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
+            # Ray ranks checkpoints by the metric but never deletes the latest: resume uses it.
+            checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep, checkpoint_score_attribute=metric,
+                                               checkpoint_score_order=mode),
             callbacks=callbacks,
         ),
         datasets=datasets,
@@ -127,11 +176,16 @@ def train(cfg: RootConfig) -> dict:
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     export_dir = cfg.trainer.export_dir or os.path.join(run_dir, "export")
-    with result.checkpoint.as_directory() as d:
+    chosen = result.checkpoint
+    if cfg.trainer.export_checkpoint == "best" and result.best_checkpoints:
+        metric, mode = best_checkpoint_rule(cfg)
+        pick = max if mode == "max" else min
+        chosen = pick(result.best_checkpoints, key=lambda cm: cm[1].get(metric, float("nan")))[0]
+    with chosen.as_directory() as d:
         export_model(d, manifest["tokenizer_dir"], export_dir)
         if is_remote(cfg.cluster.storage_path) and os.path.exists(os.path.join(d, "metrics.jsonl")):
             shutil.copy(os.path.join(d, "metrics.jsonl"), os.path.join(run_dir, "metrics.jsonl"))
-    summary = {"run_dir": run_dir, "export_dir": export_dir, "checkpoint": result.checkpoint.path,
+    summary = {"run_dir": run_dir, "export_dir": export_dir, "checkpoint": chosen.path,
                "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float, str))}}
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -1,4 +1,4 @@
-"""Parallelism and precision: DDP (default) or FSDP2 (`fully_shard`), autocast dtype."""
+"""Parallelism and precision: DDP (default) or FSDP2 (`fully_shard`), autocast, full state dicts."""
 
 from __future__ import annotations
 
@@ -18,9 +18,22 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
+def prepare_module(model: torch.nn.Module, t: TrainerConfig) -> torch.nn.Module:
+    """Per-model options applied before wrapping (they keep parameter names unchanged)."""
+    if t.gradient_checkpointing:
+        # Non-reentrant checkpointing works under DDP/FSDP without find_unused_parameters.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model.config, "use_cache"):
+            model.config.use_cache = False
+    if t.compile:
+        model.compile()  # in place: state-dict keys stay free of `_orig_mod.`
+    return model
+
+
 def wrap_model(model: torch.nn.Module, t: TrainerConfig, device: torch.device) -> torch.nn.Module:
     import ray.train.torch
 
+    model = prepare_module(model, t)
     if t.strategy == "fsdp":
         return _fsdp2(model, device)
     return ray.train.torch.prepare_model(model, parallel_strategy="ddp")
@@ -46,10 +59,30 @@ def _fsdp2(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 _BLOCKS = {"GPT2Block", "LlamaDecoderLayer", "BertLayer", "RobertaLayer"}
 
 
-def full_state_dict(model: Any) -> dict | None:
-    """A full (unsharded) CPU state dict on rank 0 under FSDP; None under DDP (save as is)."""
-    if not getattr(model, "_raylm_fsdp", False):
-        return None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+def _options(**kw: Any) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def full_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Full (unsharded) model and optimizer state keyed by parameter name, on CPU.
+
+    A collective under FSDP: every rank calls it; rank 0 gets the values. The same format for
+    DDP and FSDP, so a checkpoint written by one strategy restores into the other.
+    """
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    return get_state_dict(model, opt, options=_options(cpu_offload=True))
+
+
+def load_optimizer(model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
+    """Every rank loads the full optimizer state; FSDP keeps its own shard of it."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, opt, optim_state_dict=state, options=_options())
+
+
+def global_norm(gnorm: Any) -> float:
+    """clip_grad_norm_ returns a DTensor under FSDP2: materialise the global value."""
+    return float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)

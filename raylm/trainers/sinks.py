@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class JsonlSink:
         self._f = open(path, "a", buffering=1)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        self._f.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
 
     def close(self) -> None:
         self._f.close()

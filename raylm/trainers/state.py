@@ -33,9 +33,13 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def save(dirpath: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, state: TrainState,
-         rank: int, metrics_file: str | None = None, model_state: dict | None = None) -> None:
-    """Write this rank's part of a checkpoint into `dirpath` (rank 0 writes model + state)."""
+def save(dirpath: str, model: torch.nn.Module, sched: Any, state: TrainState, rank: int,
+         model_state: dict, optim_state: dict, metrics_file: str | None = None) -> None:
+    """Write this rank's part of a checkpoint into `dirpath` (rank 0 writes model + state).
+
+    `model_state`/`optim_state` are full state dicts keyed by parameter name (see
+    `parallel.full_state`), so DDP and FSDP checkpoints have one format.
+    """
     os.makedirs(dirpath, exist_ok=True)
     torch.save({"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
@@ -43,7 +47,7 @@ def save(dirpath: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sched
     if rank != 0:
         return
     unwrap(model).save_pretrained(os.path.join(dirpath, "model"), state_dict=model_state, safe_serialization=True)
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": asdict(state)},
+    torch.save({"optimizer": optim_state, "scheduler": sched.state_dict(), "state": asdict(state)},
                os.path.join(dirpath, "state.pt"))
     if metrics_file and os.path.exists(metrics_file):
         shutil.copy(metrics_file, os.path.join(dirpath, "metrics.jsonl"))
@@ -65,10 +69,12 @@ def load_model_weights(model: torch.nn.Module, model_dir: str) -> None:
 
 def restore(dirpath: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, rank: int,
             load_weights: bool = True) -> TrainState:
+    from raylm.trainers.parallel import load_optimizer
+
     if load_weights:
         load_model_weights(model, os.path.join(dirpath, "model"))
     blob = torch.load(os.path.join(dirpath, "state.pt"), map_location="cpu", weights_only=True)
-    opt.load_state_dict(blob["optimizer"])
+    load_optimizer(model, opt, blob["optimizer"])
     sched.load_state_dict(blob["scheduler"])
     rng_path = os.path.join(dirpath, f"rng_rank{rank}.pt")
     if os.path.exists(rng_path):

@@ -42,6 +42,11 @@ class Task:
         out = model(**{k: v for k, v in batch.items() if k != "sample_id"})
         return out.loss, int(batch["_n"]) if "_n" in batch else int(batch["labels"].ne(-100).sum())
 
+    def eval_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[float, int, torch.Tensor | None]:
+        """Loss, its weight, and class predictions (None for language models)."""
+        loss, n = self.loss(model, batch)
+        return loss.item(), n, None
+
 
 def _from_pretrained(auto_cls: Any, path: str, **kw: Any) -> torch.nn.Module:
     return auto_cls.from_pretrained(path, **kw)
@@ -91,7 +96,7 @@ class MaskedLM(Task):
 
         m = cfg.model
         if m.init_from:
-            return _from_pretrained(AutoModelForMaskedLM, m.init_from)
+            return _from_pretrained(AutoModelForMaskedLM, m.init_from, attn_implementation=m.attn_implementation)
         cls = RobertaConfig if m.arch == "roberta" else BertConfig
         conf = cls(vocab_size=meta["vocab_size"], hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
                    num_attention_heads=m.n_head, intermediate_size=4 * m.n_embd,
@@ -130,7 +135,7 @@ class SequenceClassification(Task):
         m, n = cfg.model, meta["num_labels"]
         if m.init_from:
             return _from_pretrained(AutoModelForSequenceClassification, m.init_from, num_labels=n,
-                                    ignore_mismatched_sizes=True)
+                                    ignore_mismatched_sizes=True, attn_implementation=m.attn_implementation)
         conf = BertConfig(vocab_size=meta["vocab_size"], hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
                           num_attention_heads=m.n_head, intermediate_size=4 * m.n_embd,
                           max_position_embeddings=meta["max_length"] + 2, pad_token_id=meta["pad_id"],
@@ -138,7 +143,7 @@ class SequenceClassification(Task):
         return AutoModelForSequenceClassification.from_config(conf)
 
     def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
-        seqs = list(batch["input_ids"])
+        seqs = [with_special_tokens(s, meta) for s in batch["input_ids"]]
         width = max(len(s) for s in seqs)  # pad per batch, not to max_length
         ids = torch.full((len(seqs), width), meta["pad_id"], dtype=torch.long)
         for i, s in enumerate(seqs):
@@ -150,3 +155,17 @@ class SequenceClassification(Task):
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         return out.loss, int(batch["_n"])
+
+    def eval_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[float, int, torch.Tensor | None]:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        return out.loss.item(), int(batch["_n"]), out.logits.argmax(-1)
+
+
+def with_special_tokens(ids: np.ndarray, meta: dict) -> np.ndarray:
+    """[CLS] ids [SEP] for tokenizers that define them (BERT-style pretrained encoders read
+    the first position); shards hold ids without special tokens."""
+    cls_id, sep_id = meta.get("cls_id"), meta.get("sep_id")
+    if cls_id is None or sep_id is None:
+        return ids
+    body = np.asarray(ids)[: max(1, (meta.get("max_length") or len(ids) + 2) - 2)]
+    return np.concatenate([[cls_id], body, [sep_id]])

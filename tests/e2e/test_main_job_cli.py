@@ -31,3 +31,39 @@ def test_demo_job_end_to_end(tmp_path):
     AutoTokenizer.from_pretrained(out["export_dir"])
     saved = (tmp_path / "runs" / "demo" / "config.yaml").read_text()
     assert "max_steps: 6" in saved
+
+
+def test_killed_train_resumes_from_last_checkpoint(tmp_path):
+    """SIGKILL `raylm train` (driver and its embedded Ray) mid-run; the same command resumes."""
+    import signal
+    import time
+
+    sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+    from test_main_job import write_corpus
+
+    write_corpus(tmp_path / "corpus.jsonl", n_docs=300)
+    env = dict(os.environ, PYTHONPATH=REPO, RAY_ADDRESS="")
+    cmd = [sys.executable, "-m", "raylm", "train", os.path.join(REPO, "configs", "demo.yaml"),
+           f"data.source={tmp_path}/corpus.jsonl", "data.prepared_dir=prepared", "data.block_size=32",
+           "data.tokenizer.vocab_size=320", "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
+           "trainer.batch_size=4", "trainer.max_steps=40", "trainer.warmup_steps=2", "trainer.checkpoint_every=10",
+           "trainer.eval_every=10", "trainer.eval_batches=1", "trainer.log_every=1", "tracking.wandb.mode=disabled"]
+    run_dir = tmp_path / "runs" / "demo"
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (run_dir / "checkpoint_00000010").exists():
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
+    proc.wait()
+    saved = max(int(p.name.split("_")[1]) for p in run_dir.glob("checkpoint_0*"))
+    assert saved < 40
+
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)  # same command
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(l) for l in open(run_dir / "metrics.jsonl")]
+    resumed = [r["resumed_from"] for r in rows if "resumed_from" in r]
+    assert resumed and 10 <= resumed[0] <= saved, (resumed, saved)  # from a checkpoint, not from zero
+    steps = [r["step"] for r in rows if "train_loss" in r]
+    assert steps == list(range(1, 41)), steps  # no step lost or repeated in the history

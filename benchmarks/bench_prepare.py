@@ -1,0 +1,254 @@
+"""`raylm prepare` side by side with its bounds, one run, JSON into benchmarks/results/.
+
+1. tokens/s of `prepare` (Ray Data, actor pool) against the physical bound: the same tokenizer's
+   `encode_batch` over the same text in one process using all cores, no Ray (target >= 0.8).
+2. tokens/s against Hugging Face `datasets` doing read + tokenize + pack with
+   `.map(batched=True, num_proc=2)` (target >= 1.0x).
+3. peak resident memory of `prepare` (driver and every Ray process together) on a corpus 10x
+   larger (issue: 1 GB vs 100 MB; target <= 1.25x).
+
+Each measurement runs in its own process; a sampler sums the RSS of that process tree.
+
+    python benchmarks/bench_prepare.py --throughput-mb 200 --memory-mb 100 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from _corpus import build_corpus, iter_texts  # noqa: E402
+
+WORK = Path(os.environ.get("RAYLM_BENCH_DIR", "/tmp/raylm-bench"))
+BLOCK = 64
+
+
+# ------------------------------------------------------------------ the measured runs (child side)
+
+
+def run_bound(corpus: Path, tok_dir: str) -> dict:
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"  # all cores, the Rust thread pool
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json"))
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # what prepare's workers call
+    tokens, seconds, batch = 0, 0.0, []
+    for text in iter_texts(corpus):
+        batch.append(text)
+        if len(batch) == 1024:
+            tokens, seconds = _encode(encode, batch, tokens, seconds)
+            batch = []
+    if batch:
+        tokens, seconds = _encode(encode, batch, tokens, seconds)
+    return {"tokens": tokens, "seconds": seconds, "cpu_seconds_self": _CPU[0],
+            "note": "encode time only (wall and CPU): reading JSON excluded"}
+
+
+_CPU = [0.0]  # process CPU seconds (all threads) inside encode calls
+
+
+def _encode(encode, batch: list[str], tokens: int, seconds: float) -> tuple[int, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = encode(batch, add_special_tokens=False)
+    seconds += time.perf_counter() - t0
+    _CPU[0] += time.process_time() - c0
+    return tokens + sum(len(e.ids) for e in out), seconds
+
+
+def run_raylm(corpus: Path, tok_dir: str, out: Path) -> dict:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one actor per core instead
+    import ray
+
+    from raylm.datasets.config import DataConfig
+    from raylm.datasets.prepare import prepare
+
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="[raylm] %(message)s")  # prepare's progress lines
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    cfg = DataConfig(source=str(corpus), prepared_dir=str(out), block_size=BLOCK, tokenizer={"path": tok_dir},
+                     tokenize_actors=os.cpu_count() or 2, tokenize_batch_size=1024, progress_seconds=30)
+    t0 = time.perf_counter()
+    m = prepare(cfg, force=True)
+    seconds = time.perf_counter() - t0
+    ray.shutdown()
+    tokens = sum(m["splits"][s]["tokens_in"] for s in ("train", "validation"))
+    return {"tokens": tokens, "seconds": seconds, "rows_in": m["rows_in"], "rows_kept": m["rows_kept"],
+            "rejected": m["rejected"], "shards": sum(len(m["splits"][s]["files"]) for s in m["splits"]),
+            "note": "prepare() wall time: read, clean, dedup, tokenize, pack, write shards; ray.init excluded"}
+
+
+def run_hf(corpus: Path, tok_dir: str, out: Path) -> dict:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    import datasets
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    eos = tok.eos_token_id
+    files = sorted(str(p) for p in corpus.glob("*.jsonl"))
+
+    def tokenize(batch: dict) -> dict:
+        return {"input_ids": [ids + [eos] for ids in tok(batch["text"], add_special_tokens=False)["input_ids"]]}
+
+    def group(batch: dict) -> dict:
+        flat = [t for ids in batch["input_ids"] for t in ids]
+        n = len(flat) // BLOCK * BLOCK
+        return {"input_ids": [flat[i: i + BLOCK] for i in range(0, n, BLOCK)]}
+
+    t0 = time.perf_counter()
+    ds = datasets.load_dataset("json", data_files=files, split="train", cache_dir=str(out / "cache"))
+    tokenized = ds.map(tokenize, batched=True, num_proc=2, remove_columns=ds.column_names)
+    packed = tokenized.map(group, batched=True, num_proc=2, remove_columns=tokenized.column_names)
+    packed.to_parquet(str(out / "hf.parquet"))
+    seconds = time.perf_counter() - t0
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(tokenized.data.column("input_ids"))
+    tokens = pc.sum(lengths).as_py() - len(tokenized)  # without the EOS, as the others count
+    return {"tokens": tokens, "seconds": seconds, "rows": len(packed),
+            "note": "load_dataset(json) + map(tokenize) + map(group) + to_parquet, num_proc=2, fresh cache"}
+
+
+# ------------------------------------------------------------------ the parent: sampler + report
+
+
+def _tree_sample(pid: int, cpu: dict[int, float]) -> int:
+    """RSS of the process tree now; records each process's CPU seconds so far into `cpu`."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            with p.oneshot():
+                total += p.memory_info().rss
+                t = p.cpu_times()
+                cpu[p.pid] = max(cpu.get(p.pid, 0.0), t.user + t.system)
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def measure(kind: str, corpus: Path, tok_dir: str) -> dict:
+    """Run one measurement in a child process; sample the RSS of its whole process tree."""
+    out = WORK / f"out-{kind}-{corpus.name}"
+    subprocess.run(["rm", "-rf", str(out)], check=True)  # a fresh cache and output every run
+    res = WORK / f"result-{kind}-{corpus.name}.json"
+    res.unlink(missing_ok=True)
+    cmd = [sys.executable, __file__, "--child", kind, str(corpus), tok_dir, str(out), str(res)]
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent), RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.Popen(cmd, env=env)
+    peak, stop, cpu = [0], threading.Event(), {}
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _tree_sample(proc.pid, cpu))
+            time.sleep(0.25)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    rc = proc.wait()
+    stop.set()
+    t.join()
+    if rc != 0 or not res.is_file():
+        raise SystemExit(f"{kind} on {corpus} failed (exit {rc})")
+    r = json.loads(res.read_text())
+    # CPU seconds of the whole tree (start-up included): robust to other load on a shared machine.
+    cpu_s = r.get("cpu_seconds_self") or sum(cpu.values())
+    r.update(cpu_seconds=round(cpu_s, 1), tokens_per_cpu_s=round(r["tokens"] / max(1e-9, cpu_s)))
+    r.update(peak_rss_mib=round(peak[0] / 2**20, 1), tokens_per_s=round(r["tokens"] / r["seconds"]),
+             corpus_mib=round(sum(p.stat().st_size for p in corpus.glob("*.jsonl")) / 2**20, 1))
+    print(f"[bench] {kind:6s} {corpus.name}: {r['tokens_per_s']:,} tokens/s over {r['seconds']:.1f}s, "
+          f"{r['tokens_per_cpu_s']:,} tokens per CPU second, peak RSS {r['peak_rss_mib']:,} MiB", flush=True)
+    return r
+
+
+def train_tokenizer(corpus: Path) -> str:
+    from itertools import islice
+
+    from raylm.datasets.tokenizers import train_bpe
+
+    tok_dir = WORK / "tokenizer"
+    if not (tok_dir / "tokenizer.json").is_file():
+        train_bpe(islice(iter_texts(corpus), 5000), tok_dir, vocab_size=4096)
+    return str(tok_dir)
+
+
+def throughput(corpus: Path, tok_dir: str) -> dict:
+    bound, ours, hf = (measure(k, corpus, tok_dir) for k in ("bound", "raylm", "hf"))
+    return {
+        "corpus_mib": ours["corpus_mib"], "bound": bound, "raylm": ours, "hf_datasets": hf,
+        "raylm_vs_bound": round(ours["tokens_per_s"] / bound["tokens_per_s"], 3), "target_vs_bound": 0.8,
+        "raylm_vs_hf": round(ours["tokens_per_s"] / hf["tokens_per_s"], 3), "target_vs_hf": 1.0,
+        # Per CPU second (the whole process tree, start-up included): what a shared machine cannot skew.
+        "raylm_vs_bound_per_cpu_s": round(ours["tokens_per_cpu_s"] / bound["tokens_per_cpu_s"], 3),
+        "raylm_vs_hf_per_cpu_s": round(ours["tokens_per_cpu_s"] / hf["tokens_per_cpu_s"], 3),
+        "loadavg_after": os.getloadavg(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--throughput-mb", type=int, default=200)
+    ap.add_argument("--memory-mb", type=int, nargs=2, default=[100, 1000])
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true", help="keep the last throughput figures")
+    args = ap.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    load0 = os.getloadavg()
+    corpus = build_corpus(WORK / f"corpus-{args.throughput_mb}mb", args.throughput_mb << 20)
+    tok_dir = train_tokenizer(corpus)
+    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_start": load0},
+                     "block_size": BLOCK, "tokenizer": "byte-level BPE, vocab 4096 (raylm.datasets.tokenizers)"}
+    path = HERE / "results" / "bench_prepare.json"
+    if args.skip_throughput:
+        results["throughput"] = json.loads(path.read_text())["throughput"]
+    else:
+        results["throughput"] = throughput(corpus, tok_dir)
+    if not args.skip_memory:
+        small, large = (build_corpus(WORK / f"corpus-{mb}mb", mb << 20) for mb in args.memory_mb)
+        s, big = measure("raylm", small, tok_dir), measure("raylm", large, tok_dir)
+        results["memory"] = {"small": s, "large": big, "ratio": round(big["peak_rss_mib"] / s["peak_rss_mib"], 3),
+                             "target_ratio": 1.25}
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    if "memory" not in results and path.is_file():  # keep the last memory figures
+        old = json.loads(path.read_text())
+        if "memory" in old:
+            results["memory"] = old["memory"]
+            results["memory"]["from_earlier_run_with_loadavg"] = old["machine"].get("loadavg_end")
+    path.write_text(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results["throughput"].items() if not isinstance(v, dict)}, indent=1))
+    if "memory" in results:
+        print(f"[bench] memory: {results['memory']['ratio']}x (target <= 1.25)")
+    print(f"[bench] wrote {path}")
+
+
+def child() -> None:
+    kind, corpus, tok_dir, out, res = sys.argv[2:7]
+    fn = {"bound": lambda: run_bound(Path(corpus), tok_dir), "raylm": lambda: run_raylm(Path(corpus), tok_dir, Path(out)),
+          "hf": lambda: run_hf(Path(corpus), tok_dir, Path(out))}[kind]
+    Path(out).mkdir(parents=True, exist_ok=True)
+    Path(res).write_text(json.dumps(fn()))
+
+
+if __name__ == "__main__":
+    child() if sys.argv[1:2] == ["--child"] else main()

@@ -1,0 +1,161 @@
+"""A real multi-process Ray on this machine through `ray start --block`: a head and optional
+worker nodes, each in its own process group, with their own ports and temp dir.
+
+For tests and for trying multi-node locally. Everything binds 127.0.0.1. Teardown ends exactly
+the processes started here -- never `ray stop`, which stops every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _kill_group(p: subprocess.Popen) -> None:
+    """SIGKILL what is left of one node's process group (ours: started with a new session)."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class LocalRay:
+    """`with LocalRay(num_cpus=4, dashboard=True) as ray_: ray_.add_worker(...)`."""
+
+    def __init__(self, num_cpus: int = 1, dashboard: bool = False, python: str | None = None,
+                 resources: dict[str, float] | None = None) -> None:
+        self.python = python or sys.executable
+        # Short: Ray's unix sockets live under it (107-byte limit).
+        self.temp_dir = tempfile.mkdtemp(prefix="rl", dir="/tmp")
+        self.gcs_port = self.dashboard_port = 0
+        self.procs: list[subprocess.Popen] = []
+        self._logs: list[Any] = []
+        self._env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        self._env["RAY_USAGE_STATS_ENABLED"] = "0"
+        # Ray >= 2.52 starts heads with token auth on; worker nodes and drivers only present the
+        # token (~/.ray/auth_token, made by the head if missing) in token mode.
+        self._env.setdefault("RAY_AUTH_MODE", "token")
+        # `python` inside a Ray job is this one.
+        self._env["PATH"] = f"{Path(self.python).parent}{os.pathsep}{self._env.get('PATH', '')}"
+        try:
+            self._retrying(lambda attempt: self._start_head(attempt, num_cpus, dashboard, resources))
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_head(self, attempt: int, num_cpus: int, dashboard: bool, resources: dict[str, float] | None) -> None:
+        self.gcs_port, self.dashboard_port = free_ports(2)
+        head = ["--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}",
+                f"--include-dashboard={'true' if dashboard else 'false'}", "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard_port}"]
+        self._start(f"head-{attempt}", head, num_cpus, resources)
+
+    def _retrying(self, start: Callable[[int], None]) -> None:
+        """Start a node and wait until it is alive; once more if it fails: a raylet gives up
+        after 30 s, which a loaded 2-core machine can exceed."""
+        for attempt in (1, 2):
+            start(attempt)
+            try:
+                self.wait_nodes(len(self.procs))
+                return
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+                _kill_group(self.procs.pop())  # what it left behind; its log stays in temp_dir
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for a driver process that joins this cluster."""
+        return dict(self._env)
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def add_worker(self, num_cpus: int = 1, resources: dict[str, float] | None = None) -> None:
+        """Start a worker node and wait until it is alive (one at a time)."""
+        args = [f"--address={self.gcs_address}", "--node-ip-address=127.0.0.1"]
+        self._retrying(lambda attempt: self._start(f"worker{len(self.procs)}-{attempt}", args, num_cpus, resources))
+
+    def _start(self, name: str, args: list[str], num_cpus: int, resources: dict[str, float] | None) -> None:
+        agent_http, agent_grpc, metrics, runtime_env = free_ports(4)
+        cmd = [
+            self.python, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats", *args,
+            f"--num-cpus={num_cpus}", f"--dashboard-agent-listen-port={agent_http}",
+            f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+            f"--runtime-env-agent-port={runtime_env}",
+        ]
+        if resources:
+            cmd.append(f"--resources={json.dumps(resources)}")
+        log = open(Path(self.temp_dir) / f"ray-start-{name}.log", "w")
+        self._logs.append(log)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self._env, start_new_session=True)
+        self.procs.append(proc)
+
+    def wait_nodes(self, n: int, timeout_s: float = 180) -> None:
+        """Wait until `n` nodes are alive (asked from a separate process: this one may have its
+        own Ray initialised)."""
+        probe = (
+            "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
+            "print(sum(1 for x in ray.nodes() if x['Alive']))"
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                res = subprocess.run(
+                    [self.python, "-c", probe, self.gcs_address], capture_output=True, text=True, env=self._env, timeout=60
+                )
+            except subprocess.TimeoutExpired:
+                continue
+            if res.returncode == 0 and res.stdout.strip().splitlines()[-1:] == [str(n)]:
+                return
+            time.sleep(2)
+        raise TimeoutError(f"{n} Ray nodes not alive within {timeout_s}s (logs in {self.temp_dir})")
+
+    def _check_alive(self) -> None:
+        for p in self.procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"`ray start` exited with {p.returncode} (logs in {self.temp_dir})")
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):  # workers first, the head last
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(self.procs):
+            try:
+                p.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                pass
+            _kill_group(p)
+        for log in self._logs:
+            log.close()
+
+    def __enter__(self) -> "LocalRay":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

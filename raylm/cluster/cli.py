@@ -1,0 +1,195 @@
+"""CLI pieces of raylm.cluster, wired into the root app by raylm/cli.py:
+
+    app.add_typer(k8s_app, name="k8s"); app.add_typer(jobs_app, name="jobs")
+    app.command("submit")(submit_cmd)
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from raylm.errors import EXIT_USER_ERROR, UserError
+
+k8s_app = typer.Typer(help="KubeRay manifests: render, validate, apply.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Ray Jobs on a running cluster: list, status, logs, stop.", no_args_is_help=True)
+
+ADDRESS = typer.Option(None, "--address", help="Ray Jobs API (default: RAY_ADDRESS, else http://127.0.0.1:8265).")
+CRDS = typer.Option(None, "--crds", help="Folder of KubeRay CRD YAML (default: RAYLM_KUBERAY_CRDS, else kubectl).")
+OVERRIDES = typer.Argument(None, help="Overrides as section.key=value, e.g. trainer.max_steps=20.")
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """UserError -> its lines on stderr and exit code 2, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            for line in err.lines():
+                typer.echo(line, err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+    return wrapper
+
+
+def _env_pairs(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--env '{item}': expected NAME=value")
+        k, v = item.split("=", 1)
+        out[k] = v
+    return out
+
+
+# --- raylm k8s ---------------------------------------------------------------------------------
+
+
+@k8s_app.command("render")
+@user_errors
+def render_cmd(
+    config: Path = typer.Argument(..., help="raylm config (YAML)."),
+    overrides: list[str] | None = OVERRIDES,
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write here instead of stdout."),
+    crds: Path | None = typer.Option(None, "--crds", help="Validate the result against these CRDs too."),
+) -> None:
+    """Write the ConfigMap + RayJob (or RayCluster) for CONFIG."""
+    from raylm.cluster import kuberay
+    from raylm.config import load_config
+
+    docs = kuberay.render(load_config(config, overrides), config)
+    if crds:
+        problems = kuberay.validate(docs, crds, origin=f"render({config})")
+        if problems:
+            raise UserError(problems)
+    text = kuberay.to_yaml(docs)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+        typer.echo(f"wrote {output}", err=True)
+    else:
+        sys.stdout.write(text)
+
+
+@k8s_app.command("validate")
+@user_errors
+def validate_cmd(
+    paths: list[str] = typer.Argument(..., help="Manifests, kustomization folders, raylm configs, or - (stdin)."),
+    crds: Path | None = CRDS,
+) -> None:
+    """Check manifests against the KubeRay CRD schemas (strict) and raylm's extra rules."""
+    from raylm.cluster import kuberay
+    from raylm.cluster._schema import load_crds
+
+    schemas = load_crds(crds)
+    problems: list[str] = []
+    for p in paths:
+        if p == "-":
+            problems += kuberay.validate(list(yaml.safe_load_all(sys.stdin.read())), origin="<stdin>", schemas=schemas)
+        else:
+            problems += kuberay.validate_path(p, schemas)
+    if problems:
+        raise UserError(problems, hint=f"{len(problems)} problem(s); field paths follow the manifest")
+    typer.echo(f"ok: {', '.join(paths)}")
+
+
+@k8s_app.command("apply")
+@user_errors
+def apply_cmd(
+    config: Path = typer.Argument(..., help="raylm config (YAML)."),
+    overrides: list[str] | None = OVERRIDES,
+    crds: Path | None = CRDS,
+    follow: bool = typer.Option(True, "--follow/--no-follow", help="Follow the RayJob to its end."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Server-side dry run: nothing is created."),
+) -> None:
+    """Render, validate, `kubectl apply`, then follow the RayJob; the exit code mirrors its end."""
+    from raylm.cluster import jobs, kuberay
+    from raylm.config import load_config
+
+    cfg = load_config(config, overrides)
+    docs = kuberay.render(cfg, config)
+    problems = kuberay.validate(docs, crds, origin=f"render({config})")
+    if problems:
+        raise UserError(problems)
+    kuberay.apply(kuberay.to_yaml(docs), cfg.k8s.namespace, dry_run=dry_run)
+    if dry_run or not follow or cfg.k8s.kind != "RayJob":
+        return
+    status = kuberay.follow_rayjob(kuberay.resource_name(cfg), cfg.k8s.namespace)
+    typer.echo(f"logs: kubectl logs -l job-name={kuberay.resource_name(cfg)} --tail=-1")
+    raise typer.Exit(jobs.exit_code(status) if status != "TIMEOUT" else 1)
+
+
+# --- raylm submit / jobs -----------------------------------------------------------------------
+
+
+@user_errors
+def submit_cmd(
+    config: Path = typer.Argument(..., help="raylm config (YAML) to run with `raylm train` on the cluster."),
+    overrides: list[str] | None = OVERRIDES,
+    address: str | None = ADDRESS,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Stream the logs; exit code mirrors the job."),
+    env: list[str] | None = typer.Option(None, "--env", help="NAME=value for the job (no secrets)."),
+    pip: list[str] | None = typer.Option(None, "--pip", help="Extra pip requirement for the job."),
+    submission_id: str | None = typer.Option(None, "--id", help="Submission id (default: raylm-<run_name>)."),
+    resubmit_failed: bool = typer.Option(False, "--resubmit-failed", help="Replace a FAILED/STOPPED job of the same id."),
+    command: str = typer.Option("raylm train", "--command", help="What the job runs on the config."),
+) -> None:
+    """Submit CONFIG through the Ray Jobs API; the same run name never starts a second job."""
+    from raylm.cluster import jobs
+
+    code = jobs.submit(
+        config, overrides, address, follow_logs=follow, env=_env_pairs(env), pip=pip,
+        submission_id=submission_id, resubmit_failed=resubmit_failed, command=command,
+    )
+    raise typer.Exit(code)
+
+
+@jobs_app.command("list")
+@user_errors
+def list_cmd(address: str | None = ADDRESS) -> None:
+    """Jobs on the cluster, oldest first."""
+    from raylm.cluster import jobs
+
+    for r in jobs.list_jobs(address):
+        typer.echo(f"{r['id']:<40} {r['status']:<10} {r['entrypoint']}")
+
+
+@jobs_app.command("status")
+@user_errors
+def status_cmd(job_id: str = typer.Argument(...), address: str | None = ADDRESS) -> None:
+    """Print the job's status; exit 0 SUCCEEDED or still running, 1 FAILED, 3 STOPPED."""
+    from raylm.cluster import jobs
+
+    s = jobs.status(job_id, address)
+    typer.echo(s)
+    raise typer.Exit(jobs.exit_code(s))
+
+
+@jobs_app.command("logs")
+@user_errors
+def logs_cmd(
+    job_id: str = typer.Argument(...),
+    address: str | None = ADDRESS,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Stream until the job ends; exit code mirrors it."),
+) -> None:
+    """Print (or stream) the job's logs."""
+    from raylm.cluster import jobs
+
+    raise typer.Exit(jobs.logs(job_id, address, follow_logs=follow))
+
+
+@jobs_app.command("stop")
+@user_errors
+def stop_cmd(job_id: str = typer.Argument(...), address: str | None = ADDRESS) -> None:
+    """Stop the job and wait (up to 30 s) until it has stopped."""
+    from raylm.cluster import jobs
+
+    typer.echo(jobs.stop(job_id, address))

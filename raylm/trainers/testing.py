@@ -1,0 +1,83 @@
+"""Tiny synthetic prepared datasets and configs, for tests and benchmarks (no tokenizer, no prepare).
+
+The data is learnable, so "loss falls" is a real check: LM blocks count up from a random token;
+a classification example's label
+says whether its tokens come from the upper half of the vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raylm.config import RootConfig, apply_overrides, validate
+
+PAD, EOS, MASK, CLS, SEP = 0, 1, 2, 3, 4
+
+
+def _write(out: str, split: str, tables: list[pa.Table]) -> list[dict]:
+    os.makedirs(os.path.join(out, split), exist_ok=True)
+    files = []
+    for i, table in enumerate(tables):
+        rel = f"{split}/shard-{i:04d}.parquet"
+        pq.write_table(table, os.path.join(out, rel))
+        files.append({"path": rel, "rows": table.num_rows})
+    return files
+
+
+def _lm_rows(rng: np.random.Generator, n: int, block: int, vocab: int, first_id: int) -> pa.Table:
+    starts = rng.integers(0, vocab - 5, size=(n, 1))
+    ids = (5 + (starts + np.arange(block)) % (vocab - 5)).astype(np.int32)  # next token = this + 1
+    return pa.table({"sample_id": pa.array(np.arange(first_id, first_id + n), pa.int64()),
+                     "input_ids": pa.array(list(ids), pa.list_(pa.int32(), block))})
+
+
+def _cls_rows(rng: np.random.Generator, n: int, max_len: int, vocab: int, first_id: int) -> pa.Table:
+    seqs, labels = [], []
+    for _ in range(n):
+        label, mid = int(rng.integers(0, 2)), (6 + vocab) // 2
+        s = rng.integers(6, mid, size=int(rng.integers(3, max_len - 2))) + (mid - 6) * label
+        seqs.append(s.astype(np.int32))
+        labels.append(label)
+    return pa.table({"sample_id": pa.array(np.arange(first_id, first_id + n), pa.int64()),
+                     "input_ids": pa.array(seqs, pa.list_(pa.int32())), "label": pa.array(labels, pa.int64())})
+
+
+def write_synthetic(out: str, task: str = "causal-lm", n_train: int = 256, n_val: int = 64, files: int = 2,
+                    block_size: int = 16, vocab: int = 64, max_length: int = 24, seed: int = 0) -> dict:
+    """Shards + manifest.json in `out` (the layout `raylm prepare` writes); returns the manifest."""
+    rng = np.random.default_rng(seed)
+    make = _cls_rows if task == "sequence-classification" else _lm_rows
+    width = max_length if task == "sequence-classification" else block_size
+    splits = {}
+    for split, n, base in (("train", n_train, 0), ("validation", n_val, 10**6)):
+        per = [n // files + (i < n % files) for i in range(files)]
+        starts = np.cumsum([0] + per[:-1])
+        tables = [make(rng, k, width, vocab, base + int(s)) for k, s in zip(per, starts)]
+        splits[split] = {"files": _write(out, split, tables), "rows": n}
+    manifest = {"schema_version": 1, "task": task, "vocab_size": vocab, "eos_id": EOS, "pad_id": PAD,
+                "mask_id": MASK, "block_size": block_size, "max_length": max_length, "splits": splits,
+                "tokenizer_dir": None}
+    if task == "sequence-classification":
+        manifest.update(num_labels=2, cls_id=CLS, sep_id=SEP)
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    return manifest
+
+
+def tiny_config(prepared_dir: str, storage: str, task: str = "causal-lm", overrides: list[str] | None = None,
+                **trainer: Any) -> RootConfig:
+    """A 2-layer, 32-dim model, 2 workers, a few steps; `trainer` keys and dotted `overrides` override."""
+    arch = {"causal-lm": "gpt2", "masked-lm": "bert", "sequence-classification": "bert"}[task]
+    t = {"task": task, "run_name": "t", "num_workers": 2, "batch_size": 4, "max_steps": 6, "lr": 3e-3,
+         "warmup_steps": 0, "eval_every": 3, "eval_batches": 2, "checkpoint_every": 3, "log_every": 1,
+         "max_failures": 0, **trainer}
+    raw = {"cluster": {"storage_path": storage}, "data": {"prepared_dir": prepared_dir, "block_size": 16},
+           "model": {"arch": arch, "n_layer": 2, "n_embd": 32, "n_head": 2}, "trainer": t,
+           "tracking": {"wandb": {"mode": "disabled"}, "progress_every_s": 60}}
+    return validate(apply_overrides(raw, overrides or []), origin="tiny_config")

@@ -1,0 +1,113 @@
+"""Trainer control logic without a cluster: schedules, decay groups, masking, MFU, NaN policy, logs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from raylm.trainers.config import TrainerConfig
+from raylm.trainers.hooks import SampleLog, nonfinite_action, read_sample_log
+from raylm.trainers.metrics import flops_per_token, mfu
+from raylm.trainers.optim import lr_factor, param_groups
+from raylm.trainers.parallel import autocast_dtype
+from raylm.trainers.tasks import mask_tokens, with_special_tokens
+
+pytestmark = pytest.mark.unit
+
+
+def test_warmup_then_cosine_reaches_the_floor():
+    t = TrainerConfig(max_steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, t) == pytest.approx(0.1) and lr_factor(9, t) == pytest.approx(1.0)
+    assert lr_factor(10, t) == pytest.approx(1.0) and lr_factor(100, t) == pytest.approx(0.1)
+    assert lr_factor(55, t) == pytest.approx(0.55)  # halfway down the cosine
+
+
+def test_weight_decay_skips_norms_and_biases():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all("ln_" not in names[id(p)] and not names[id(p)].endswith("bias") for p in decay["params"])
+    assert {names[id(p)] for p in no_decay["params"]} >= {"transformer.h.0.ln_1.weight", "transformer.h.0.attn.c_attn.bias"}
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.1
+
+
+def test_dynamic_masking_is_15_percent_split_80_10_10_and_seeded():
+    ids = torch.randint(5, 1000, (64, 128))
+    meta = {"eos_id": 1, "pad_id": 0, "mask_id": 2, "vocab_size": 1000}
+    masked, labels = mask_tokens(ids, meta, torch.Generator().manual_seed(0))
+    chosen = labels.ne(-100)
+    assert chosen.float().mean().item() == pytest.approx(0.15, abs=0.01)
+    assert masked[chosen].eq(2).float().mean().item() == pytest.approx(0.8, abs=0.03)
+    assert masked[chosen].eq(ids[chosen]).float().mean().item() == pytest.approx(0.1, abs=0.03)  # (+ random hits)
+    assert torch.equal(labels[chosen], ids[chosen])
+    again, _ = mask_tokens(ids, meta, torch.Generator().manual_seed(0))
+    assert torch.equal(again, masked)  # the same seed (sample position) masks the same tokens on resume
+
+
+def test_special_tokens_wrap_and_respect_max_length():
+    out = with_special_tokens(np.arange(10, 40), {"cls_id": 101, "sep_id": 102, "max_length": 8})
+    assert out.tolist() == [101, 10, 11, 12, 13, 14, 15, 102]
+    assert with_special_tokens(np.array([7]), {"cls_id": None, "sep_id": None}).tolist() == [7]
+
+
+def test_palm_flops_and_mfu():
+    # GPT-2 124M at T=1024: 6N + 12*L*H*Q*T with N ~ 85M non-embedding + tied head 38.6M
+    assert flops_per_token(100, 2, 4, 8, 16) == 6 * 100 + 12 * 2 * 4 * 8 * 16
+    assert mfu(1000.0, 1e9, 1e13) == pytest.approx(0.1)
+    assert mfu(1000.0, 1e9, None) is None
+
+
+def test_precision_choice_on_cpu():
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16 and autocast_dtype("fp16", cpu) == torch.float16
+
+
+def test_nonfinite_loss_stops_with_step_and_last_checkpoint_or_skips():
+    assert nonfinite_action(2.0, 1.0, 7, "stop", False, None) is None
+    with pytest.raises(FloatingPointError, match=r"step 41.*runs/x/checkpoint_00000040"):
+        nonfinite_action(math.nan, 1.0, 41, "stop", False, "runs/x/checkpoint_00000040")
+    assert nonfinite_action(2.0, math.inf, 3, "skip", False, None) == "skip"
+    assert nonfinite_action(2.0, math.inf, 3, "stop", True, None) is None  # fp16: the scaler skips it
+
+
+def test_sample_log_cuts_rolled_back_steps_on_resume(tmp_path):
+    base = str(tmp_path / "ids")
+    log = SampleLog(base, 0, 0)
+    for step in range(5):
+        log.write(0, step, torch.tensor([2 * step, 2 * step + 1]))
+    log.close()
+    SampleLog(base, 0, 3).close()  # resumed from the checkpoint at step 3: steps 3, 4 are retrained
+    assert [s for _, s, _ in read_sample_log(base, 1)[0]] == [0, 1, 2]
+
+
+def test_gradient_scaler_skips_an_overflowing_fp16_step_on_cpu():
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    before = model.weight.detach().clone()
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = model(torch.full((2, 4), 6e4)).float().sum()
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert torch.equal(model.weight, before) and scaler.get_scale() < 2.0**16
+
+
+def test_best_checkpoint_metric_defaults_to_the_task_and_can_be_chosen(tmp_path):
+    from raylm.trainers.driver import best_checkpoint_rule, model_meta
+    from raylm.trainers.testing import tiny_config, write_synthetic
+
+    data = str(tmp_path / "d")
+    assert best_checkpoint_rule(tiny_config(data, "r")) == ("val_loss", "min")
+    assert best_checkpoint_rule(tiny_config(data, "r", "sequence-classification")) == ("val_accuracy", "max")
+    assert best_checkpoint_rule(tiny_config(data, "r", best_metric="val_f1")) == ("val_f1", "max")
+    assert best_checkpoint_rule(tiny_config(data, "r", best_metric="val_ppl")) == ("val_ppl", "min")
+    manifest = write_synthetic(data, "sequence-classification")
+    del manifest["num_labels"]
+    assert model_meta(tiny_config(data, "r", "sequence-classification"), manifest)["num_labels"] == 2
