@@ -23,11 +23,7 @@ def main(cfg: RootConfig, *, address: str | None = None, factory: TrainerFactory
     from raylm.tuning.results import markdown
     from raylm.tuning.sweep import run_sweep
 
-    # Train V2 frees the placement group of a run whose controller died (a trial stopped by
-    # ASHA or paused by PBT) through the State API, which needs the dashboard: without it each
-    # stopped trial leaks its workers' CPUs until later trials cannot start.
-    cluster = cfg.cluster.model_copy(update={"include_dashboard": True})
-    with connect(cluster, address):
+    with connect(cfg.cluster, address):
         summary = run_sweep(cfg, factory=factory)
     print(markdown(summary))
     for row in summary.failed:
