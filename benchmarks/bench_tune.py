@@ -24,6 +24,7 @@ import glob
 import json
 import os
 import random
+import shutil
 import sys
 import time
 from typing import Any
@@ -165,6 +166,10 @@ def main() -> int:
     res["target_met"] = bool(res["accuracy_gap_points"] is not None and res["accuracy_gap_points"] <= 0.5
                              and res["steps_ratio"] <= 0.4)
     res["tune_overhead"] = tune_overhead(args.overhead_trials, args.work)
+    plot = os.path.join(a["sweep_dir"], "plots", "progress.png")
+    if os.path.isfile(plot):  # the closing note shows the ASHA sweep's progress plot
+        res["asha_plot"] = os.path.join(os.path.dirname(args.out), "tune_asha_progress.png")
+        shutil.copy(plot, res["asha_plot"])
     ray.shutdown()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
