@@ -51,7 +51,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     seed_everything(t.seed)  # the same initial weights on every rank
     model = task.build_model(cfg, meta)
-    restored = ray.train.get_checkpoint()
+    restored, exploit = ray.train.get_checkpoint(), False
+    if restored is None and loop_config.get("resume_from"):  # PBT exploit: start from another trial's state
+        restored, exploit = ray.train.Checkpoint(loop_config["resume_from"]), True
     if restored:  # weights go in before wrapping, so every rank starts from the same values
         with restored.as_directory() as d:
             ckpt.load_model_weights(model, os.path.join(d, "model"))
@@ -64,6 +66,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with restored.as_directory() as d:
             st = ckpt.restore(d, model, opt, sched, rank, load_weights=False)
         last_ckpt = restored.path
+        if exploit:
+            apply_hyperparameters(opt, sched, t, st.step)
     sink = make_sink(cfg, loop_config, rank, resume_step=st.step)
     if restored:
         sink.log({"resumed_from": st.step}, st.step)
@@ -135,6 +139,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
             last_ckpt = os.path.join(loop_config.get("run_dir", ""), saved) if saved else last_ckpt
     samples.close()
     sink.close()
+
+
+def apply_hyperparameters(opt: torch.optim.Optimizer, sched: Any, t: Any, step: int) -> None:
+    """After a PBT exploit: the donor's weights and moments, but this trial's (perturbed) lr and decay."""
+    from raylm.trainers.optim import lr_factor
+
+    sched.base_lrs = [t.lr for _ in opt.param_groups]
+    for group in opt.param_groups:
+        group["lr"] = t.lr * lr_factor(step, t)
+        if group.get("weight_decay", 0.0) > 0.0:
+            group["weight_decay"] = t.weight_decay
 
 
 def evaluate(model: torch.nn.Module, task: Task, val_set: list[dict], collate: Any,

@@ -61,17 +61,6 @@ def _checkpoint_steps(run_dir: str) -> list[int]:
     return sorted(int(p.rsplit("_", 1)[1]) for p in glob.glob(os.path.join(run_dir, "checkpoint_*")))
 
 
-def _loop_resumes_from_path() -> bool:
-    import inspect
-
-    from raylm.trainers import loop
-
-    return "resume_from" in inspect.getsource(loop)
-
-
-@pytest.mark.xfail(not _loop_resumes_from_path(), strict=True, run=_loop_resumes_from_path(),
-                   reason="raylm.trainers.loop does not yet restore from loop_config['resume_from'] "
-                          "(Train V2 dropped TorchTrainer(resume_from_checkpoint=...))")
 def test_pbt_exploit_restores_the_donor_checkpoint(ray_session: Any, corpus: Path, tmp_path: Path) -> None:
     raw = tiny_raw(corpus, tmp_path, "pbt", {"trainer.lr": {"type": "grid", "values": [3e-3, 1e-6]}},
                    scheduler={"type": "pbt", "perturbation_interval": EVERY, "quantile_fraction": 0.5,
