@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
-from collections.abc import Callable
-from typing import Any
 
 import typer
 
-from raylm.errors import EXIT_USER_ERROR, UserError
+from raylm._cli import user_errors
+from raylm.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train language models on Ray: embedded locally or on a cluster.")
@@ -20,24 +18,6 @@ app.add_typer(tokenizer_app, name="tokenizer")
 
 OVERRIDES = typer.Argument(None, help="Dotted overrides, e.g. trainer.max_steps=20 trainer.lr=1e-3")
 ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded Ray).")
-
-
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """UserError -> one line per problem on stderr and exit code 2, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserError as err:
-            for line in err.lines():
-                typer.echo(line, err=True)
-            raise typer.Exit(EXIT_USER_ERROR) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted: run the same command again to resume from the last checkpoint", err=True)
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 def _setup_logging() -> None:

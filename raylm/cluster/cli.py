@@ -6,16 +6,14 @@
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import typer
 import yaml
 
-from raylm.errors import EXIT_USER_ERROR, UserError
+from raylm._cli import user_errors
+from raylm.errors import UserError
 
 k8s_app = typer.Typer(help="KubeRay manifests: render, validate, apply.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Ray Jobs on a running cluster: list, status, logs, stop.", no_args_is_help=True)
@@ -25,19 +23,6 @@ CRDS = typer.Option(None, "--crds", help="Folder of KubeRay CRD YAML (default: R
 OVERRIDES = typer.Argument(None, help="Overrides as section.key=value, e.g. trainer.max_steps=20.")
 
 
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """UserError -> its lines on stderr and exit code 2, without a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserError as err:
-            for line in err.lines():
-                typer.echo(line, err=True)
-            raise typer.Exit(EXIT_USER_ERROR) from None
-
-    return wrapper
 
 
 def _env_pairs(items: list[str] | None) -> dict[str, str]:
