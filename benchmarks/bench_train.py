@@ -124,17 +124,10 @@ def scaling(root: str, steps: int, warmup: int) -> dict:
             "meets_target": x >= 1.7, "steps": steps, "warmup_steps": warmup, "cpu_cores": os.cpu_count()}
 
 
-def _registered(run_dir: str, name: str) -> bool:
-    try:
-        snap = json.load(open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")))
-    except (OSError, ValueError):
-        return False
-    return any(c["checkpoint_dir_name"] == name for c in snap["checkpoint_results"])
-
-
 def recovery(root: str, steps: int = 60, every: int = 10) -> dict:
     """Kill rank 1 (SIGKILL) just after a checkpoint; time until the first step after the restart."""
     from raylm.trainers.driver import build_trainer
+    from raylm.trainers.state import is_registered
 
     data, manifest = _data(root, rows=8 * steps * 2)
     cfg = _cfg(data, root, "rec", 2, steps, ["trainer.max_failures=2", f"trainer.checkpoint_every={every}",
@@ -145,7 +138,7 @@ def recovery(root: str, steps: int = 60, every: int = 10) -> dict:
     th = threading.Thread(target=lambda: out.append(trainer.fit()))
     th.start()
     run_dir, target = os.path.join(root, "runs", "rec"), 2 * every
-    while not _registered(run_dir, f"checkpoint_{target:08d}") and th.is_alive():
+    while not is_registered(run_dir, f"checkpoint_{target:08d}") and th.is_alive():
         time.sleep(0.05)
     time.sleep(1.0)  # mid-interval, as a real failure would be
     rows = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]

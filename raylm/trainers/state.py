@@ -86,6 +86,17 @@ def restore(dirpath: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sc
     return TrainState(**blob["state"])
 
 
+def is_registered(run_dir: str, name: str) -> bool:
+    """Ray Train has registered checkpoint `name` of a run (a directory alone may still be in flight)."""
+    import json
+
+    try:
+        snap = json.load(open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")))
+    except (OSError, ValueError):
+        return False
+    return any(c["checkpoint_dir_name"] == name for c in snap["checkpoint_results"])
+
+
 def read_state(dirpath: str) -> TrainState:
     blob = torch.load(os.path.join(dirpath, "state.pt"), map_location="cpu", weights_only=True)
     return TrainState(**blob["state"])

@@ -14,6 +14,7 @@ import torch
 
 from raylm.trainers.driver import build_trainer
 from raylm.trainers.hooks import read_sample_log
+from raylm.trainers.state import is_registered
 from raylm.trainers.testing import tiny_config, write_synthetic
 
 pytestmark = pytest.mark.ray
@@ -24,15 +25,6 @@ def _losses(run_dir: str) -> dict[int, float]:
     steps = [r["step"] for r in rows if "train_loss" in r]
     assert len(steps) == len(set(steps)), "a step was logged twice: the JSONL was not cut on resume"
     return {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
-
-
-def _registered(run_dir: str, name: str) -> bool:
-    """Ray Train has registered the checkpoint (a directory alone may still be in flight)."""
-    try:
-        snap = json.load(open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")))
-    except (OSError, ValueError):
-        return False
-    return any(c["checkpoint_dir_name"] == name for c in snap["checkpoint_results"])
 
 
 @pytest.mark.xfail(strict=False, reason=(
@@ -74,7 +66,7 @@ def test_sigkilled_worker_restarts_from_checkpoint_and_every_sample_is_trained_o
     fit = threading.Thread(target=lambda: out.append(trainer.fit()))
     fit.start()
     deadline = time.time() + 600
-    while not _registered(f"{runs}/t", "checkpoint_00000010") and fit.is_alive() and time.time() < deadline:
+    while not is_registered(f"{runs}/t", "checkpoint_00000010") and fit.is_alive() and time.time() < deadline:
         time.sleep(0.05)
     pid = int(open(f"{ids}.rank1").readline().split()[1].split("=")[1])
     os.kill(pid, signal.SIGKILL)  # a worker process dies mid-run, as on a lost node
