@@ -78,9 +78,6 @@ def main() -> int:
     train_txt, val_txt, val_chars = split_corpus(src, args.work)
     cfg = load_config(None, overrides(args.work, train_txt, val_txt, args))
     with connect(cfg.cluster):
-        import ray.data
-
-        ray.data.DataContext.get_current().enable_progress_bars = False
         summary = train(cfg)
     manifest = load_manifest(cfg.data.prepared_dir)
     ev = perplexity(summary["export_dir"], cfg.data.prepared_dir, manifest, "validation")

@@ -39,14 +39,6 @@ def _load(config: str, overrides: list[str] | None, check_inputs: bool = False):
     return cfg
 
 
-def _quiet_data() -> None:
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-
-
 @app.command()
 @user_errors
 def prepare(config: str, overrides: list[str] = OVERRIDES, force: bool = typer.Option(False, help="Rebuild even if up to date."),
@@ -59,7 +51,6 @@ def prepare(config: str, overrides: list[str] = OVERRIDES, force: bool = typer.O
     cfg = _load(config, overrides, check_inputs=True)
     _setup_logging()
     with connect(cfg.cluster, address):
-        _quiet_data()
         print_manifest(run_prepare(cfg.data, task=cfg.trainer.task, force=force), cfg.data.prepared_dir)
 
 
@@ -73,7 +64,6 @@ def tokenizer_train(config: str, overrides: list[str] = OVERRIDES, address: str 
     cfg = _load(config, overrides, check_inputs=True)
     _setup_logging()
     with connect(cfg.cluster, address):
-        _quiet_data()
         typer.echo(f"tokenizer: {ensure_tokenizer(cfg.data, cfg.trainer.task, resolve_source(cfg.data))}")
 
 
@@ -87,7 +77,6 @@ def train(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS)
     cfg = _load(config, overrides, check_inputs=True)
     _setup_logging()
     with connect(cfg.cluster, address):
-        _quiet_data()
         summary = run_train(cfg)
     typer.echo(f"[raylm] run: {summary['run_dir']}\n[raylm] exported model: {summary['export_dir']}")
 

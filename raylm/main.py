@@ -18,9 +18,6 @@ def main(cfg: RootConfig, address: str | None = None, prompt: str = "Return the"
 
     t0 = time.time()
     with connect(cfg.cluster, address):
-        import ray.data
-
-        ray.data.DataContext.get_current().enable_progress_bars = False
         summary = train(cfg)
     manifest = load_manifest(cfg.data.prepared_dir)
     ev = perplexity(summary["export_dir"], cfg.data.prepared_dir, manifest)

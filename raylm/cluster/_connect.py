@@ -53,7 +53,17 @@ def connect(cfg: ClusterConfig, address: str | None = None) -> Iterator[None]:
     kw = init_kwargs(cfg, address)
     log.info("ray: %s", f"joining {kw['address']}" if "address" in kw else f"embedded, {kw['num_cpus']} CPUs")
     ray.init(**kw)
+    _quiet_data()
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _quiet_data() -> None:
+    """raylm prints its own progress lines; Ray Data's bars would interleave with them."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
