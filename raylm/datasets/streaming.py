@@ -23,7 +23,12 @@ def open_split(prepared_dir: str, split: str, manifest: dict):
     import ray
 
     files = [os.path.join(prepared_dir, f["path"]) for f in manifest["splits"][split]["files"]]
-    return ray.data.read_parquet(files, shuffle=None)
+    ds = ray.data.read_parquet(files, shuffle=None)
+    # Blocks in file order even when read tasks finish out of order (a loaded machine, a slow node):
+    # materialize() and streaming_split() then hand every worker the same rows on every run, which
+    # "skip the batches already consumed" needs for an exact resume. The context is this dataset's copy.
+    ds.context.execution_options.preserve_order = True
+    return ds
 
 
 def epoch_batches(shard: Any, batch_size: int, epoch: int, seed: int, skip: int, buffer_rows: int,
