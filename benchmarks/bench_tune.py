@@ -154,7 +154,9 @@ def main() -> int:
     import ray
 
     train, dev = write_sst2(args.shared, args.work, args.train_rows)
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    # The dashboard's state API is how Ray Train frees the workers of trials ASHA stops (see
+    # raylm.tuning.sweep.check_trial_cleanup); without it the full-budget sweep starved.
+    ray.init(num_cpus=8, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     res: dict[str, Any] = {"model": args.model, "samples": args.samples, "budget_steps": args.steps,
                            "train_rows": args.train_rows, "dev_rows": 872, "concurrency": args.concurrency}
     res["asha"] = run_one(args, args.work, train, dev, "asha")

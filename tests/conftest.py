@@ -22,7 +22,10 @@ def ray_session():
     if not ray.is_initialized():
         ray.init(
             num_cpus=8,
-            include_dashboard=False,
+            # Ray Train frees the placement groups of trials Tune stops through the dashboard's
+            # state API (see raylm.tuning.sweep.check_trial_cleanup); bound to localhost.
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
             log_to_driver=True,
         )

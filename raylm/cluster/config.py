@@ -21,7 +21,12 @@ class ClusterConfig(BaseModel):
         description="Logical CPUs of the embedded Ray. Default: max(cores, 8), so that "
         "training workers and Ray Data tasks can share a small machine.",
     )
-    include_dashboard: bool = Field(False, description="Start the Ray dashboard (embedded Ray only).")
+    include_dashboard: bool | None = Field(
+        None,
+        description="Start the Ray dashboard (embedded Ray only). Default: on for `raylm tune`, whose "
+        "early-stopped trials' placement groups Ray Train frees through the dashboard's state API, "
+        "off otherwise.",
+    )
     dashboard_host: str = Field(
         "127.0.0.1", description="Interface the embedded dashboard binds to; keep local unless told."
     )

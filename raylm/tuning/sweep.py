@@ -59,6 +59,42 @@ def prepare_base_data(cfg: RootConfig) -> None:
     prepare(cfg.data, task=cfg.trainer.task)
 
 
+def state_api_reachable(wait_s: float = 20.0) -> bool:
+    """Whether Ray's state API (served by the dashboard) answers; it may take a few seconds to
+    come up after ray.init."""
+    import time
+
+    from ray.util.state import list_actors
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            list_actors(limit=1, timeout=5, raise_on_missing_output=False)
+            return True
+        except Exception as e:  # no dashboard: ConnectionError/RayStateApiException, not yet up: timeouts
+            if time.monotonic() >= deadline:
+                log.debug("state API unreachable: %s", e)
+                return False
+            time.sleep(1.0)
+
+
+def check_trial_cleanup(t: TuningConfig) -> None:
+    """Ray Train (V2) frees the placement group of a trial that Tune stops (ASHA, PBT, a NaN
+    stop) only through a cleaner that asks the state API whether the trial is still alive
+    (ray-project/ray#54305). Without the dashboard every stopped trial keeps its CPUs/GPUs
+    until the job ends, and an early-stopping sweep starves, then hangs."""
+    if state_api_reachable():
+        return
+    problem = ("this Ray cluster has no state API (dashboard): Ray Train cannot free the workers of a "
+               "trial that Tune stops, so an early-stopping sweep would run out of resources and hang")
+    hint = ("start the cluster with its dashboard (`ray start --head --include-dashboard=true`; KubeRay "
+            "clusters have one), leave cluster.include_dashboard unset or true for the embedded Ray, "
+            "or use tuning.scheduler.type=fifo")
+    if t.scheduler.type != "fifo":
+        raise UserError(problem, hint=hint)
+    log.warning("%s; a trial stopped for a NaN metric will hold its resources (%s)", problem, hint)
+
+
 def _stop_on_bad_metric(metric: str) -> Any:
     # A diverged trial that keeps reporting NaN would hold its slot to the end; stop it and
     # let the summary report it as failed.
@@ -114,6 +150,7 @@ def build_tuner(cfg: RootConfig, *, factory: TrainerFactory | None = None,
     if restorable and not t.resume:
         raise UserError(f"{paths.sweep_dir} already holds a sweep and tuning.resume is false",
                         hint="choose another tuning.name, delete that directory, or set tuning.resume=true")
+    check_trial_cleanup(t)
     limit = max_concurrent(ray.cluster_resources(), t.resources, t.max_concurrent_trials)
     if factory is None:
         prepare_base_data(cfg)

@@ -47,18 +47,33 @@ def tiny_raw(corpus: Path, out: Path, name: str, space: dict, **tuning: Any) -> 
     }
 
 
-# Order matters on one shared local Ray: the Ray Train placement group of a trial that Tune
-# stopped (ASHA) or paused (PBT) is not always freed (measured: 2 of 4 worker groups still
-# CREATED 20 s after a sweep with 2 early-stopped trials), so later Train runs in the session
-# can time out starting their workers. Sweeps that need the most free CPUs run first.
+# The session's Ray runs its dashboard: Ray Train frees the placement group of a trial that
+# Tune stopped (ASHA) or paused (PBT) only through the state API (ray-project/ray#54305).
+# Without it every stopped trial kept its worker group's CPUs for the rest of the session and
+# later sweeps timed out starting workers; test_asha_frees_stopped_trials_workers checks it.
+
+
+def _live_train_placement_groups(wait_s: float) -> list[dict]:
+    """Placement groups not yet removed, waiting up to wait_s for them to go."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        live = [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
+        if not live or time.monotonic() > deadline:
+            return live
+        time.sleep(1)
 
 
 # ---------------------------------------------------------------- PBT
 
 
 def _checkpoint_steps(run_dir: str) -> list[int]:
-    # raylm checkpoints are named checkpoint_<step:08d>
-    return sorted(int(p.rsplit("_", 1)[1]) for p in glob.glob(os.path.join(run_dir, "checkpoint_*")))
+    # raylm checkpoints are directories named checkpoint_<step:08d> (Ray Train keeps its
+    # checkpoint_manager_snapshot.json next to them)
+    return sorted(int(p.rsplit("_", 1)[1]) for p in glob.glob(os.path.join(run_dir, "checkpoint_" + "[0-9]" * 8)))
 
 
 def test_pbt_exploit_restores_the_donor_checkpoint(ray_session: Any, corpus: Path, tmp_path: Path) -> None:
@@ -129,6 +144,13 @@ def test_asha_sweep_stops_at_least_one_trial_early(asha: tuple[SweepSummary, Any
     assert rows[3e-3].status == COMPLETED and rows[3e-3].step == MAX_STEPS
     assert [h["step"] for h in rows[3e-3].history] == [4, 8, 12]
     assert summary.best_trial == rows[3e-3].trial_id
+
+
+def test_asha_frees_stopped_trials_workers(asha: tuple[SweepSummary, Any]) -> None:
+    summary, _ = asha
+    assert any(r.status == STOPPED for r in summary.rows)  # Tune killed at least one running trial
+    # Each stopped trial's Train worker group held a 1-CPU placement group; all must be gone.
+    assert _live_train_placement_groups(wait_s=30) == []
 
 
 def test_failing_trial_is_reported_and_the_sweep_completes(asha: tuple[SweepSummary, Any]) -> None:

@@ -239,3 +239,33 @@ def test_a_sweep_with_missing_trials_counts_as_interrupted():
     rows = [_row(str(i), COMPLETED, 0.1) for i in range(11)]
     assert _interrupted(rows, t) and not _interrupted(rows + [_row("x", FAILED, None)], t)
     assert _interrupted(rows + [_row("y", "unfinished", None)], t)
+
+
+@pytest.mark.parametrize("scheduler", ["asha", "pbt", "fifo"])
+def test_a_cluster_without_state_api_refuses_early_stopping_sweeps(monkeypatch, caplog, scheduler):
+    # Fakes only the probe's answer: starting a second Ray without a dashboard costs ~10 s here;
+    # the leak it guards against is measured by tests/integration/test_tune.py.
+    from raylm.tuning import sweep
+
+    monkeypatch.setattr(sweep, "state_api_reachable", lambda wait_s=20.0: False)
+    t = TuningConfig.model_validate({"space": {"trainer.lr": {"type": "grid", "values": [0.1]}},
+                                     "scheduler": {"type": scheduler}})
+    if scheduler == "fifo":
+        sweep.check_trial_cleanup(t)  # runs, with a warning
+        assert "no state API" in caplog.text
+    else:
+        with pytest.raises(UserError) as err:
+            sweep.check_trial_cleanup(t)
+        assert "dashboard" in err.value.problems[0] and "fifo" in err.value.hint
+    monkeypatch.setattr(sweep, "state_api_reachable", lambda wait_s=20.0: True)
+    sweep.check_trial_cleanup(t)
+
+
+def test_embedded_ray_starts_the_dashboard_for_tune_only_unless_the_config_says(tmp_path):
+    from raylm.cluster import init_kwargs
+    from raylm.cluster.config import ClusterConfig
+
+    assert init_kwargs(ClusterConfig())["include_dashboard"] is False
+    assert init_kwargs(ClusterConfig(), dashboard=True)["include_dashboard"] is True
+    assert init_kwargs(ClusterConfig(include_dashboard=False), dashboard=True)["include_dashboard"] is False
+    assert init_kwargs(ClusterConfig(), dashboard=True)["dashboard_host"] == "127.0.0.1"
