@@ -33,7 +33,7 @@ class DataConfig(BaseModel):
     validation_source: str | None = Field(
         None,
         description="Files held out as the validation split (path, glob or URI). Unset: "
-        "`validation_fraction` of the documents, chosen by a hash of their row id.",
+        "`validation_fraction` of the documents, chosen by a hash of their text.",
     )
     format: Literal["auto", "text", "jsonl", "parquet", "csv", "tsv"] = Field(
         "auto", description="File format; 'auto' chooses by extension."
@@ -72,7 +72,7 @@ class DataConfig(BaseModel):
     block_size: int = Field(64, ge=8, description="Tokens per packed training block.")
     max_length: int = Field(128, ge=8, description="Classification: truncate to this many tokens.")
     validation_fraction: float = Field(
-        0.05, ge=0.0, lt=1.0, description="Share of documents (by hash of row_id) held out."
+        0.05, ge=0.0, lt=1.0, description="Share of documents (by a hash of the text) held out."
     )
     shard_rows: int = Field(8192, ge=1, description="Rows per Parquet shard.")
     tokenize_batch_size: int = Field(1024, ge=1, description="Documents per tokenize batch.")

@@ -24,11 +24,11 @@ def pack_documents(docs: list[list[int]], eos_id: int, block_size: int) -> tuple
     return flat[: n * block_size].reshape(n, block_size), total - n * block_size
 
 
-def split_of(row_id: str, validation_fraction: float) -> str:
-    """Deterministic split by a hash of the row id: the same document always lands in the same split."""
+def split_of(key: str, validation_fraction: float) -> str:
+    """Deterministic split by a hash of `key` (prepare passes the normalized document text)."""
     if validation_fraction <= 0:
         return "train"
-    h = int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "little")
+    h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
     return "validation" if (h % 1_000_000) / 1_000_000 < validation_fraction else "train"
 
 

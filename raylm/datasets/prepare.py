@@ -38,7 +38,7 @@ from raylm.datasets.sources import BadRowError, Unit, check_row, plan_units, rea
 from raylm.errors import UserError
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: train/validation split by document text (was: by row id)
 SPLITS = ("train", "validation")
 PROGRESS = "_progress"
 COUNTS = ("rows", "docs", "chars", "tokens_in", "tokens_out", "dropped")
@@ -221,10 +221,12 @@ class UnitWorker:
         return [r for r, good in zip(live, ok) if good], hashes[ok]
 
     def split(self, row: dict) -> str:
-        """data.validation_source files are the validation split; else a hash of the row id decides."""
+        """data.validation_source files are the validation split; else a hash of the (normalized)
+        text decides: copies of a document share a split (no train/validation leak when dedup is
+        off), and which copy dedup keeps - first come, first kept - cannot move it to the other."""
         if self.validation_files:
             return "validation" if row["source"] in self.validation_files else "train"
-        return split_of(row["row_id"], self.cfg.validation_fraction)
+        return split_of(row["text"], self.cfg.validation_fraction)
 
     def _tokenize(self, kept: list[dict], writers: dict[str, SplitWriter]) -> None:
         if not kept:
@@ -316,7 +318,8 @@ _SPEED_KNOBS = {"tokenize_batch_size", "tokenize_actors", "shuffle_buffer_rows",
 
 def _fingerprint_inputs(cfg: DataConfig, task: str, tok_fp: str, files: list[tuple[str, int]]) -> str:
     keys = cfg.model_dump(mode="json", exclude=_SPEED_KNOBS)
-    return hashlib.sha256(json.dumps([keys, task, tok_fp, files], sort_keys=True).encode()).hexdigest()[:16]
+    # The schema version too: a prepared dir (or an interrupted one) from another layout is redone.
+    return hashlib.sha256(json.dumps([keys, task, tok_fp, files, SCHEMA_VERSION], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_manifest(prepared_dir: str) -> dict:
