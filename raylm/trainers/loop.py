@@ -21,7 +21,7 @@ from raylm.trainers.hooks import SampleLog, nonfinite_action
 from raylm.trainers.metrics import device_peak_flops, flops_per_token, mfu, non_embedding_params, peak_memory_mb
 from raylm.trainers.optim import build_optimizer, build_scheduler
 from raylm.trainers.parallel import autocast_dtype, full_state, global_norm, wrap_model
-from raylm.trainers.progress import Progress
+from raylm.trainers.progress import Progress, say
 from raylm.trainers.tasks import Task, get_task
 from raylm.trainers.tracking import make_sink
 
@@ -72,8 +72,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if restored:
         sink.log({"resumed_from": st.step}, st.step)
         if rank == 0:
-            print(f"[raylm] resumed from checkpoint at step {st.step} (epoch {st.epoch}, "
-                  f"{st.batches_in_epoch} batches into it)", flush=True)
+            say(f"[raylm] resumed from checkpoint at step {st.step} (epoch {st.epoch}, "
+                f"{st.batches_in_epoch} batches into it)")
     samples = SampleLog(loop_config.get("sample_log") or os.environ.get("RAYLM_SAMPLE_LOG"), rank, st.step)
     amp = autocast_dtype(t.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)

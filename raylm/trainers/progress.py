@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
+
+
+def say(line: str) -> None:
+    """One line on the worker's stdout, which Ray forwards to the driver once. Not print():
+    Ray Train patches print in its workers to log the message *and* echo it when sys.stdout is
+    wrapped (as it is in Ray workers), so every progress line reached the terminal twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _fmt_s(s: float) -> str:
@@ -24,10 +33,10 @@ class Progress:
         rate = (step - self.start) / max(now - self.t0, 1e-9)
         eta = (self.total - step) / rate if rate > 0 else 0
         mfu = f" | mfu {m['mfu'] * 100:.1f}%" if m.get("mfu") else ""
-        print(f"[raylm] step {step}/{self.total} | loss {m['train_loss']:.4f} | lr {m['lr']:.2e} | "
-              f"{m['tokens_per_s']:,.0f} tok/s{mfu} | {rate:.2f} steps/s | ETA {_fmt_s(eta)}", flush=True)
+        say(f"[raylm] step {step}/{self.total} | loss {m['train_loss']:.4f} | lr {m['lr']:.2e} | "
+            f"{m['tokens_per_s']:,.0f} tok/s{mfu} | {rate:.2f} steps/s | ETA {_fmt_s(eta)}")
 
     def eval(self, step: int, m: dict[str, Any]) -> None:
         if self.enabled:
             vals = " | ".join(f"{k} {v:.4f}" for k, v in m.items() if k.startswith("val_"))
-            print(f"[raylm] eval step {step} | {vals}", flush=True)
+            say(f"[raylm] eval step {step} | {vals}")
