@@ -13,7 +13,7 @@ and Tune's own per-trial overhead. Result JSON: benchmarks/results/tune.json.
    against the sum of the trials' own times (what Tune adds per trial), plus, from the SST-2
    sweeps, how long a raylm trial (a Ray Train V2 run) takes to its first report.
 
-  python benchmarks/bench_tune.py [--samples 8] [--steps 300] [--train-rows 8000]
+  python benchmarks/bench_tune.py [--samples 12] [--steps 300] [--train-rows 8000]
 """
 
 from __future__ import annotations
@@ -107,11 +107,23 @@ def run_one(args: argparse.Namespace, work: str, train: str, dev: str, scheduler
         "best_dev_accuracy": best.final if best else None,
         "best_params": best.params if best else None,
         "total_steps": sum(r.step for r in s.rows),
-        "trials": [{"params": r.params, "status": r.status, "step": r.step, "final": r.final} for r in s.rows],
+        "trials": [{"params": r.params, "status": r.status, "step": r.step, "final": r.final,
+                    "history": {int(h["step"]): h["value"] for h in r.history}} for r in s.rows],
         "completed": sum(r.status == COMPLETED for r in s.rows),
         "first_report_s": sorted(round(x, 1) for x in first_report_s(s.sweep_dir)),
         "sweep_dir": s.sweep_dir,
     }
+
+
+def same_curves(asha: list[dict], full: list[dict]) -> dict:
+    """Both sweeps sample the same configs (same searcher seed) and training is deterministic
+    (seed, data order, 1 thread): a config's metric at a step should match in both sweeps, so
+    the comparison is between schedulers, not between lucky runs."""
+    key = lambda t: json.dumps(t["params"], sort_keys=True)  # noqa: E731
+    full_by = {key(t): t["history"] for t in full}
+    pairs = [(v, full_by[key(t)].get(step)) for t in asha if key(t) in full_by for step, v in t["history"].items()]
+    same = sum(b is not None and abs(a - b) < 1e-9 for a, b in pairs)
+    return {"points": len(pairs), "identical": same, "configs_matched": sum(key(t) in full_by for t in asha)}
 
 
 def tune_overhead(n: int, work: str) -> dict:
@@ -140,7 +152,7 @@ def main() -> int:
     ap.add_argument("--shared", default=os.environ.get("RAYLM_SHARED", os.path.join(REPO, "..", "shared")))
     ap.add_argument("--work", default=os.path.join(REPO, "outputs", "bench_tune"))
     ap.add_argument("--model", choices=["bert-tiny", "minilm"], default="bert-tiny")
-    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=12)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--train-rows", type=int, default=8000)
     ap.add_argument("--concurrency", type=int, default=2)
@@ -167,6 +179,7 @@ def main() -> int:
                                   if a["best_dev_accuracy"] is not None and f["best_dev_accuracy"] is not None else None)
     res["target_met"] = bool(res["accuracy_gap_points"] is not None and res["accuracy_gap_points"] <= 0.5
                              and res["steps_ratio"] <= 0.4)
+    res["same_curve_check"] = same_curves(a["trials"], f["trials"])
     res["tune_overhead"] = tune_overhead(args.overhead_trials, args.work)
     plot = os.path.join(a["sweep_dir"], "plots", "progress.png")
     if os.path.isfile(plot):  # the closing note shows the ASHA sweep's progress plot
