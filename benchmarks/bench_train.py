@@ -27,8 +27,9 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
-# A compute-bound config for 2 cores: GPT 4x256, block 128, batch 8.
+# A compute-bound config for 2 cores: GPT 4x256, block 128, micro-batch BATCH (--batch).
 MODEL = ["model.n_layer=4", "model.n_embd=256", "model.n_head=4", "data.block_size=128"]
+BATCH = 16
 
 
 def _data(root: str, rows: int) -> tuple[str, dict]:
@@ -42,7 +43,7 @@ def _cfg(data: str, root: str, name: str, workers: int, steps: int, extra: list[
     from raylm.trainers.testing import tiny_config
 
     return tiny_config(data, os.path.join(root, "runs"), "causal-lm", MODEL + (extra or []), run_name=name,
-                       num_workers=workers, batch_size=8, max_steps=steps, eval_every=steps,
+                       num_workers=workers, batch_size=BATCH, max_steps=steps, eval_every=steps,
                        checkpoint_every=steps, eval_batches=1, torch_threads=1, lr=1e-3, warmup_steps=0)
 
 
@@ -100,7 +101,7 @@ def bare_run(data: str, manifest: dict, root: str, steps: int, warmup: int) -> d
 
 
 def overhead(root: str, steps: int, warmup: int) -> dict:
-    data, manifest = _data(root, rows=8 * steps * 2)
+    data, manifest = _data(root, rows=BATCH * steps * 2)
     # Bare, raylm, bare again: the machine is shared, so the faster bare run is the reference
     # (the comparison is then conservative for raylm).
     before = bare_run(data, manifest, root, steps, warmup)
@@ -111,15 +112,15 @@ def overhead(root: str, steps: int, warmup: int) -> dict:
     return {"benchmark": "overhead", "bare": bare, "bare_runs_tokens_per_s": [before["tokens_per_s"], after["tokens_per_s"]],
             "raylm_1_worker": ray1, "ratio": ratio, "target": 0.95, "load_avg_1m": os.getloadavg()[0],
             "meets_target": ratio >= 0.95, "steps": steps, "warmup_steps": warmup,
-            "config": "gpt2 4x256, block 128, batch 8, fp32, 1 torch thread, AdamW, clip 1.0"}
+            "config": f"gpt2 4x256, block 128, batch {BATCH}, fp32, 1 torch thread, AdamW, clip 1.0"}
 
 
 def scaling(root: str, steps: int, warmup: int) -> dict:
-    data, manifest = _data(root, rows=8 * steps * 2)
+    data, manifest = _data(root, rows=BATCH * steps * 2)
     one = raylm_run(data, manifest, root, "s1", 1, steps, warmup)
     two = raylm_run(data, manifest, root, "s2", 2, steps, warmup)
     x = two["tokens_per_s"] / one["tokens_per_s"]
-    return {"benchmark": "scaling", "one_worker": one, "two_workers": two, "speedup": x, "target": 1.7,
+    return {"benchmark": "scaling", "batch_per_worker": BATCH, "one_worker": one, "two_workers": two, "speedup": x, "target": 1.7,
             "load_avg_1m": os.getloadavg()[0],
             "meets_target": x >= 1.7, "steps": steps, "warmup_steps": warmup, "cpu_cores": os.cpu_count()}
 
@@ -129,7 +130,7 @@ def recovery(root: str, steps: int = 60, every: int = 10) -> dict:
     from raylm.trainers.driver import build_trainer
     from raylm.trainers.state import is_registered
 
-    data, manifest = _data(root, rows=8 * steps * 2)
+    data, manifest = _data(root, rows=BATCH * steps * 2)
     cfg = _cfg(data, root, "rec", 2, steps, ["trainer.max_failures=2", f"trainer.checkpoint_every={every}",
                                              f"trainer.eval_every={every}"])
     ids = os.path.join(root, "ids")
@@ -164,7 +165,9 @@ def main() -> None:
     ap.add_argument("which", choices=["overhead", "scaling", "recovery", "all"])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=BATCH, help="micro-batch per worker (sequences of 128)")
     args = ap.parse_args()
+    globals()["BATCH"] = args.batch
     import ray
 
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)

@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[test]"
-exec python -m pytest -p no:cacheprovider --timeout=1200 "$@"
+exec python -m pytest -p no:cacheprovider --timeout=1200 --durations=15 "$@"
