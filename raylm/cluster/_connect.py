@@ -22,8 +22,7 @@ def embedded_num_cpus(cfg: ClusterConfig) -> int:
     return cfg.num_cpus or max(os.cpu_count() or 1, 8)
 
 
-def init_kwargs(cfg: ClusterConfig, address: str | None = None, dashboard: bool = False) -> dict:
-    """ray.init arguments; `dashboard` is the command's default when the config leaves it unset."""
+def init_kwargs(cfg: ClusterConfig, address: str | None = None) -> dict:
     addr = resolve_address(cfg, address)
     env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::DeprecationWarning"}}
     if addr:
@@ -32,7 +31,7 @@ def init_kwargs(cfg: ClusterConfig, address: str | None = None, dashboard: bool 
         return {"address": addr, "runtime_env": env, "log_to_driver": True}
     kw = {
         "num_cpus": embedded_num_cpus(cfg),
-        "include_dashboard": dashboard if cfg.include_dashboard is None else cfg.include_dashboard,
+        "include_dashboard": cfg.include_dashboard,
         "dashboard_host": cfg.dashboard_host,
         "runtime_env": env,
         "log_to_driver": True,
@@ -43,19 +42,15 @@ def init_kwargs(cfg: ClusterConfig, address: str | None = None, dashboard: bool 
 
 
 @contextlib.contextmanager
-def connect(cfg: ClusterConfig, address: str | None = None, dashboard: bool = False) -> Iterator[None]:
-    """Start or join Ray for the duration of a command; reuse one already initialised.
-
-    `dashboard`: start the embedded Ray's dashboard (bound to cluster.dashboard_host) unless the
-    config says otherwise; `raylm tune` needs its state API (see raylm.tuning.sweep).
-    """
+def connect(cfg: ClusterConfig, address: str | None = None) -> Iterator[None]:
+    """Start or join Ray for the duration of a command; reuse one already initialised."""
     import ray
 
     if ray.is_initialized():
         yield
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    kw = init_kwargs(cfg, address, dashboard)
+    kw = init_kwargs(cfg, address)
     log.info("ray: %s", f"joining {kw['address']}" if "address" in kw else f"embedded, {kw['num_cpus']} CPUs")
     ray.init(**kw)
     _quiet_data()

@@ -21,11 +21,12 @@ class ClusterConfig(BaseModel):
         description="Logical CPUs of the embedded Ray. Default: max(cores, 8), so that "
         "training workers and Ray Data tasks can share a small machine.",
     )
-    include_dashboard: bool | None = Field(
-        None,
-        description="Start the Ray dashboard (embedded Ray only). Default: on for `raylm tune`, whose "
-        "early-stopped trials' placement groups Ray Train frees through the dashboard's state API, "
-        "off otherwise.",
+    include_dashboard: bool = Field(
+        True,
+        description="Start the embedded Ray's dashboard (bound to dashboard_host). Ray Train needs its "
+        "state API to free the workers of a run whose driver died (e.g. a trial Tune stopped); "
+        "without it Ray Train's cleaner logs a warning every second. `raylm tune` with ASHA/PBT "
+        "refuses to run without it.",
     )
     dashboard_host: str = Field(
         "127.0.0.1", description="Interface the embedded dashboard binds to; keep local unless told."

@@ -23,7 +23,7 @@ def main(cfg: RootConfig, *, address: str | None = None, factory: TrainerFactory
     from raylm.tuning.results import markdown
     from raylm.tuning.sweep import run_sweep
 
-    with connect(cfg.cluster, address, dashboard=True):  # its state API frees stopped trials' workers
+    with connect(cfg.cluster, address):
         summary = run_sweep(cfg, factory=factory)
     print(markdown(summary))
     for row in summary.failed:

@@ -88,7 +88,7 @@ def check_trial_cleanup(t: TuningConfig) -> None:
     problem = ("this Ray cluster has no state API (dashboard): Ray Train cannot free the workers of a "
                "trial that Tune stops, so an early-stopping sweep would run out of resources and hang")
     hint = ("start the cluster with its dashboard (`ray start --head --include-dashboard=true`; KubeRay "
-            "clusters have one), leave cluster.include_dashboard unset or true for the embedded Ray, "
+            "clusters have one), keep cluster.include_dashboard=true for the embedded Ray, "
             "or use tuning.scheduler.type=fifo")
     if t.scheduler.type != "fifo":
         raise UserError(problem, hint=hint)

@@ -261,11 +261,10 @@ def test_a_cluster_without_state_api_refuses_early_stopping_sweeps(monkeypatch, 
     sweep.check_trial_cleanup(t)
 
 
-def test_embedded_ray_starts_the_dashboard_for_tune_only_unless_the_config_says(tmp_path):
+def test_embedded_ray_starts_its_dashboard_on_localhost_unless_the_config_says():
     from raylm.cluster import init_kwargs
     from raylm.cluster.config import ClusterConfig
 
-    assert init_kwargs(ClusterConfig())["include_dashboard"] is False
-    assert init_kwargs(ClusterConfig(), dashboard=True)["include_dashboard"] is True
-    assert init_kwargs(ClusterConfig(include_dashboard=False), dashboard=True)["include_dashboard"] is False
-    assert init_kwargs(ClusterConfig(), dashboard=True)["dashboard_host"] == "127.0.0.1"
+    kw = init_kwargs(ClusterConfig())
+    assert kw["include_dashboard"] is True and kw["dashboard_host"] == "127.0.0.1"
+    assert init_kwargs(ClusterConfig(include_dashboard=False))["include_dashboard"] is False
