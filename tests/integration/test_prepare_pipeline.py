@@ -18,6 +18,8 @@ from raylm.datasets.config import DataConfig
 from raylm.datasets.prepare import PROGRESS, prepare
 from raylm.datasets.sources import read_corpus
 from raylm.datasets.tokenizers import train_bpe
+
+from prep_checks import assert_same_splits  # tests/integration/prep_checks.py
 from raylm.errors import UserError
 
 pytestmark = pytest.mark.ray
@@ -92,9 +94,7 @@ def test_prepare_ledger_shards_idempotent_and_resumable(ray_session, tmp_path, t
     m2 = prepare(cfg)
     for key in ("rows_in", "rows_kept", "rejected", "ledger_balanced"):
         assert m2[key] == m[key], key
-    for split in ("train", "validation"):
-        assert {k: v for k, v in m2["splits"][split].items() if k != "files"} == \
-               {k: v for k, v in m["splits"][split].items() if k != "files"}
+    assert_same_splits(m2, m)
     redone = {p.name.split(".")[0] for p in gone}
     for p, t in mtimes.items():
         if p.name.rsplit("-", 1)[0] not in redone:
