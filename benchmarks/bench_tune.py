@@ -87,25 +87,14 @@ def sweep_raw(args: argparse.Namespace, work: str, train: str, dev: str, schedul
     }
 
 
-def first_report_s(sweep_dir: str) -> list[float]:
-    """Per trial: seconds from trial start to its first result (Train V2 start-up + first eval)."""
-    out = []
-    for path in glob.glob(os.path.join(sweep_dir, "*", "progress.csv")):
-        with open(path) as f:
-            rows = list(csv.DictReader(f))
-        if rows and rows[0].get("time_total_s"):
-            out.append(float(rows[0]["time_total_s"]))
-    return out
-
-
-def last_reports(sweep_dir: str) -> dict[str, dict]:
-    """trial_id -> its last reported metrics (Tune's progress.csv of the trial)."""
+def trial_reports(sweep_dir: str) -> dict[str, list[dict]]:
+    """trial_id -> every result it reported, in order (Tune's progress.csv of the trial)."""
     out = {}
     for path in glob.glob(os.path.join(sweep_dir, "*", "progress.csv")):
         with open(path) as f:
             rows = list(csv.DictReader(f))
         if rows:
-            out[rows[-1]["trial_id"]] = rows[-1]
+            out[rows[0]["trial_id"]] = rows
     return out
 
 
@@ -116,7 +105,8 @@ def run_one(args: argparse.Namespace, work: str, train: str, dev: str, scheduler
 
     t0 = time.time()
     s = run_sweep(validate(sweep_raw(args, work, train, dev, scheduler)))
-    last = last_reports(s.sweep_dir)
+    reports = trial_reports(s.sweep_dir)
+    last = {trial: rows[-1] for trial, rows in reports.items()}
     acc = {r.trial_id: float(last[r.trial_id]["val_accuracy"]) for r in s.rows
            if r.trial_id in last and last[r.trial_id].get("val_accuracy")}
     # The sweep's answer: the best dev accuracy among trials trained to the full budget.
@@ -132,7 +122,9 @@ def run_one(args: argparse.Namespace, work: str, train: str, dev: str, scheduler
                     "dev_accuracy": acc.get(r.trial_id),
                     "history": {int(h["step"]): h["value"] for h in r.history}} for r in s.rows],
         "completed": sum(r.status == COMPLETED for r in s.rows),
-        "first_report_s": sorted(round(x, 1) for x in first_report_s(s.sweep_dir)),
+        # per trial: seconds from trial start to its first result (Train V2 start-up + first eval)
+        "first_report_s": sorted(round(float(rows[0]["time_total_s"]), 1) for rows in reports.values()
+                                 if rows[0].get("time_total_s")),
         "sweep_dir": s.sweep_dir,
     }
 
