@@ -23,8 +23,6 @@ CRDS = typer.Option(None, "--crds", help="Folder of KubeRay CRD YAML (default: R
 OVERRIDES = typer.Argument(None, help="Overrides as section.key=value, e.g. trainer.max_steps=20.")
 
 
-
-
 def _env_pairs(items: list[str] | None) -> dict[str, str]:
     out = {}
     for item in items or []:
