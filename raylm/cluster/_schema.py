@@ -3,11 +3,14 @@
 Strict like `kubectl apply --validate=strict`: a field the schema does not know is an error (the
 API server would silently prune it, so a typo like `shutdownAfterJobFinish` would just vanish).
 Only the keywords the KubeRay CRDs use are implemented; CEL rules (x-kubernetes-validations) are
-not evaluated.
+not evaluated. `with_defaults` does what the API server does before it validates: it fills in the
+schema's defaults, so a required field the CRD defaults (workerGroupSpecs[].minReplicas) is not
+reported missing.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import re
@@ -57,6 +60,31 @@ def _type_ok(v: Any, t: str) -> bool:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+def with_defaults(value: Any, schema: dict[str, Any]) -> Any:
+    """A copy of `value` with the schema's `default`s filled in where a field is absent.
+
+    As the API server does (CRD structural schemas, "Defaulting and Nullable"): a null field the
+    schema does not mark nullable is pruned first, then defaulted like an absent one.
+    """
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [with_defaults(v, schema["items"]) for v in value]
+    if not isinstance(value, dict):
+        return value
+    props = schema.get("properties") or {}
+    extra = schema.get("additionalProperties")
+    out = {}
+    for k, v in value.items():
+        sub = props.get(k, extra if isinstance(extra, dict) else None)
+        if sub is None:
+            out[k] = v
+        elif v is not None or sub.get("nullable") or k not in props:
+            out[k] = with_defaults(v, sub)
+    for k, sub in props.items():
+        if k not in out and "default" in sub:
+            out[k] = with_defaults(copy.deepcopy(sub["default"]), sub)
+    return out
 
 
 def check(value: Any, schema: dict[str, Any], path: str = "") -> list[tuple[str, str]]:
