@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 import yaml
 
 from raylm._cli import user_errors
 from raylm.errors import UserError
+
+if TYPE_CHECKING:
+    from raylm.cluster import k8s_validate
 
 k8s_app = typer.Typer(help="KubeRay manifests: render, validate, apply.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Ray Jobs on a running cluster: list, status, logs, stop.", no_args_is_help=True)
@@ -45,15 +49,13 @@ def render_cmd(
     crds: Path | None = typer.Option(None, "--crds", help="Validate the result against these CRDs too."),
 ) -> None:
     """Write the ConfigMap + RayJob (or RayCluster) for CONFIG."""
-    from raylm.cluster import kuberay
+    from raylm.cluster import k8s_render, k8s_validate
     from raylm.config import load_config
 
-    docs = kuberay.render(load_config(config, overrides), config)
+    docs = k8s_render.render(load_config(config, overrides), config)
     if crds:
-        problems = kuberay.validate(docs, crds, origin=f"render({config})")
-        if problems:
-            raise UserError(problems)
-    text = kuberay.to_yaml(docs)
+        _report(k8s_validate.validate(docs, crds, origin=f"render({config})"))
+    text = k8s_render.to_yaml(docs)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
@@ -67,21 +69,35 @@ def render_cmd(
 def validate_cmd(
     paths: list[str] = typer.Argument(..., help="Manifests, kustomization folders, raylm configs, or - (stdin)."),
     crds: Path | None = CRDS,
+    strict: bool = typer.Option(False, "--strict", help="Fail (exit 2) on warnings too, not only on errors."),
 ) -> None:
-    """Check manifests against the KubeRay CRD schemas (strict) and raylm's extra rules."""
-    from raylm.cluster import kuberay
+    """Check manifests as KubeRay v1.7 takes them: errors (it would reject them) exit 2;
+    warnings (raylm's advice on manifests KubeRay accepts) print and exit 0 unless --strict."""
+    from raylm.cluster import k8s_validate
     from raylm.cluster._schema import load_crds
 
     schemas = load_crds(crds)
-    problems: list[str] = []
+    report = k8s_validate.Report()
     for p in paths:
         if p == "-":
-            problems += kuberay.validate(list(yaml.safe_load_all(sys.stdin.read())), origin="<stdin>", schemas=schemas)
+            docs = list(yaml.safe_load_all(sys.stdin.read()))
+            report += k8s_validate.validate(docs, origin="<stdin>", schemas=schemas)
         else:
-            problems += kuberay.validate_path(p, schemas)
-    if problems:
-        raise UserError(problems, hint=f"{len(problems)} problem(s); field paths follow the manifest")
+            report += k8s_validate.validate_path(p, schemas)
+    _report(report, strict)
     typer.echo(f"ok: {', '.join(paths)}")
+
+
+def _report(report: k8s_validate.Report, strict: bool = False) -> None:
+    """Print the warnings; raise the failing lines (errors, and warnings when strict) as a UserError."""
+    failing = report.failing(strict)
+    if not strict:  # strict: the warnings are among the failing lines
+        for line in report.warnings:
+            typer.echo(f"warning: {line}", err=True)
+    if failing:
+        counts = f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)"
+        hint = f"{counts}{' (--strict: warnings fail too)' if strict else ''}; field paths follow the manifest"
+        raise UserError(failing, hint=hint)
 
 
 @k8s_app.command("apply")
@@ -94,19 +110,18 @@ def apply_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Server-side dry run: nothing is created."),
 ) -> None:
     """Render, validate, `kubectl apply`, then follow the RayJob; the exit code mirrors its end."""
-    from raylm.cluster import jobs, kuberay
+    from raylm.cluster import jobs, k8s_kubectl, k8s_render, k8s_validate
     from raylm.config import load_config
 
     cfg = load_config(config, overrides)
-    docs = kuberay.render(cfg, config)
-    problems = kuberay.validate(docs, crds, origin=f"render({config})")
-    if problems:
-        raise UserError(problems)
-    kuberay.apply(kuberay.to_yaml(docs), cfg.k8s.namespace, dry_run=dry_run)
+    docs = k8s_render.render(cfg, config)
+    _report(k8s_validate.validate(docs, crds, origin=f"render({config})"))
+    k8s_kubectl.apply(k8s_render.to_yaml(docs), cfg.k8s.namespace, dry_run=dry_run)
     if dry_run or not follow or cfg.k8s.kind != "RayJob":
         return
-    status = kuberay.follow_rayjob(kuberay.resource_name(cfg), cfg.k8s.namespace)
-    typer.echo(f"logs: kubectl logs -l job-name={kuberay.resource_name(cfg)} --tail=-1")
+    name = k8s_render.resource_name(cfg)
+    status = k8s_kubectl.follow_rayjob(name, cfg.k8s.namespace)
+    typer.echo(f"logs: kubectl logs -l job-name={name} --tail=-1")
     raise typer.Exit(jobs.exit_code(status) if status != "TIMEOUT" else 1)
 
 

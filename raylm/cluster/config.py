@@ -149,7 +149,7 @@ class StorageConfig(BaseModel):
 
 
 class K8sConfig(BaseModel):
-    """How `raylm k8s render` turns this config into KubeRay manifests (see raylm.cluster.kuberay)."""
+    """How `raylm k8s render` turns this config into KubeRay manifests (see raylm.cluster.k8s_render)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -159,7 +159,11 @@ class K8sConfig(BaseModel):
         "a long-lived cluster for `raylm submit`.",
     )
     name: str | None = Field(
-        None, pattern=_DNS1035, description="Resource name (DNS-1035). Default: from trainer.run_name."
+        None,
+        pattern=_DNS1035,
+        max_length=47,
+        description="Resource name (DNS-1035, at most 47 characters: KubeRay appends 6 for the "
+        "RayJob's cluster). Default: from trainer.run_name.",
     )
     namespace: str | None = Field(None, pattern=_DNS1035, description="Namespace; unset: kubectl's.")
     image: str = Field(DEFAULT_IMAGE, description="Image built by k8s/Dockerfile (Ray + raylm).")

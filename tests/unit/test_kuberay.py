@@ -3,7 +3,6 @@ and `kubectl kustomize` (offline) on the shipped k8s/ folder."""
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import shutil
@@ -14,8 +13,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from raylm.cluster import kuberay
+from raylm.cluster import k8s_kubectl, k8s_render
 from raylm.cluster._schema import load_crds
+from raylm.cluster.k8s_validate import Report, validate, validate_path
 from raylm.config import load_config
 from raylm.errors import UserError
 
@@ -23,7 +23,6 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 OVERLAYS = sorted(p for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
-LINE = re.compile(r"^.+\[doc \d+ \w+/\S+\]: [\w.\[\]/-]+: .+$")
 needs_kubectl = pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl not on PATH (kustomize build)")
 
 
@@ -42,11 +41,11 @@ def schemas(crds: Path) -> dict:
 
 
 def _kustomize(path: Path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(kuberay.kustomize(path)) if d]
+    return [d for d in yaml.safe_load_all(k8s_kubectl.kustomize(path)) if d]
 
 
 def _render(overrides: list[str] | None = None, config: str = "configs/cluster-cpu.yaml") -> list[dict]:
-    return kuberay.render(load_config(REPO / config, overrides), config)
+    return k8s_render.render(load_config(REPO / config, overrides), config)
 
 
 def _find(docs: list[dict], kind: str) -> dict:
@@ -62,14 +61,14 @@ def test_every_file_in_k8s_validates(schemas: dict) -> None:
     for f in files:
         if f.name == "kustomization.yaml" and not shutil.which("kubectl"):
             continue
-        assert kuberay.validate_path(f, schemas) == [], f
+        assert validate_path(f, schemas) == Report(), f  # no errors, no warnings
 
 
 @needs_kubectl
 @pytest.mark.parametrize("overlay", [K8S / "base", *OVERLAYS], ids=lambda p: p.name)
 def test_kustomize_builds_validate(overlay: Path, schemas: dict) -> None:
     docs = _kustomize(overlay)
-    assert kuberay.validate(docs, schemas=schemas, origin=str(overlay)) == []
+    assert validate(docs, schemas=schemas, origin=str(overlay)) == Report()
     kinds = sorted(d["kind"] for d in docs)
     assert "ConfigMap" in kinds and ("RayJob" in kinds or "RayCluster" in kinds)
     assert not ("RayJob" in kinds and "RayCluster" in kinds), "an overlay must not start two clusters"
@@ -142,8 +141,8 @@ def test_render_validate_round_trip_of_shipped_configs(config: str, schemas: dic
     if not cfg.cluster.storage_path.startswith(cfg.k8s.storage.mount_path):  # a laptop recipe
         shared = ["cluster.storage_path=/mnt/shared/runs", "data.prepared_dir=/mnt/shared/prepared"]
         cfg = load_config(REPO / "configs" / config, shared)
-    docs = kuberay.render(cfg, config)
-    assert kuberay.validate(docs, schemas=schemas) == []
+    docs = k8s_render.render(cfg, config)
+    assert validate(docs, schemas=schemas) == Report()
     # The ConfigMap carries the resolved config: loading it gives the same config back.
     text = docs[0]["data"][config]
     assert load_config_from_text(text) == cfg
@@ -167,7 +166,7 @@ def test_render_gpu_job_fields() -> None:
     )
     cm, job = docs
     spec = job["spec"]
-    assert job["metadata"]["labels"][kuberay.KUEUE_LABEL] == "team-a"
+    assert job["metadata"]["labels"][k8s_render.KUEUE_LABEL] == "team-a"
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] == 600
     assert spec["activeDeadlineSeconds"] == 3600 and spec["backoffLimit"] == 2
     assert spec["entrypoint"] == "raylm train /config/cluster-cpu.yaml" and "cluster-cpu.yaml" in cm["data"]
@@ -215,7 +214,7 @@ def test_render_s3_storage_takes_credentials_from_a_secret(schemas: dict) -> Non
             "k8s.storage.endpoint_url=http://minio.minio:9000",
         ]
     )
-    assert kuberay.validate(docs, schemas=schemas) == []
+    assert validate(docs, schemas=schemas) == Report()
     for pod in _pods(docs[1]):
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
         assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}
@@ -231,7 +230,7 @@ def test_render_raycluster_kind(schemas: dict) -> None:
     cluster = _find(docs, "RayCluster")
     assert cluster["metadata"]["namespace"] == "ml" and docs[0]["metadata"]["namespace"] == "ml"
     assert "entrypoint" not in cluster["spec"] and "headGroupSpec" in cluster["spec"]
-    assert kuberay.validate(docs, schemas=schemas) == []
+    assert validate(docs, schemas=schemas) == Report()
 
 
 @pytest.mark.parametrize(
@@ -250,126 +249,16 @@ def test_render_refuses_configs_that_cannot_run(overrides: list[str], expected: 
     assert any(expected in p for p in err.value.problems), err.value.problems
 
 
+def test_resource_name_fits_kuberay_rayjob_limit() -> None:
+    cfg = load_config(None, ["trainer.run_name=" + "a" * 80])
+    assert len(k8s_render.resource_name(cfg)) == 47
+    with pytest.raises(UserError, match="k8s.name"):
+        load_config(None, ["k8s.name=" + "a" * 48])
+
+
 def test_resource_name_is_dns1035() -> None:
     cfg = load_config(None, ["trainer.run_name=9_Big.Run"])
-    assert kuberay.resource_name(cfg) == "raylm-9-big-run"
-
-
-# --- validate: broken manifests ----------------------------------------------------------------
-
-
-def _job() -> dict:
-    return copy.deepcopy(_find(_render(), "RayJob"))
-
-
-def _typo(d: dict) -> None:
-    d["spec"]["shutdownAfterJobFinish"] = d["spec"].pop("shutdownAfterJobFinishes")
-
-
-def _bad_enum(d: dict) -> None:
-    d["spec"]["rayClusterSpec"]["autoscalerOptions"] = {"upscalingMode": "Fast"}
-
-
-def _int_param(d: dict) -> None:
-    d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["rayStartParams"]["num-cpus"] = 4
-
-
-def _no_head(d: dict) -> None:
-    del d["spec"]["rayClusterSpec"]["headGroupSpec"]
-
-
-def _min_gt_max(d: dict) -> None:
-    d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].update(minReplicas=3, maxReplicas=1)
-
-
-def _mode(d: dict) -> None:
-    d["spec"]["submissionMode"] = "K8sMode"
-
-
-def _name(d: dict) -> None:
-    d["metadata"]["name"] = "Raylm_Job"
-
-
-def _ttl(d: dict) -> None:
-    d["spec"]["shutdownAfterJobFinishes"] = False
-
-
-def _gpu(d: dict) -> None:
-    c = d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
-    c["resources"] = {"requests": {"cpu": "1", "nvidia.com/gpu": 1}, "limits": {"cpu": "1"}}
-
-
-def _gpu_param(d: dict) -> None:
-    d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["rayStartParams"]["num-gpus"] = "2"
-
-
-def _image(d: dict) -> None:
-    d["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"] = "rayproject/ray:2.9.0-py311"
-
-
-def _deep_typo(d: dict) -> None:
-    d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resource"] = {}
-
-
-def _wrong_type(d: dict) -> None:
-    d["spec"]["backoffLimit"] = "twice"
-
-
-def _auth(d: dict) -> None:
-    d["spec"]["rayClusterSpec"]["authOptions"]["mode"] = "tokens"
-
-
-def _api(d: dict) -> None:
-    d["apiVersion"] = "ray.io/v2"
-
-
-BROKEN = [
-    (_typo, "spec.shutdownAfterJobFinish: unknown field (did you mean 'shutdownAfterJobFinishes'?)"),
-    (_bad_enum, "spec.rayClusterSpec.autoscalerOptions.upscalingMode: 'Fast' is not one of"),
-    (_int_param, "spec.rayClusterSpec.workerGroupSpecs[0].rayStartParams.num-cpus: expected a string, got integer 4"),
-    (_no_head, "spec.rayClusterSpec.headGroupSpec: required field is missing"),
-    (_min_gt_max, "spec.rayClusterSpec.workerGroupSpecs[0]: minReplicas (3) is above maxReplicas (1)"),
-    (_mode, "spec.submissionMode: 'K8sMode' is not one of"),
-    (_name, "metadata.name: 'Raylm_Job' is not a DNS-1035 label"),
-    (_ttl, "spec.ttlSecondsAfterFinished: has no effect without spec.shutdownAfterJobFinishes: true"),
-    (_gpu, "containers[0].resources.limits: GPUs are requested (nvidia.com/gpu: 1) but not limited"),
-    (_gpu_param, "rayStartParams.num-gpus: Ray is told of 2 GPU(s) but no container has a GPU limit"),
-    (_image, "containers[0].image: image has Ray 2.9.0 but rayVersion is 2.60.0"),
-    (_deep_typo, "containers[0].resource: unknown field (did you mean 'resources'?)"),
-    (_wrong_type, "spec.backoffLimit: expected an integer, got string"),
-    (_auth, "spec.rayClusterSpec.authOptions.mode: 'tokens' is not one of ['disabled', 'token']"),
-    (_api, "apiVersion: no CRD schema for ray.io/v2 RayJob"),
-]
-
-
-@pytest.mark.parametrize("breakage, expected", BROKEN, ids=[b[0].__name__.strip("_") for b in BROKEN])
-def test_broken_manifest_fails_readably(breakage, expected: str, schemas: dict) -> None:
-    doc = _job()
-    breakage(doc)
-    lines = kuberay.validate([doc], schemas=schemas, origin="broken.yaml")
-    assert lines, "the broken manifest passed"
-    assert any(expected in line for line in lines), lines
-    for line in lines:
-        assert LINE.match(line), line
-        assert line.startswith(f"broken.yaml[doc 0 RayJob/{doc['metadata']['name']}]: ")
-
-
-def test_validate_cli_exit_code_and_lines(tmp_path: Path, crds: Path) -> None:
-    from raylm.cluster.cli import k8s_app
-
-    good, bad = _job(), _job()
-    _typo(bad)
-    _min_gt_max(bad)
-    (tmp_path / "good.yaml").write_text(yaml.safe_dump(good))
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump_all([_find(_render(), "ConfigMap"), bad]))
-    runner = CliRunner()
-    ok = runner.invoke(k8s_app, ["validate", str(tmp_path / "good.yaml"), "--crds", str(crds)])
-    assert ok.exit_code == 0, ok.output
-    res = runner.invoke(k8s_app, ["validate", str(tmp_path / "bad.yaml"), "--crds", str(crds)])
-    assert res.exit_code == 2
-    errors = [l for l in res.output.splitlines() if l.startswith("error: ")]
-    assert len(errors) == 3  # the typo, the ttl it orphans, min > max
-    assert all(f"{tmp_path / 'bad.yaml'}[doc 1 RayJob/raylm]: " in e for e in errors)
+    assert k8s_render.resource_name(cfg) == "raylm-9-big-run"
 
 
 def test_render_cli_writes_valid_yaml(tmp_path: Path, crds: Path) -> None:
@@ -410,9 +299,9 @@ def test_apply_pipes_the_manifest_to_kubectl_and_follows(tmp_path: Path, monkeyp
     fake.chmod(0o755)
     monkeypatch.setenv("RAYLM_KUBECTL", str(fake))
     docs = _render()
-    kuberay.apply(kuberay.to_yaml(docs), namespace="ml")
+    k8s_kubectl.apply(k8s_render.to_yaml(docs), namespace="ml")
     assert list(yaml.safe_load_all((tmp_path / "applied").read_text())) == docs
-    assert kuberay.follow_rayjob("raylm", "ml", poll_s=0.01) == "SUCCEEDED"
+    assert k8s_kubectl.follow_rayjob("raylm", "ml", poll_s=0.01) == "SUCCEEDED"
     calls = (tmp_path / "calls").read_text().splitlines()
     assert calls[0] == "apply -f - -n ml"
     assert calls[1].startswith("get rayjob raylm -o jsonpath=") and calls[1].endswith("-n ml")
