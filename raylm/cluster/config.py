@@ -208,6 +208,25 @@ class K8sConfig(BaseModel):
     autoscaling: bool | None = Field(
         None, description="enableInTreeAutoscaling. Default: on when a group has min != max."
     )
+    gcs_ft: Literal["off", "redis"] = Field(
+        "off",
+        description="GCS fault tolerance (spec.gcsFaultToleranceOptions): 'redis' keeps the cluster "
+        "state in an external Redis, so a restarted head pod finds its workers (and the run) still "
+        "alive instead of starting over; 'off': the head pod and the cluster share one fate.",
+    )
+    redis_address: str | None = Field(
+        None,
+        description="gcs_ft redis: the Redis the GCS writes to, host:port or redis://host:port "
+        "(rediss:// for TLS). A plain value: KubeRay's CRD takes no Secret for it.",
+    )
+    redis_password_secret: str | None = Field(
+        None,
+        description="gcs_ft redis: Secret holding the Redis password (key: redis_password_key), "
+        "passed as redisPassword.valueFrom.secretKeyRef. Unset: a Redis without a password.",
+    )
+    redis_password_key: str = Field(
+        "password", description="gcs_ft redis: key of the password in redis_password_secret."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "K8sConfig":
@@ -218,4 +237,8 @@ class K8sConfig(BaseModel):
             raise ValueError(f"k8s.worker_groups: group names must differ (got {names})")
         if self.ttl_seconds_after_finished and not self.shutdown_after_job_finishes:
             raise ValueError("k8s.ttl_seconds_after_finished needs shutdown_after_job_finishes: true")
+        if self.gcs_ft == "redis" and not self.redis_address:
+            raise ValueError("k8s.gcs_ft redis needs k8s.redis_address (e.g. redis.ray:6379)")
+        if self.gcs_ft == "off" and (self.redis_address or self.redis_password_secret):
+            raise ValueError("k8s.redis_address / redis_password_secret are only used with k8s.gcs_ft: redis")
         return self

@@ -199,9 +199,22 @@ def _cluster_spec(k8s: K8sConfig, name: str, config_map: str) -> dict[str, Any]:
         "authOptions": {"mode": k8s.auth},
         "enableInTreeAutoscaling": autoscale,
     }
+    if k8s.gcs_ft == "redis":
+        spec["gcsFaultToleranceOptions"] = _gcs_ft(k8s)
     spec["headGroupSpec"] = head
     spec["workerGroupSpecs"] = [_worker_group(k8s, name, g, config_map) for g in k8s.worker_groups]
     return spec
+
+
+def _gcs_ft(k8s: K8sConfig) -> dict[str, Any]:
+    # KubeRay >= 1.3 form: the operator sets RAY_REDIS_ADDRESS and REDIS_PASSWORD on the head and
+    # a longer GCS reconnect timeout on the workers, so they survive a head restart. The CRD takes
+    # the address as a plain string; only credentials can come from a Secret.
+    opts: dict[str, Any] = {"redisAddress": k8s.redis_address}
+    if k8s.redis_password_secret:
+        ref = {"name": k8s.redis_password_secret, "key": k8s.redis_password_key}
+        opts["redisPassword"] = {"valueFrom": {"secretKeyRef": ref}}
+    return opts
 
 
 def _worker_group(k8s: K8sConfig, name: str, g: WorkerGroupConfig, config_map: str) -> dict[str, Any]:

@@ -249,6 +249,32 @@ def test_render_refuses_configs_that_cannot_run(overrides: list[str], expected: 
     assert any(expected in p for p in err.value.problems), err.value.problems
 
 
+def test_render_gcs_ft_redis_takes_the_password_from_a_secret(schemas: dict) -> None:
+    ft = ["k8s.gcs_ft=redis", "k8s.redis_address=redis.ray:6379", "k8s.redis_password_secret=redis-auth"]
+    for kind in ("RayJob", "RayCluster"):
+        docs = _render([*ft, f"k8s.kind={kind}"])
+        assert validate(docs, schemas=schemas) == Report()
+        doc = _find(docs, kind)
+        cluster = doc["spec"].get("rayClusterSpec", doc["spec"])
+        assert cluster["gcsFaultToleranceOptions"] == {
+            "redisAddress": "redis.ray:6379",
+            "redisPassword": {"valueFrom": {"secretKeyRef": {"name": "redis-auth", "key": "password"}}},
+        }
+        # KubeRay sets RAY_REDIS_ADDRESS / REDIS_PASSWORD itself and rejects pods that set their own.
+        env = {e["name"] for pod in _pods(doc) for e in pod["containers"][0]["env"]}
+        assert not env & {"RAY_REDIS_ADDRESS", "REDIS_PASSWORD"}
+    no_password = _find(_render(ft[:2]), "RayJob")["spec"]["rayClusterSpec"]["gcsFaultToleranceOptions"]
+    assert no_password == {"redisAddress": "redis.ray:6379"}
+
+
+def test_gcs_ft_is_off_by_default_and_checked_in_the_config() -> None:
+    assert "gcsFaultToleranceOptions" not in _find(_render(), "RayJob")["spec"]["rayClusterSpec"]
+    with pytest.raises(UserError, match="k8s.gcs_ft redis needs k8s.redis_address"):
+        _render(["k8s.gcs_ft=redis"])
+    with pytest.raises(UserError, match="only used with k8s.gcs_ft: redis"):
+        _render(["k8s.redis_address=redis:6379"])
+
+
 def test_resource_name_fits_kuberay_rayjob_limit() -> None:
     cfg = load_config(None, ["trainer.run_name=" + "a" * 80])
     assert len(k8s_render.resource_name(cfg)) == 47
