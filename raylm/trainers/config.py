@@ -41,8 +41,15 @@ class TrainerConfig(BaseModel):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 autocast on a GPU that supports it, fp32 on CPU."
     )
-    batch_size: int = Field(16, ge=1, description="Blocks per worker per micro-step.")
+    batch_size: int | Literal["auto"] = Field(
+        16, description="Examples (blocks) per worker per micro-step. auto: on a GPU, the largest that fits "
+        "(a forward/backward probe at start-up, shrinking on out-of-memory); on CPU, 16.",
+    )
     grad_accum: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
+    global_batch_tokens: int | None = Field(
+        None, gt=0, description="Tokens per optimizer step over all workers: sets grad_accum from the "
+        "micro-batch and the worker count, so one recipe fits a 24 GB and a 141 GB card.",
+    )
     max_steps: int = Field(200, ge=1, description="Optimizer steps (the lr schedule's horizon).")
     max_train_seconds: float | None = Field(
         None, gt=0, description="Stop (eval + checkpoint) once training time, start-up excluded, reaches this."
@@ -65,7 +72,15 @@ class TrainerConfig(BaseModel):
     nan_policy: Literal["stop", "skip"] = Field(
         "stop", description="A non-finite loss or grad norm: stop the run, or skip that step's update."
     )
-    compile: bool = Field(False, description="torch.compile the model (in place, before DDP/FSDP).")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile each transformer block (regional compilation: compile time stays "
+        "short). auto: on for CUDA, off on CPU.",
+    )
+    fused_kernels: Literal["auto", "on", "off"] = Field(
+        "auto", description="Fused kernels: Liger Kernel (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) "
+        "for llama on CUDA when `raylm[kernels]` is installed, and a chunked cross-entropy that never "
+        "materialises the full fp32 logits. auto: on for CUDA; on: also on CPU (chunked loss only).",
+    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
     best_metric: str | None = Field(
         None, description="Metric that ranks checkpoints (default: the task's, val_loss or val_accuracy)."
@@ -83,6 +98,8 @@ class TrainerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainerConfig":
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise ValueError(f"batch_size ({self.batch_size}) must be at least 1, or 'auto'")
         if self.warmup_steps > self.max_steps:
             raise ValueError(
                 f"warmup_steps ({self.warmup_steps}) is above max_steps ({self.max_steps}): "

@@ -114,14 +114,14 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
     from raylm.datasets.prepare import load_manifest
     from raylm.cluster.storage import run_storage
     from raylm.datasets.streaming import open_split
-    from raylm.trainers.loop import train_loop_per_worker
+    from raylm.trainers.loop import LoopConfig, train_loop_per_worker
 
     manifest = manifest or load_manifest(cfg.data.prepared_dir)
     t, name = cfg.trainer, name or cfg.trainer.run_name
     run_dir = local_run_dir(cfg, name, storage_path)
-    loop_config = {"cfg": cfg.model_dump(mode="json"), "meta": model_meta(cfg, manifest),
-                   "metrics_path": os.path.join(run_dir, "metrics.jsonl"), "wandb_dir": run_dir,
-                   "run_id": name, "run_dir": run_dir, **(loop_overrides or {})}
+    loop_config = LoopConfig(cfg=cfg.model_dump(mode="json"), meta=model_meta(cfg, manifest), run_dir=run_dir,
+                             metrics_path=os.path.join(run_dir, "metrics.jsonl"), run_id=name,
+                             **(loop_overrides or {}))
     metric, mode = best_checkpoint_rule(cfg)
     datasets = {s: open_split(cfg.data.prepared_dir, s, manifest) for s in ("train", "validation")}
     train_mb = manifest["splits"]["train"].get("tokens_out", 0) * 4 / 2**20
@@ -131,7 +131,7 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
     ingest.preserve_order = True  # a deterministic order makes "skip what was consumed" exact on resume
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config=loop_config.to_dict(),
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=name,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -51,18 +50,18 @@ def read_sample_log(base: str, world: int) -> dict[int, list[tuple[int, int, lis
     return out
 
 
-def nonfinite_action(loss: float, gnorm: float, step: int, policy: str, scaler_on: bool,
-                     last_checkpoint: str | None) -> str | None:
-    """None when the step is fine; "skip" when it is not and the policy skips; raises on "stop".
+def check_nonfinite(first_bad_step: int, loss: float, grad_norm: float, policy: str,
+                    last_checkpoint: str | None) -> None:
+    """Called at a sync step whose window saw a non-finite loss or grad norm (at `first_bad_step`).
 
-    Under fp16 the grad scaler owns overflowing gradients (it skips the step and lowers the
-    scale), so only a non-finite loss counts there.
+    "stop" raises, naming that step and the last good checkpoint (a sync precedes every checkpoint,
+    so none is written after a bad step); "skip" already dropped those updates in the step itself.
+    Under fp16 the grad scaler owns overflowing gradients (it skips the step and lowers the scale),
+    so only a non-finite loss is flagged there.
     """
-    bad = not math.isfinite(loss) or (not scaler_on and not math.isfinite(gnorm))
-    if not bad:
-        return None
-    if policy == "skip":
-        return "skip"
+    if not first_bad_step or policy == "skip":
+        return
     where = last_checkpoint or "none yet (the run would start from scratch)"
-    raise FloatingPointError(f"loss {loss}, grad norm {gnorm} at step {step}; last good checkpoint: {where}. "
+    raise FloatingPointError(f"non-finite loss or grad norm at step {first_bad_step} (window mean loss {loss}, "
+                             f"grad norm {grad_norm}); last good checkpoint: {where}. "
                              "Lower trainer.lr, or set trainer.nan_policy=skip to skip such steps.")

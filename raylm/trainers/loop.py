@@ -1,35 +1,59 @@
-"""The per-worker training loop: restore, loop, eval, report/checkpoint. Runs on every Ray Train worker."""
+"""The per-worker training loop: setup, then `train_step` under a short outer loop. Runs on every
+Ray Train worker.
+
+Read top to bottom: `LoopConfig` (what the driver sends), `setup` (model, optimizer, restore,
+data), `train_loop_per_worker` (the cadence: step, log, eval, checkpoint), `report` (the one
+channel for metrics and checkpoints). The step itself and its device-side bookkeeping live in
+`raylm.trainers.step`; the host reads the device only on log, eval and checkpoint steps.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
 import os
 import random
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from raylm.config import RootConfig, apply_overrides, validate
+from raylm.config import RootConfig, validate
 from raylm.datasets.streaming import TrainStream, eval_batches
 from raylm.trainers import state as ckpt
-from raylm.trainers.hooks import SampleLog, nonfinite_action
-from raylm.trainers.metrics import device_peak_flops, flops_per_token, mfu, non_embedding_params, peak_memory_mb
+from raylm.trainers.autobatch import resolve_batch_size
+from raylm.trainers.hooks import SampleLog, check_nonfinite
+from raylm.trainers.kernels import apply_fused_kernels, loss_fn_for
+from raylm.trainers.metrics import device_peak_flops, non_embedding_params, peak_memory_mb
 from raylm.trainers.optim import build_optimizer, build_scheduler
-from raylm.trainers.parallel import autocast_dtype, full_state, global_norm, wrap_model
+from raylm.trainers.parallel import autocast_dtype, compile_enabled, full_state, wrap_model
 from raylm.trainers.progress import Progress, say
+from raylm.trainers.step import Feeder, StepContext, Window, evaluate, to_batch, train_step
 from raylm.trainers.tasks import Task, get_task
 from raylm.trainers.tracking import make_sink
 
 
-def resolve_loop_config(loop_config: dict) -> RootConfig:
-    """The run's config plus dotted overrides at the top level (how Tune passes its samples)."""
-    overrides = [f"{k}={v}" for k, v in loop_config.items() if "." in k]
-    return validate(apply_overrides(loop_config["cfg"], overrides), origin="train_loop_config")
+@dataclass
+class LoopConfig:
+    """What the driver sends to every worker (as a plain dict: `to_dict`/`from_dict`)."""
+
+    cfg: dict  # the resolved RootConfig, JSON-dumped
+    meta: dict  # what the model needs from the manifest (vocab, special ids, lengths, labels)
+    run_dir: str
+    metrics_path: str
+    run_id: str
+    sample_log: str | None = None  # per-rank sample-id ledger (tests, benchmarks)
+    resume_from: str | None = None  # a checkpoint path to start from (a PBT exploit)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoopConfig:
+        return cls(**d)
 
 
 def seed_everything(seed: int) -> None:
@@ -38,25 +62,56 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
+@dataclass
+class Run:
+    """Everything `setup` builds for the loop."""
+
+    cfg: RootConfig
+    task: Task
+    ctx: StepContext
+    st: ckpt.TrainState
+    feeder: Feeder
+    val: list
+    sink: Any
+    samples: SampleLog
+    progress: Progress
+    rank: int
+    world: int
+    batch_size: int
+    grad_accum: int
+    last_ckpt: str | None
+
+
+# ---------------------------------------------------------------- setup
+
+
+def setup(lc: LoopConfig) -> Run:
     import ray.train
     import ray.train.torch
 
-    cfg, meta = resolve_loop_config(loop_config), loop_config["meta"]
-    t, ctx = cfg.trainer, ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = validate(lc.cfg, origin="train_loop_config")
+    t, c = cfg.trainer, ray.train.get_context()
+    rank, world = c.get_world_rank(), c.get_world_size()
     torch.set_num_threads(t.torch_threads)
-    device = ray.train.torch.get_device()
-    task = get_task(t.task)
+    device, task, meta = ray.train.torch.get_device(), get_task(t.task), lc.meta
 
     seed_everything(t.seed)  # the same initial weights on every rank
     model = task.build_model(cfg, meta)
-    restored, exploit = ray.train.get_checkpoint(), False
-    if restored is None and loop_config.get("resume_from"):  # PBT exploit: start from another trial's state
-        restored, exploit = ray.train.Checkpoint(loop_config["resume_from"]), True
+    restored = ray.train.get_checkpoint()
+    exploit = restored is None and bool(lc.resume_from)
+    if exploit:  # PBT: start from another trial's state
+        restored = ray.train.Checkpoint(lc.resume_from)
     if restored:  # weights go in before wrapping, so every rank starts from the same values
         with restored.as_directory() as d:
             ckpt.load_model_weights(model, os.path.join(d, "model"))
+    amp = autocast_dtype(t.precision, device)
+    batch_size = resolve_batch_size(t.batch_size, model, task, meta, device, amp, rank)
+    grad_accum = grad_accum_for(t.global_batch_tokens, t.grad_accum, batch_size, _seq_len(meta, t.task), world)
+    # The fused loss reads the lm head's weight outside the model's forward: not under FSDP's sharding.
+    kernels = t.fused_kernels if t.strategy == "ddp" else "off"
+    fused = apply_fused_kernels(model, t.task, kernels, device, say if rank == 0 else lambda _: None)
+    if compile_enabled(t, device) and rank == 0:
+        say("[raylm] compiling the transformer blocks (torch.compile, regional) during the first step...")
     model = wrap_model(model, t, device)
     opt = build_optimizer(model, t, device)
     sched = build_scheduler(opt, t)
@@ -68,77 +123,111 @@ def train_loop_per_worker(loop_config: dict) -> None:
         last_ckpt = restored.path
         if exploit:
             apply_hyperparameters(opt, sched, t, st.step)
-    sink = make_sink(cfg, loop_config, rank, resume_step=st.step)
+    sink = make_sink(cfg, lc, rank, resume_step=st.step)
     if restored:
-        sink.log({"resumed_from": st.step}, st.step)
+        sink.log({"resumed_from": st.step, **({"restored_from": lc.resume_from} if exploit else {})}, st.step)
         if rank == 0:
             say(f"[raylm] resumed from checkpoint at step {st.step} (epoch {st.epoch}, "
                 f"{st.batches_in_epoch} batches into it)")
-    samples = SampleLog(loop_config.get("sample_log") or os.environ.get("RAYLM_SAMPLE_LOG"), rank, st.step)
-    amp = autocast_dtype(t.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    n_params, peak = non_embedding_params(ckpt.unwrap(model)), device_peak_flops(device, t.peak_flops)
-    progress = Progress(t.max_steps, st.step, cfg.tracking.progress_every_s, enabled=rank == 0)
 
     def collate(raw: dict, seed: int) -> dict[str, torch.Tensor]:
-        return {k: v.to(device) for k, v in task.collate(raw, meta, seed * 31 + rank).items()}
+        return task.collate(raw, meta, seed * 31 + rank)
 
-    val_set = eval_batches(ray.train.get_dataset_shard("validation"), t.batch_size, rank, world, t.eval_batches)
-    stream = TrainStream(ray.train.get_dataset_shard("train"), t.batch_size, cfg.data.seed,
-                         cfg.data.shuffle_buffer_rows, collate, st.epoch, st.batches_in_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    ctx = StepContext(model, opt, sched, scaler, loss_fn_for(task, fused), device, amp, t.grad_clip,
+                      skip_nonfinite=t.nan_policy == "skip")
+    # Validation batches are collated once (a fixed seed per batch: MLM masks are the same every eval).
+    val_raw = eval_batches(ray.train.get_dataset_shard("validation"), batch_size, rank, world, t.eval_batches)
+    val = [to_batch(collate(raw, i), device) for i, raw in enumerate(val_raw)]
+    stream = TrainStream(ray.train.get_dataset_shard("train"), batch_size, cfg.data.seed,
+                         cfg.data.shuffle_buffer_rows, lambda raw, seed: (raw, seed), st.epoch, st.batches_in_epoch)
+    return Run(cfg, task, ctx, st, Feeder(stream, collate, device), val, sink,
+               SampleLog(lc.sample_log or os.environ.get("RAYLM_SAMPLE_LOG"), rank, st.step),
+               Progress(t.max_steps, st.step, cfg.tracking.progress_every_s, enabled=rank == 0),
+               rank, world, batch_size, grad_accum, last_ckpt)
 
-    train_s, last = st.extra.get("train_s", 0.0), False
-    while st.step < t.max_steps and not last:
-        t0, wait, loss_sum, n_sum, tokens, width = time.perf_counter(), 0.0, 0.0, 0, 0, 0
-        model.train()
-        for micro in range(t.grad_accum):
-            tw = time.perf_counter()
-            batch = stream.next()
-            wait += time.perf_counter() - tw
-            tokens, width = tokens + batch["input_ids"].numel(), batch["input_ids"].shape[1]
-            samples.write(stream.epoch, st.step, batch["sample_id"])
-            sync = micro == t.grad_accum - 1 or not hasattr(model, "no_sync")
-            with (contextlib.nullcontext() if sync else model.no_sync()):
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    loss, n = task.loss(model, batch)
-                scaler.scale(loss / t.grad_accum).backward()
-            loss_sum, n_sum = loss_sum + loss.item() * n, n_sum + n
-        scaler.unscale_(opt)
-        gnorm = global_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or float("inf")))
-        train_loss = _all_mean(loss_sum, n_sum, device)
+
+def _seq_len(meta: dict, task: str) -> int:
+    return meta.get("max_length") or 128 if task == "sequence-classification" else meta["block_size"]
+
+
+def grad_accum_for(global_batch_tokens: int | None, grad_accum: int, batch_size: int, seq_len: int,
+                   world: int) -> int:
+    """Micro-steps per optimizer step: from `trainer.global_batch_tokens` when set (rounded up)."""
+    if not global_batch_tokens:
+        return grad_accum
+    return max(1, math.ceil(global_batch_tokens / (batch_size * seq_len * world)))
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    lc = LoopConfig.from_dict(loop_config)
+    r = setup(lc)
+    t, st = r.cfg.trainer, r.st
+    n_params = non_embedding_params(ckpt.unwrap(r.ctx.model))
+    peak = device_peak_flops(r.ctx.device, t.peak_flops)
+    window, train_s, last = Window(r.ctx.device), st.extra.get("train_s", 0.0), False
+    first_step = st.step + 1
+    r.feeder.prefetch(r.grad_accum)
+    while not last:
+        t0, wait0 = time.perf_counter(), r.feeder.wait_s
+        batches = r.feeder.take(r.grad_accum)
+        for b in batches:
+            r.samples.write(b.epoch, st.step, b.sample_ids)
+        out = train_step(r.ctx, batches)  # queued on the device; nothing read back
         st.step += 1
-        st.epoch, st.batches_in_epoch = stream.epoch, stream.position
-        if not nonfinite_action(train_loss, gnorm, st.step, t.nan_policy, scaler.is_enabled(), last_ckpt):
-            scaler.step(opt)  # "skip" drops only this update; the schedule keeps its pace
-            scaler.update()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
-        st.tokens_seen += tokens * world
-        fpt = flops_per_token(n_params, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd // cfg.model.n_head, width)
-        metrics: dict[str, Any] = {"train_loss": train_loss, "lr": sched.get_last_lr()[0], "grad_norm": gnorm,
-                                   "tokens_per_s": tokens * world / dt, "tokens_per_s_per_worker": tokens / dt,
-                                   "step_time_s": dt, "data_wait_s": wait, "compute_s": dt - wait,
-                                   "mfu": mfu(tokens / dt, fpt, peak), "peak_mem_mb": peak_memory_mb(device),
-                                   "tokens_seen": st.tokens_seen, "epoch": st.epoch, "train_time_s": train_s + dt}
-        train_s += dt
+        st.epoch, st.batches_in_epoch = batches[-1].epoch, batches[-1].position
+        st.tokens_seen += out.tokens * r.world
+        window.add(out, st.step)
+        r.feeder.prefetch(r.grad_accum)  # the next batches are prepared while the device computes
+        train_s += time.perf_counter() - t0
         st.extra["train_s"] = train_s
-        # A time budget ends the run on the same step on every rank (rank 0's clock decides).
-        last = st.step == t.max_steps or (t.max_train_seconds is not None and _all_sum(
-            [float(rank == 0 and train_s >= t.max_train_seconds)], device)[0] > 0)
-        progress.update(st.step, metrics)
-        if st.step % t.log_every == 0 or last:
-            sink.log(metrics, st.step)
-        save_now = st.step % t.checkpoint_every == 0 or last
-        # Every checkpoint carries the validation metrics: "best" ranks checkpoints by them.
-        if save_now or st.step % t.eval_every == 0:
-            metrics.update(evaluate(model, task, val_set, collate, device, amp))
-            sink.log({k: v for k, v in metrics.items() if k.startswith("val_")}, st.step)
-            progress.eval(st.step, metrics)
-            saved = report(metrics, st, model, opt, sched, rank, save_now, sink)
-            last_ckpt = os.path.join(loop_config.get("run_dir", ""), saved) if saved else last_ckpt
-    samples.close()
-    sink.close()
+        eval_now = st.step % t.eval_every == 0
+        save_now = st.step % t.checkpoint_every == 0 or st.step == t.max_steps
+        if not (st.step % t.log_every == 0 or eval_now or save_now or st.step == first_step):
+            continue
+        # ---- a sync step: the host reads the window (one all-reduce); a bad step never reaches a checkpoint
+        synced = window.sync(r.rank == 0 and t.max_train_seconds is not None and train_s >= t.max_train_seconds)
+        dt = time.perf_counter() - window.t0
+        last = st.step >= t.max_steps or synced["out_of_time"]
+        check_nonfinite(synced["first_bad_step"], synced["train_loss"], synced["grad_norm"], t.nan_policy, r.last_ckpt)
+        metrics = window_metrics(window, synced, dt, r.feeder.wait_s - wait0, r, n_params, peak, train_s, st)
+        window = Window(r.ctx.device)
+        if st.step == first_step and compile_enabled(t, r.ctx.device) and r.rank == 0:
+            say(f"[raylm] first step (compile included) took {dt:.1f}s")
+        r.progress.update(st.step, metrics)
+        r.sink.log(metrics, st.step)
+        save_now = save_now or last
+        if save_now or eval_now:  # every checkpoint carries validation metrics: "best" ranks by them
+            metrics.update(evaluate(r.ctx.model, r.task.eval_step, r.val, r.ctx.device, r.ctx.amp,
+                                    lc.meta.get("num_labels") if r.task.name == "sequence-classification" else None))
+            r.sink.log({k: v for k, v in metrics.items() if k.startswith("val_")}, st.step)
+            r.progress.eval(st.step, metrics)
+            saved = report(metrics, st, r.ctx, r.rank, save_now, r.sink)
+            r.last_ckpt = os.path.join(lc.run_dir, saved) if saved else r.last_ckpt
+    r.samples.close()
+    r.sink.close()
+
+
+def window_metrics(w: Window, synced: dict, dt: float, wait: float, r: Run, n_params: int, peak: float | None,
+                   train_s: float, st: ckpt.TrainState) -> dict[str, Any]:
+    """Per-step figures averaged over the window since the last sync (its wall time includes the device's)."""
+    from raylm.trainers.metrics import flops_per_token
+
+    m = r.cfg.model
+    per_worker = w.tokens / max(dt, 1e-9)
+    # PaLM FLOPs per token, token-weighted over the window's sequence lengths.
+    flops = 6.0 * n_params * w.tokens + (flops_per_token(0, m.n_layer, m.n_head, m.n_embd // m.n_head, 1)
+                                          * w.flops_tokens)
+    return {"train_loss": synced["train_loss"], "lr": r.ctx.sched.get_last_lr()[0], "grad_norm": synced["grad_norm"],
+            "tokens_per_s": per_worker * r.world, "tokens_per_s_per_worker": per_worker,
+            "step_time_s": dt / max(w.steps, 1), "data_wait_s": wait / max(w.steps, 1),
+            "compute_s": (dt - wait) / max(w.steps, 1), "padding_frac": 1 - w.real_tokens / max(w.tokens, 1),
+            "mfu": flops / dt / peak if peak else None, "peak_mem_mb": peak_memory_mb(r.ctx.device),
+            "tokens_seen": st.tokens_seen, "epoch": st.epoch, "train_time_s": train_s,
+            "batch_size": r.batch_size, "grad_accum": r.grad_accum}
 
 
 def apply_hyperparameters(opt: torch.optim.Optimizer, sched: Any, t: Any, step: int) -> None:
@@ -152,30 +241,10 @@ def apply_hyperparameters(opt: torch.optim.Optimizer, sched: Any, t: Any, step: 
             group["weight_decay"] = t.weight_decay
 
 
-def evaluate(model: torch.nn.Module, task: Task, val_set: list[dict], collate: Any,
-             device: torch.device, amp: torch.dtype | None) -> dict[str, float]:
-    """Validation loss (and accuracy/F1 for classifiers), summed over all ranks."""
-    model.eval()
-    sums = np.zeros(7)  # loss*n, n, correct, examples, tp, fp, fn
-    with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        for i, raw in enumerate(val_set):
-            batch = collate(raw, i)  # a fixed seed per batch: MLM masks are the same every eval
-            loss, n, pred = task.eval_step(model, batch)
-            sums[:2] += (loss * n, n)
-            if pred is not None:
-                y = batch["labels"]
-                sums[2:] += (int(pred.eq(y).sum()), len(y), int(((pred == 1) & (y == 1)).sum()),
-                             int(((pred == 1) & (y != 1)).sum()), int(((pred != 1) & (y == 1)).sum()))
-    tot = _all_sum(sums.tolist(), device)
-    val_loss = tot[0] / max(tot[1], 1)
-    if task.name != "sequence-classification":
-        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
-    return {"val_loss": val_loss, "val_accuracy": tot[2] / max(tot[3], 1),
-            "val_f1": 2 * tot[4] / max(2 * tot[4] + tot[5] + tot[6], 1)}
+# ---------------------------------------------------------------- report / checkpoint
 
 
-def report(metrics: dict, st: ckpt.TrainState, model: Any, opt: Any, sched: Any, rank: int, save: bool,
-           sink: Any) -> str | None:
+def report(metrics: dict, st: ckpt.TrainState, ctx: StepContext, rank: int, save: bool, sink: Any) -> str | None:
     """The one channel for metrics + checkpoints; every rank calls it at the same steps.
 
     Ray persists the directory to storage before it registers the checkpoint, so a crash
@@ -187,21 +256,9 @@ def report(metrics: dict, st: ckpt.TrainState, model: Any, opt: Any, sched: Any,
     if not save:
         ray.train.report(clean)
         return None
-    model_state, optim_state = full_state(model, opt)  # a collective under FSDP
+    model_state, optim_state = full_state(ctx.model, ctx.opt)  # a collective under FSDP
     name = f"checkpoint_{st.step:08d}"
     with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as d:
-        ckpt.save(d, model, sched, st, rank, model_state, optim_state, getattr(sink, "jsonl_path", None))
+        ckpt.save(d, ctx.model, ctx.sched, st, rank, model_state, optim_state, getattr(sink, "jsonl_path", None))
         ray.train.report(clean, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
     return name
-
-
-def _all_sum(values: list[float], device: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return t.tolist()
-
-
-def _all_mean(total: float, count: int, device: torch.device) -> float:
-    s, n = _all_sum([total, count], device)
-    return s / max(n, 1)

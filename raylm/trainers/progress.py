@@ -27,14 +27,18 @@ class Progress:
 
     def update(self, step: int, m: dict[str, Any]) -> None:
         now = time.time()
-        if not self.enabled or (now - self.last < self.every_s and step != self.total and step != self.start + 1):
+        first = step == self.start + 1
+        if first:  # the rate is measured from the end of the first step: start-up and compile are not in the ETA
+            self.t0 = now
+        if not self.enabled or (now - self.last < self.every_s and step != self.total and not first):
             return
         self.last = now
-        rate = (step - self.start) / max(now - self.t0, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else 0
+        done = step - self.start - 1
+        rate = done / max(now - self.t0, 1e-9)
+        eta = f"ETA {_fmt_s((self.total - step) / rate)}" if done > 0 and rate > 0 else "ETA --"
         mfu = f" | mfu {m['mfu'] * 100:.1f}%" if m.get("mfu") else ""
         say(f"[raylm] step {step}/{self.total} | loss {m['train_loss']:.4f} | lr {m['lr']:.2e} | "
-            f"{m['tokens_per_s']:,.0f} tok/s{mfu} | {rate:.2f} steps/s | ETA {_fmt_s(eta)}")
+            f"{m['tokens_per_s']:,.0f} tok/s{mfu} | {rate:.2f} steps/s | {eta}")
 
     def eval(self, step: int, m: dict[str, Any]) -> None:
         if self.enabled:

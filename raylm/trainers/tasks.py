@@ -37,15 +37,14 @@ class Task:
     def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """Mean loss over the batch and the number of target tokens (or examples) it covers."""
-        out = model(**{k: v for k, v in batch.items() if k != "sample_id"})
-        return out.loss, int(batch["_n"]) if "_n" in batch else int(batch["labels"].ne(-100).sum())
+    def loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean loss over the batch's targets, on the device. Its weight (the number of targets) is
+        counted on the host at collate time (`step.Batch.n`): reading it here would be a host sync."""
+        return model(**inputs).loss
 
-    def eval_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[float, int, torch.Tensor | None]:
-        """Loss, its weight, and class predictions (None for language models)."""
-        loss, n = self.loss(model, batch)
-        return loss.item(), n, None
+    def eval_step(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mean loss and class predictions (None for language models), both left on the device."""
+        return self.loss(model, inputs), None
 
 
 def _from_pretrained(auto_cls: Any, path: str, **kw: Any) -> torch.nn.Module:
@@ -82,9 +81,8 @@ class CausalLM(Task):
         return {"input_ids": ids, "labels": ids.clone(), "sample_id": torch.from_numpy(np.array(batch["sample_id"])),
                 "_n": torch.tensor(ids.numel() - ids.shape[0])}
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        out = model(input_ids=batch["input_ids"], labels=batch["labels"])
-        return out.loss, int(batch["_n"])
+    def loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(input_ids=inputs["input_ids"], labels=inputs["labels"]).loss
 
 
 @register("masked-lm")
@@ -152,13 +150,9 @@ class SequenceClassification(Task):
                 "labels": torch.from_numpy(batch["label"].astype(np.int64)),
                 "sample_id": torch.from_numpy(np.array(batch["sample_id"])), "_n": torch.tensor(len(seqs))}
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        return out.loss, int(batch["_n"])
-
-    def eval_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[float, int, torch.Tensor | None]:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        return out.loss.item(), int(batch["_n"]), out.logits.argmax(-1)
+    def eval_step(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = model(**inputs)
+        return out.loss, out.logits.argmax(-1)
 
 
 def with_special_tokens(ids: np.ndarray, meta: dict) -> np.ndarray:

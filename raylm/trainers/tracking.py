@@ -11,15 +11,15 @@ from raylm.trainers.sinks import JsonlSink, MultiSink, NullSink, WandbSink
 log = logging.getLogger(__name__)
 
 
-def make_sink(cfg: RootConfig, loop_config: dict, rank: int, resume_step: int = 0) -> Any:
+def make_sink(cfg: RootConfig, lc: Any, rank: int, resume_step: int = 0) -> Any:
+    """`lc` is the worker's LoopConfig (metrics_path, run_dir, run_id, cfg)."""
     if rank != 0:
         return NullSink()
-    jsonl = JsonlSink(loop_config["metrics_path"], resume_step=resume_step)
+    jsonl = JsonlSink(lc.metrics_path, resume_step=resume_step)
     sinks: list[Any] = [jsonl]
     if cfg.tracking.wandb.mode != "disabled":
         try:
-            sinks.append(WandbSink(cfg.tracking.wandb, loop_config["wandb_dir"], loop_config["run_id"],
-                                   loop_config["cfg"]))
+            sinks.append(WandbSink(cfg.tracking.wandb, lc.run_dir, lc.run_id, lc.cfg))
         except Exception as err:  # tracking must never take training down
             log.warning("W&B disabled for this run: %s", err)
     sink = MultiSink(sinks)

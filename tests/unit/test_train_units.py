@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
 import torch
 
 from raylm.trainers.config import TrainerConfig
-from raylm.trainers.hooks import SampleLog, nonfinite_action, read_sample_log
+from raylm.trainers.hooks import SampleLog, read_sample_log
 from raylm.trainers.metrics import flops_per_token, mfu
 from raylm.trainers.optim import lr_factor, param_groups
 from raylm.trainers.parallel import autocast_dtype
@@ -66,14 +65,6 @@ def test_precision_choice_on_cpu():
     cpu = torch.device("cpu")
     assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp32", cpu) is None
     assert autocast_dtype("bf16", cpu) == torch.bfloat16 and autocast_dtype("fp16", cpu) == torch.float16
-
-
-def test_nonfinite_loss_stops_with_step_and_last_checkpoint_or_skips():
-    assert nonfinite_action(2.0, 1.0, 7, "stop", False, None) is None
-    with pytest.raises(FloatingPointError, match=r"step 41.*runs/x/checkpoint_00000040"):
-        nonfinite_action(math.nan, 1.0, 41, "stop", False, "runs/x/checkpoint_00000040")
-    assert nonfinite_action(2.0, math.inf, 3, "skip", False, None) == "skip"
-    assert nonfinite_action(2.0, math.inf, 3, "stop", True, None) is None  # fp16: the scaler skips it
 
 
 def test_sample_log_cuts_rolled_back_steps_on_resume(tmp_path):
