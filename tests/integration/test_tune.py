@@ -107,7 +107,8 @@ def test_pbt_exploit_restores_the_donor_checkpoint(ray_session: Any, corpus: Pat
         clone = os.path.join(train_dir, ex["run"])
         with open(os.path.join(clone, "exploit.json")) as f:
             assert json.load(f)["checkpoint"] == ex["checkpoint"]
-        assert _first_record(clone)["resumed_from"] == ex["donor_step"], ex
+        first = _first_record(clone)  # the loop's own record of what it restored
+        assert first["resumed_from"] == ex["donor_step"] and first["restored_from"] == ex["checkpoint"], ex
         assert _checkpoint_steps(clone)[0] == ex["donor_step"] + EVERY, (ex, os.listdir(clone))
 
 
