@@ -40,6 +40,13 @@ class DataConfig(BaseModel):
     )
     text_field: str = Field("text", description="Text field (JSONL key, dotted for nested; column).")
     label_field: str | None = Field(None, description="Label column for classification.")
+    validation_text_field: str | None = Field(
+        None, description="Text field of the `validation_source` files when they name it otherwise "
+        "(e.g. 'content' where the training files say 'sentence'). Unset: `text_field`.",
+    )
+    validation_label_field: str | None = Field(
+        None, description="Label column of the `validation_source` files. Unset: `label_field`.",
+    )
     labels: list[str] | None = Field(
         None, description="Classification label names in id order; unset: labels are integers."
     )
@@ -87,6 +94,13 @@ class DataConfig(BaseModel):
     shuffle_buffer_rows: int = Field(
         0, ge=0, description="Local shuffle buffer when streaming into training (0: block order only)."
     )
+
+    def for_validation(self) -> "DataConfig":
+        """This config as the reader of `validation_source` files sees it: their own column names."""
+        return self.model_copy(update={
+            "text_field": self.validation_text_field or self.text_field,
+            "label_field": self.validation_label_field or self.label_field,
+        })
 
     @model_validator(mode="after")
     def _check_lengths(self) -> "DataConfig":

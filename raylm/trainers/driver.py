@@ -23,6 +23,16 @@ def storage_root(cfg: RootConfig, storage_path: str | None = None) -> str:
     return path if is_remote(path) else os.path.abspath(path)
 
 
+def _train_logging() -> object:
+    """Ray Train's console at WARNING unless --verbose: "Reporting training result N" and
+    "Checkpoint successfully created" stay in Ray's session logs (logs/train/)."""
+    from ray.train import LoggingConfig
+
+    from raylm._cli import verbose
+
+    return LoggingConfig(log_level="INFO" if verbose() else "WARNING")
+
+
 def local_run_dir(cfg: RootConfig, name: str | None = None, storage_path: str | None = None) -> str:
     """Where the driver keeps config, metrics and plots (the run directory when storage is local)."""
     root = storage_root(cfg, storage_path)
@@ -141,6 +151,7 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep, checkpoint_score_attribute=metric,
                                                checkpoint_score_order=mode),
             callbacks=callbacks,
+            logging_config=_train_logging(),
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options={"train": ingest}),
