@@ -38,7 +38,9 @@ from raylm.datasets.sources import BadRowError, Unit, check_row, plan_units, rea
 from raylm.errors import UserError
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 3  # 3: train/validation split by document text (was: by row id)
+# 3: train/validation split by document text (was: by row id)
+# 4: classification ids unpadded, each example at its true length (was: padded as tokenizer.json said)
+SCHEMA_VERSION = 4
 SPLITS = ("train", "validation")
 PROGRESS = "_progress"
 COUNTS = ("rows", "docs", "chars", "tokens_in", "tokens_out", "dropped")
