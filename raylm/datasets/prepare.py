@@ -313,9 +313,10 @@ def ensure_tokenizer(cfg: DataConfig, task: str, source: str) -> str:
 # ---------------------------------------------------------------- driver
 
 
-# Knobs that change how fast, not what: a change keeps the prepared shards.
+# Knobs that change how fast prepare runs or how training reads the shards, not what the shards
+# hold: a change keeps the prepared shards.
 _SPEED_KNOBS = {"tokenize_batch_size", "tokenize_actors", "shuffle_buffer_rows", "seed", "dedup_shards",
-                "unit_bytes", "progress_seconds"}
+                "unit_bytes", "progress_seconds", "group_by_length", "length_group_batches"}
 
 
 def _fingerprint_inputs(cfg: DataConfig, task: str, tok_fp: str, files: list[tuple[str, int]]) -> str:
