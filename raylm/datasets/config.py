@@ -94,6 +94,19 @@ class DataConfig(BaseModel):
     shuffle_buffer_rows: int = Field(
         0, ge=0, description="Local shuffle buffer when streaming into training (0: block order only)."
     )
+    group_by_length: bool | Literal["auto"] = Field(
+        "auto",
+        description="Length-grouped training batches: read `length_group_batches` micro-batches of rows "
+        "at a time, sort them by length, cut them into micro-batches and yield those in a seeded random "
+        "order (HF `group_by_length`, fairseq's bucket iterator), so per-batch padding stays small. "
+        "'auto': on for tasks whose examples vary in length (sequence-classification), off for packed "
+        "LM blocks (all one length).",
+    )
+    length_group_batches: int = Field(
+        50, ge=1,
+        description="Micro-batches per length-grouping window: a larger window gives closer lengths "
+        "within a batch (less padding) but less random batch composition.",
+    )
 
     def for_validation(self) -> "DataConfig":
         """This config as the reader of `validation_source` files sees it: their own column names."""

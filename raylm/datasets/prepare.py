@@ -38,8 +38,8 @@ from raylm.datasets.sources import BadRowError, Unit, check_row, plan_units, rea
 from raylm.errors import UserError
 
 log = logging.getLogger(__name__)
-# 3: train/validation split by document text (was: by row id); 4: no tokenizer.json padding
-# or truncation in the ids (a fixed-128 padding counted as 64 dropped tokens per document).
+# 3: train/validation split by document text (was: by row id)
+# 4: classification ids unpadded, each example at its true length (was: padded as tokenizer.json said)
 SCHEMA_VERSION = 4
 SPLITS = ("train", "validation")
 PROGRESS = "_progress"
@@ -160,11 +160,7 @@ class UnitWorker:
                  validation_files: list[str] | None = None) -> None:
         self.cfg, self.out_dir, self.task = cfg, out_dir, task
         self.validation_files = set(validation_files or [])
-        self.backend, self.eos = toks.load_backend(tokenizer_dir)
-        # A pretrained tokenizer.json may pad or truncate every encoding (all-MiniLM: to 128):
-        # the shards want the document's own ids; max_length/block_size cut them, and count it.
-        self.backend.no_padding()
-        self.backend.no_truncation()
+        self.backend, self.eos = toks.load_backend(tokenizer_dir)  # without tokenizer.json's padding/truncation
         self.dedup = ShardedDedup(dedup) if dedup else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -323,9 +319,10 @@ def ensure_tokenizer(cfg: DataConfig, task: str, source: str) -> str:
 # ---------------------------------------------------------------- driver
 
 
-# Knobs that change how fast, not what: a change keeps the prepared shards.
+# Knobs that change how fast prepare runs or how training reads the shards, not what the shards
+# hold: a change keeps the prepared shards.
 _SPEED_KNOBS = {"tokenize_batch_size", "tokenize_actors", "shuffle_buffer_rows", "seed", "dedup_shards",
-                "unit_bytes", "progress_seconds"}
+                "unit_bytes", "progress_seconds", "group_by_length", "length_group_batches"}
 
 
 def _fingerprint_inputs(cfg: DataConfig, task: str, tok_fp: str, files: list[tuple[str, int]]) -> str:

@@ -8,12 +8,20 @@ function of the block sequence, not of timing; `equal=True` trims every split to
 row count. We checked it empirically too (consumers at different speeds, started at different
 times: the same rows per split every run). With a seeded local shuffle on top, worker r's
 micro-batch k of epoch e is the same on every run, so skipping the k consumed ones is exact.
+
+Classification rows vary in length: the stream groups them by length (windows of
+`data.length_group_batches` micro-batches, sorted, cut, yielded in a seeded random order; issue 15)
+so that padding each batch to its longest row wastes little. Each window is grouped with its own
+seeded rng, so the grouped stream is as repeatable as the plain one.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
+
+from raylm.datasets.bucketing import length_grouped
 
 
 def open_split(prepared_dir: str, split: str, manifest: dict):
@@ -31,30 +39,70 @@ def open_split(prepared_dir: str, split: str, manifest: dict):
     return ds
 
 
+# Tasks whose examples vary in length: their batches are length-grouped under group_by_length="auto".
+# Token-level tasks (NER, extractive QA) belong here when they land; packed LM blocks do not.
+GROUPED_TASKS = frozenset({"sequence-classification"})
+
+
+def grouping_mode(group_by_length: bool | Literal["auto"], task: str | None) -> bool | None:
+    """True: length-group every window; False: plain batches; None (auto with an unknown task):
+    group the windows whose rows vary in length, cut the others in stream order."""
+    if group_by_length != "auto":
+        return bool(group_by_length)
+    return None if task is None else task in GROUPED_TASKS
+
+
+def _shuffle_kw(buffer_rows: int, seed: int, epoch: int) -> dict[str, Any]:
+    if not buffer_rows:
+        return {}
+    return {"local_shuffle_buffer_size": buffer_rows, "local_shuffle_seed": seed * 10_007 + epoch}
+
+
 def epoch_batches(shard: Any, batch_size: int, epoch: int, seed: int, skip: int, buffer_rows: int,
                   collate: Callable[[dict], Any]) -> Iterator[Any]:
     """Micro-batches of one epoch for this worker, after skipping `skip` already consumed ones."""
-    kw: dict[str, Any] = {}
-    if buffer_rows:
-        kw = {"local_shuffle_buffer_size": buffer_rows, "local_shuffle_seed": seed * 10_007 + epoch}
-    it = shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True, prefetch_batches=2, **kw)
+    it = shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True, prefetch_batches=2,
+                            **_shuffle_kw(buffer_rows, seed, epoch))
     for i, batch in enumerate(it):
         if i >= skip:
             yield collate(batch)
 
 
+def grouped_epoch_batches(shard: Any, batch_size: int, epoch: int, seed: int, skip: int, buffer_rows: int,
+                          window_batches: int, varied_only: bool = False) -> Iterator[dict]:
+    """Length-grouped micro-batches of one epoch (see `bucketing.length_grouped`), after skipping `skip`.
+
+    The shard's rows (locally shuffled as `epoch_batches` does), read `window_batches` batches at a
+    time; as many batches as `epoch_batches` (rows // batch_size, drop_last), so ranks stay equal.
+    """
+    windows = shard.iter_batches(batch_size=batch_size * window_batches, batch_format="numpy",
+                                 drop_last=False, prefetch_batches=1, **_shuffle_kw(buffer_rows, seed, epoch))
+    batches = length_grouped(windows, batch_size, (seed % 2**63, epoch), varied_only=varied_only)
+    return itertools.islice(batches, skip, None)
+
+
 class TrainStream:
-    """Micro-batches for one worker across epochs, with its position (epoch, batches_in_epoch)."""
+    """Micro-batches for one worker across epochs, with its position (epoch, batches_in_epoch).
+
+    `task`, `group_by_length`, `length_group_batches`: see DataConfig; without a task, "auto"
+    groups the windows whose rows vary in length (classification) and leaves packed blocks as they are.
+    """
 
     def __init__(self, shard: Any, batch_size: int, seed: int, buffer_rows: int,
-                 collate: Callable[[dict, int], Any], epoch: int = 0, position: int = 0) -> None:
+                 collate: Callable[[dict, int], Any], epoch: int = 0, position: int = 0, *,
+                 task: str | None = None, group_by_length: bool | Literal["auto"] = "auto",
+                 length_group_batches: int = 50) -> None:
         self.shard, self.batch_size, self.seed, self.buffer_rows = shard, batch_size, seed, buffer_rows
         self.collate, self.epoch, self.position = collate, epoch, position
+        self.group, self.window_batches = grouping_mode(group_by_length, task), length_group_batches
         self._it = self._open(position)
 
     def _open(self, skip: int) -> Iterator[Any]:
-        return epoch_batches(self.shard, self.batch_size, self.epoch, self.seed, skip, self.buffer_rows,
-                             lambda b: b)
+        if self.group is False:
+            return epoch_batches(self.shard, self.batch_size, self.epoch, self.seed, skip, self.buffer_rows,
+                                 lambda b: b)
+        return grouped_epoch_batches(self.shard, self.batch_size, self.epoch, self.seed, skip, self.buffer_rows,
+                                     self.window_batches, varied_only=self.group is None)
 
     def next(self) -> Any:
         """The next micro-batch; rolls over to the next epoch (same seed, new order) at the end."""
