@@ -94,6 +94,13 @@ class DataConfig(BaseModel):
     shuffle_buffer_rows: int = Field(
         0, ge=0, description="Local shuffle buffer when streaming into training (0: block order only)."
     )
+    sharding: Literal["auto", "split", "stride"] = Field(
+        "auto", description="How workers share the train split. split: Ray Data splits it, each row read "
+        "once, by one worker; a resume needs the same worker count. stride: every worker reads the split "
+        "in one global order and takes every N-th micro-batch; the position counts global batches, so a "
+        "run resumes exactly with another worker count (N x the reads). auto: stride for elastic "
+        "trainer.num_workers ([min, max]), else split.",
+    )
     group_by_length: bool | Literal["auto"] = Field(
         "auto",
         description="Length-grouped training batches: read `length_group_batches` micro-batches of rows "

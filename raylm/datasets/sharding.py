@@ -41,10 +41,14 @@ def stride_share(batches: Iterable[T], world: int, rank: int, skip: int = 0) -> 
         yield round_[rank]
 
 
-def check_resume_world(sharding: str, saved_world: int | None, world: int) -> None:
-    """A `split` position is per worker: it only means something with the worker count that wrote it."""
+def check_resume(saved_sharding: str, saved_world: int | None, sharding: str, world: int) -> None:
+    """A checkpoint's data position only means something under the sharding that wrote it, and a
+    `split` position only with the worker count that wrote it."""
     from raylm.errors import UserError
 
+    if saved_sharding != sharding:
+        raise UserError(f"this run's checkpoint counts its data position with data.sharding={saved_sharding}, "
+                        f"the config now says {sharding}", hint=f"resume with data.sharding={saved_sharding}")
     if sharding == "split" and saved_world and saved_world != world:
         raise UserError(f"this run's checkpoint was written by {saved_world} workers and its data position "
                         f"is per worker (data.sharding=split); it cannot resume with {world}",

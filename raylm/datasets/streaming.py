@@ -9,6 +9,10 @@ row count. We checked it empirically too (consumers at different speeds, started
 times: the same rows per split every run). With a seeded local shuffle on top, worker r's
 micro-batch k of epoch e is the same on every run, so skipping the k consumed ones is exact.
 
+With `data.sharding: stride` every worker reads the split in that same global order instead and
+takes every world-th micro-batch; the position counts global batches, so a run can resume with
+another worker count (see raylm.datasets.sharding).
+
 Classification rows vary in length: the stream groups them by length (windows of
 `data.length_group_batches` micro-batches, sorted, cut, yielded in a seeded random order; issue 15)
 so that padding each batch to its longest row wastes little. Each window is grouped with its own
@@ -22,6 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from raylm.datasets.bucketing import length_grouped
+from raylm.datasets.sharding import stride_share
 
 
 def open_split(prepared_dir: str, split: str, manifest: dict):
@@ -82,27 +87,42 @@ def grouped_epoch_batches(shard: Any, batch_size: int, epoch: int, seed: int, sk
 
 
 class TrainStream:
-    """Micro-batches for one worker across epochs, with its position (epoch, batches_in_epoch).
+    """Micro-batches for one worker across epochs, with its position (epoch, position).
 
-    `task`, `group_by_length`, `length_group_batches`: see DataConfig; without a task, "auto"
-    groups the windows whose rows vary in length (classification) and leaves packed blocks as they are.
+    `sharding` (see raylm.datasets.sharding): "split" reads this worker's part of the split and
+    `position` counts this worker's batches; "stride" reads the whole split in the global order,
+    takes every `world`-th batch from `rank`, and `position` counts *global* batches, so it holds
+    at any worker count. `task`, `group_by_length`, `length_group_batches`: see DataConfig;
+    without a task, "auto" groups the windows whose rows vary in length (classification) and
+    leaves packed blocks as they are.
     """
 
     def __init__(self, shard: Any, batch_size: int, seed: int, buffer_rows: int,
                  collate: Callable[[dict, int], Any], epoch: int = 0, position: int = 0, *,
                  task: str | None = None, group_by_length: bool | Literal["auto"] = "auto",
-                 length_group_batches: int = 50) -> None:
+                 length_group_batches: int = 50, sharding: str = "split", world: int = 1, rank: int = 0) -> None:
         self.shard, self.batch_size, self.seed, self.buffer_rows = shard, batch_size, seed, buffer_rows
         self.collate, self.epoch, self.position = collate, epoch, position
         self.group, self.window_batches = grouping_mode(group_by_length, task), length_group_batches
+        self.stride, self.world, self.rank = sharding == "stride", world, rank
         self._it = self._open(position)
 
     def _open(self, skip: int) -> Iterator[Any]:
+        local_skip = 0 if self.stride else skip  # stride: every batch of the global order, skipped below
         if self.group is False:
-            return epoch_batches(self.shard, self.batch_size, self.epoch, self.seed, skip, self.buffer_rows,
-                                 lambda b: b)
-        return grouped_epoch_batches(self.shard, self.batch_size, self.epoch, self.seed, skip, self.buffer_rows,
-                                     self.window_batches, varied_only=self.group is None)
+            it = epoch_batches(self.shard, self.batch_size, self.epoch, self.seed, local_skip, self.buffer_rows,
+                               lambda b: b)
+        else:
+            it = grouped_epoch_batches(self.shard, self.batch_size, self.epoch, self.seed, local_skip,
+                                       self.buffer_rows, self.window_batches, varied_only=self.group is None)
+        return stride_share(it, self.world, self.rank, skip) if self.stride else it
+
+    def _seed(self) -> int:
+        """A seed per sample position (masking etc. is the same after a resume): per worker batch in a
+        split, per global batch in a stride (the same at any worker count)."""
+        if self.stride:
+            return hash((self.seed, self.epoch, self.position + self.rank)) & 0x7FFFFFFF
+        return (hash((self.seed, self.epoch, self.position)) & 0x7FFFFFFF) * 31 + self.rank
 
     def next(self) -> Any:
         """The next micro-batch; rolls over to the next epoch (same seed, new order) at the end."""
@@ -114,9 +134,8 @@ class TrainStream:
             if raw is None:
                 raise ValueError(f"no training batch: the train split is smaller than one micro-batch "
                                  f"({self.batch_size} rows) per worker")
-        # A seed per sample position: masking etc. is the same after a resume.
-        batch = self.collate(raw, hash((self.seed, self.epoch, self.position)) & 0x7FFFFFFF)
-        self.position += 1
+        batch = self.collate(raw, self._seed())
+        self.position += self.world if self.stride else 1
         return batch
 
 

@@ -104,6 +104,13 @@ def check_compatible(cfg: RootConfig, manifest: dict) -> None:
         raise UserError(problems)
 
 
+def sharding(cfg: RootConfig) -> str:
+    """`data.sharding` resolved: auto is stride for elastic worker counts."""
+    from raylm.datasets.sharding import resolve_sharding
+
+    return resolve_sharding(cfg.data.sharding, elastic=not isinstance(cfg.trainer.num_workers, int))
+
+
 def scaling_config(cfg: RootConfig) -> Any:
     import ray
     from ray.train import ScalingConfig
@@ -154,7 +161,9 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
             logging_config=_train_logging(),
         ),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"], execution_options={"train": ingest}),
+        # stride: every worker reads the whole split and takes its share itself (raylm.datasets.sharding)
+        dataset_config=DataConfig(datasets_to_split=["train"] if sharding(cfg) == "split" else [],
+                                  execution_options={"train": ingest}),
     )
 
 

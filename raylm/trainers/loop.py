@@ -22,9 +22,11 @@ import numpy as np
 import torch
 
 from raylm.config import RootConfig, validate
+from raylm.datasets.sharding import check_resume
 from raylm.datasets.streaming import TrainStream, eval_batches
 from raylm.trainers import state as ckpt
 from raylm.trainers.autobatch import resolve_batch_size
+from raylm.trainers.driver import sharding
 from raylm.trainers.hooks import SampleLog, check_nonfinite
 from raylm.trainers.kernels import apply_fused_kernels, loss_fn_for
 from raylm.trainers.metrics import device_peak_flops, non_embedding_params, peak_memory_mb
@@ -116,11 +118,12 @@ def setup(lc: LoopConfig) -> Run:
     opt = build_optimizer(model, t, device)
     sched = build_scheduler(opt, t)
     seed_everything(t.seed + 1 + rank)  # dropout etc. differ per rank
-    st, last_ckpt = ckpt.TrainState(), None
+    st, last_ckpt = ckpt.TrainState(world=world, sharding=sharding(cfg)), None
     if restored:
         with restored.as_directory() as d:
             st = ckpt.restore(d, model, opt, sched, rank, load_weights=False)
-        last_ckpt = restored.path
+        check_resume(st.sharding, st.world, sharding(cfg), world)
+        st.world, last_ckpt = world, restored.path
         if exploit:
             apply_hyperparameters(opt, sched, t, st.step)
     sink = make_sink(cfg, lc, rank, resume_step=st.step)
@@ -131,16 +134,19 @@ def setup(lc: LoopConfig) -> Run:
                 f"{st.batches_in_epoch} batches into it)")
 
     def collate(raw: dict, seed: int) -> dict[str, torch.Tensor]:
-        return task.collate(raw, meta, seed * 31 + rank)
+        return task.collate(raw, meta, seed)
 
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     ctx = StepContext(model, opt, sched, scaler, loss_fn_for(task, fused), device, amp, t.grad_clip,
                       skip_nonfinite=t.nan_policy == "skip")
     # Validation batches are collated once (a fixed seed per batch: MLM masks are the same every eval).
     val_raw = eval_batches(ray.train.get_dataset_shard("validation"), batch_size, rank, world, t.eval_batches)
-    val = [to_batch(collate(raw, i), device) for i, raw in enumerate(val_raw)]
-    stream = TrainStream(ray.train.get_dataset_shard("train"), batch_size, cfg.data.seed,
-                         cfg.data.shuffle_buffer_rows, lambda raw, seed: (raw, seed), st.epoch, st.batches_in_epoch)
+    val = [to_batch(collate(raw, i * 31 + rank), device) for i, raw in enumerate(val_raw)]
+    d = cfg.data
+    stream = TrainStream(ray.train.get_dataset_shard("train"), batch_size, d.seed, d.shuffle_buffer_rows,
+                         lambda raw, seed: (raw, seed), st.epoch, st.batches_in_epoch, task=t.task,
+                         group_by_length=d.group_by_length, length_group_batches=d.length_group_batches,
+                         sharding=st.sharding, world=world, rank=rank)
     return Run(cfg, task, ctx, st, Feeder(stream, collate, device), val, sink,
                SampleLog(lc.sample_log or os.environ.get("RAYLM_SAMPLE_LOG"), rank, st.step),
                Progress(t.max_steps, st.step, cfg.tracking.progress_every_s, enabled=rank == 0),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raylm.datasets.sharding import check_resume_world, resolve_sharding, stride_share
+from raylm.datasets.sharding import check_resume, resolve_sharding, stride_share
 from raylm.errors import UserError
 
 pytestmark = pytest.mark.unit
@@ -35,8 +35,11 @@ def test_ranks_share_a_round_and_drop_the_incomplete_one():
 
 
 def test_split_positions_refuse_another_worker_count_with_the_fix():
-    check_resume_world("split", 2, 2)
-    check_resume_world("stride", 2, 1)
+    check_resume("split", 2, "split", 2)
+    check_resume("stride", 2, "stride", 1)
+    check_resume("split", 0, "split", 3)  # a checkpoint from before raylm recorded its worker count
     with pytest.raises(UserError, match="2 workers.*cannot resume with 1"):
-        check_resume_world("split", 2, 1)
+        check_resume("split", 2, "split", 1)
+    with pytest.raises(UserError, match="sharding=split, the config now says stride"):
+        check_resume("split", 2, "stride", 2)
     assert resolve_sharding("auto", True) == "stride" and resolve_sharding("auto", False) == "split"
