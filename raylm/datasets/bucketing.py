@@ -4,6 +4,7 @@ Sorting a pool of `pool_batches * batch_size` examples by length and cutting it 
 puts similar lengths together; yielding those batches in a seeded random order keeps the
 gradient noise of random batches (the "bucket iterator" of fairseq/torchtext). Deterministic
 for a seed, so a resumed run that skips the first k batches sees the same batches as before.
+`length_grouped` is the form the training stream uses (`streaming.TrainStream`, issue 15).
 """
 
 from __future__ import annotations
@@ -38,18 +39,6 @@ def _cut(pool: list[T], batch_size: int, key: Callable[[T], int], rng: np.random
         batches.pop()
     for i in rng.permutation(len(batches)):
         yield batches[i]
-
-
-def bucket_dict_batches(batches: Iterable[dict[str, np.ndarray]], batch_size: int, *, length_key: str = "input_ids",
-                        seed: int = 0, drop_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
-    """Ray Data form: feed `iter_batches(batch_size=batch_size * pool)` (numpy dicts); get batches of
-    `batch_size` rows of similar length, each a dict with the same columns."""
-    rng = np.random.default_rng(seed)
-    for big in batches:
-        full, rest = split_full(big, batch_size)
-        yield from group_window(full, batch_size, rng, length_key)
-        if len(_col(rest)) and not drop_last:
-            yield rest
 
 
 Columns = dict[str, np.ndarray]
@@ -114,6 +103,18 @@ def group_window(rows: Columns, batch_size: int, rng: np.random.Generator,
     cuts = order.reshape(-1, batch_size)
     for i in rng.permutation(len(cuts)):
         yield {k: v[cuts[i]] for k, v in rows.items()}
+
+
+def bucket_dict_batches(batches: Iterable[dict[str, np.ndarray]], batch_size: int, *, length_key: str = "input_ids",
+                        seed: int = 0, drop_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data form: feed `iter_batches(batch_size=batch_size * pool)` (numpy dicts); get batches of
+    `batch_size` rows of similar length, each a dict with the same columns."""
+    rng = np.random.default_rng(seed)
+    for big in batches:
+        full, rest = split_full(big, batch_size)
+        yield from group_window(full, batch_size, rng, length_key)
+        if len(_col(rest)) and not drop_last:
+            yield rest
 
 
 def padding_fraction(batches: Iterable[list[Any]], key: Callable[[Any], int] = len) -> float:  # type: ignore[assignment]
