@@ -42,6 +42,13 @@ LIBRARY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "transformers", "
 QUIET_WORKER_ENV = {"RAY_DATA_LOG_LEVEL": "WARNING", "TRANSFORMERS_VERBOSITY": "error"}
 
 
+def command_started() -> float:
+    """When this command's process started (time.time() scale): start-up is measured from here."""
+    import psutil
+
+    return psutil.Process().create_time()
+
+
 def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV) == "1"
 

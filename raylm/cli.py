@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from raylm._cli import user_errors
+from raylm._cli import command_started, user_errors
 from raylm.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -84,7 +84,7 @@ def train(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS,
     cfg = _load(config, overrides, command="train")
     _setup_logging(cfg, verbose)
     with connect(cfg.cluster, address):
-        summary = run_train(cfg)
+        summary = run_train(cfg, started_at=command_started())
     typer.echo(f"[raylm] run: {summary['run_dir']}\n[raylm] exported model: {summary['export_dir']}")
 
 

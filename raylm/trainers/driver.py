@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from typing import Any
 
 from raylm.config import RootConfig, save_config
@@ -141,6 +142,9 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
                              **(loop_overrides or {}))
     metric, mode = best_checkpoint_rule(cfg)
     datasets = {s: open_split(cfg.data.prepared_dir, s, manifest) for s in ("train", "validation")}
+    # Workers evaluate on the first eval_batches x batch x workers rows only: read those once here, so
+    # that no worker starts a Ray Data execution of the whole split before its first step (start-up).
+    datasets["validation"] = datasets["validation"].limit(eval_rows(cfg)).materialize()
     train_mb = manifest["splits"]["train"].get("tokens_out", 0) * 4 / 2**20
     if train_mb <= cfg.data.materialize_max_mb:  # small corpus: skip the per-epoch re-read (~seconds each)
         datasets["train"] = datasets["train"].materialize()
@@ -180,7 +184,16 @@ def export_model(checkpoint_dir: str, tokenizer_dir: str, out_dir: str) -> str:
     return out_dir
 
 
-def train(cfg: RootConfig) -> dict:
+def eval_rows(cfg: RootConfig) -> int:
+    """Validation rows the workers read (see streaming.eval_batches): an upper bound when batch_size is auto."""
+    from raylm.trainers.autobatch import MAX_BATCH
+
+    t = cfg.trainer
+    workers = t.num_workers if isinstance(t.num_workers, int) else max(t.num_workers)
+    return t.eval_batches * (t.batch_size if isinstance(t.batch_size, int) else MAX_BATCH) * workers
+
+
+def train(cfg: RootConfig, started_at: float | None = None) -> dict:
     """Fit (resuming the run of the same name if it has checkpoints), export, summarise."""
     from raylm.datasets.prepare import load_manifest, prepare
 
@@ -189,7 +202,8 @@ def train(cfg: RootConfig) -> dict:
     run_dir = local_run_dir(cfg)
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.yaml"))
-    trainer = build_trainer(cfg, manifest=manifest)
+    # started_at: when the command started (the CLI's process), for the start-up time the loop reports.
+    trainer = build_trainer(cfg, manifest=manifest, loop_overrides={"started_at": started_at or time.time()})
     result = trainer.fit()
     if result.error:
         raise result.error

@@ -49,6 +49,7 @@ class LoopConfig:
     run_id: str
     sample_log: str | None = None  # per-rank sample-id ledger (tests, benchmarks)
     resume_from: str | None = None  # a checkpoint path to start from (a PBT exploit)
+    started_at: float | None = None  # when the command started (time.time()): start-up is reported from it
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -201,8 +202,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         check_nonfinite(synced["first_bad_step"], synced["train_loss"], synced["grad_norm"], t.nan_policy, r.last_ckpt)
         metrics = window_metrics(window, synced, dt, r.feeder.wait_s - wait0, r, n_params, peak, train_s, st)
         window = Window(r.ctx.device)
-        if st.step == first_step and compile_enabled(t, r.ctx.device) and r.rank == 0:
-            say(f"[raylm] first step (compile included) took {dt:.1f}s")
+        if st.step == first_step:
+            metrics.update(first_step_metrics(lc, r, t0, dt))
         r.progress.update(st.step, metrics)
         r.sink.log(metrics, st.step)
         save_now = save_now or last
@@ -215,6 +216,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
             r.last_ckpt = os.path.join(lc.run_dir, saved) if saved else r.last_ckpt
     r.samples.close()
     r.sink.close()
+
+
+def first_step_metrics(lc: LoopConfig, r: Run, t0: float, dt: float) -> dict[str, float]:
+    """Start-up (command to the first step's start) and the first step's own time (compile included)."""
+    startup = time.time() - (time.perf_counter() - t0) - lc.started_at if lc.started_at else None
+    if r.rank == 0:
+        since = f"{startup:.1f}s after the command started; " if startup is not None else ""
+        say(f"[raylm] first step began {since}it took {dt:.1f}s"
+            f"{' (torch.compile included)' if compile_enabled(r.cfg.trainer, r.ctx.device) else ''}")
+    return {"first_step_s": dt, **({"startup_s": startup} if startup is not None else {})}
 
 
 def window_metrics(w: Window, synced: dict, dt: float, wait: float, r: Run, n_params: int, peak: float | None,
