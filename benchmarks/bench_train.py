@@ -43,8 +43,9 @@ def _cfg(data: str, root: str, name: str, workers: int, steps: int, extra: list[
     from raylm.trainers.testing import tiny_config
 
     return tiny_config(data, os.path.join(root, "runs"), "causal-lm", MODEL + (extra or []), run_name=name,
-                       num_workers=workers, batch_size=BATCH, max_steps=steps, eval_every=steps,
-                       checkpoint_every=steps, eval_batches=1, torch_threads=1, lr=1e-3, warmup_steps=0)
+                       scaling={"num_workers": workers}, batch_size=BATCH, max_steps=steps,
+                       eval={"every": steps, "batches": 1}, checkpoint={"every": steps}, torch_threads=1,
+                       optimizer={"lr": 1e-3}, schedule={"warmup_steps": 0})
 
 
 def _steady(rows: list[dict], warmup: int) -> float:
@@ -90,7 +91,7 @@ def bare_run(data: str, manifest: dict, root: str, steps: int, warmup: int) -> d
         x = ids[step * b:(step + 1) * b]
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.optimizer.grad_clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -131,8 +132,8 @@ def recovery(root: str, steps: int = 60, every: int = 10) -> dict:
     from raylm.trainers.state import is_registered
 
     data, manifest = _data(root, rows=BATCH * steps * 2)
-    cfg = _cfg(data, root, "rec", 2, steps, ["trainer.max_failures=2", f"trainer.checkpoint_every={every}",
-                                             f"trainer.eval_every={every}"])
+    cfg = _cfg(data, root, "rec", 2, steps, ["trainer.scaling.max_failures=2", f"trainer.checkpoint.every={every}",
+                                             f"trainer.eval.every={every}"])
     ids = os.path.join(root, "ids")
     trainer = build_trainer(cfg, manifest=manifest, loop_overrides={"sample_log": ids})
     out: list = []

@@ -14,8 +14,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Train language models on Ray: embedded locally or on a cluster.")
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Train or inspect tokenizers.")
 app.add_typer(tokenizer_app, name="tokenizer")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect configs: every key, its value, default and description.")
+app.add_typer(config_app, name="config")
 
-OVERRIDES = typer.Argument(None, help="Dotted overrides, e.g. trainer.max_steps=20 trainer.lr=1e-3")
+OVERRIDES = typer.Argument(None, help="Dotted overrides, e.g. trainer.max_steps=20 trainer.optimizer.lr=1e-3")
 ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded Ray).")
 
 
@@ -96,6 +98,18 @@ def rejects_cmd(config: str, overrides: list[str] = OVERRIDES, reason: str = typ
     from raylm.datasets.report import print_rejects
 
     print_rejects(_load(config, overrides).data.prepared_dir, reason, limit)
+
+
+@config_app.command("show")
+@user_errors
+def config_show(config: str = typer.Argument(None, help="A YAML recipe (omit it to see the defaults)."),
+                overrides: list[str] = OVERRIDES) -> None:
+    """The resolved config, section by section: each key with its value, default and description."""
+    from raylm.config import describe_config, load_config
+
+    if config and "=" in config and not os.path.exists(config):  # `raylm config show trainer.max_steps=5`
+        config, overrides = None, [config, *(overrides or [])]
+    typer.echo(describe_config(load_config(config, overrides or [])))
 
 
 @app.command("eval")

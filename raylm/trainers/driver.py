@@ -82,8 +82,8 @@ def best_checkpoint_rule(cfg: RootConfig) -> tuple[str, str]:
     from raylm.trainers.tasks import get_task
 
     task = get_task(cfg.trainer.task)
-    metric = cfg.trainer.best_metric or task.metric
-    mode = cfg.trainer.best_mode
+    metric = cfg.trainer.eval.best_metric or task.metric
+    mode = cfg.trainer.eval.best_mode
     if mode == "auto":
         mode = task.mode if metric == task.metric else ("max" if metric in _HIGHER_IS_BETTER else "min")
     return metric, mode
@@ -108,9 +108,9 @@ def scaling_config(cfg: RootConfig) -> Any:
     import ray
     from ray.train import ScalingConfig
 
-    t = cfg.trainer
-    gpu = t.use_gpu if isinstance(t.use_gpu, bool) else ray.cluster_resources().get("GPU", 0) >= t.num_workers
-    return ScalingConfig(num_workers=t.num_workers, use_gpu=gpu, resources_per_worker={"CPU": t.cpus_per_worker})
+    s = cfg.trainer.scaling
+    gpu = s.use_gpu if isinstance(s.use_gpu, bool) else ray.cluster_resources().get("GPU", 0) >= s.num_workers
+    return ScalingConfig(num_workers=s.num_workers, use_gpu=gpu, resources_per_worker={"CPU": s.cpus_per_worker})
 
 
 def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: list | None = None,
@@ -146,9 +146,9 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
         run_config=RunConfig(
             name=name,
             **run_storage(storage_root(cfg, storage_path)),
-            failure_config=FailureConfig(max_failures=t.max_failures),
+            failure_config=FailureConfig(max_failures=t.scaling.max_failures),
             # Ray ranks checkpoints by the metric but never deletes the latest: resume uses it.
-            checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep, checkpoint_score_attribute=metric,
+            checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint.num_to_keep, checkpoint_score_attribute=metric,
                                                checkpoint_score_order=mode),
             callbacks=callbacks,
             logging_config=_train_logging(),
@@ -186,9 +186,9 @@ def train(cfg: RootConfig) -> dict:
         raise result.error
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
-    export_dir = cfg.trainer.export_dir or os.path.join(run_dir, "export")
+    export_dir = cfg.trainer.export.dir or os.path.join(run_dir, "export")
     chosen = result.checkpoint
-    if cfg.trainer.export_checkpoint == "best" and result.best_checkpoints:
+    if cfg.trainer.export.checkpoint == "best" and result.best_checkpoints:
         metric, mode = best_checkpoint_rule(cfg)
         pick = max if mode == "max" else min
         chosen = pick(result.best_checkpoints, key=lambda cm: cm[1].get(metric, float("nan")))[0]

@@ -64,4 +64,4 @@ def check_nonfinite(first_bad_step: int, loss: float, grad_norm: float, policy: 
     where = last_checkpoint or "none yet (the run would start from scratch)"
     raise FloatingPointError(f"non-finite loss or grad norm at step {first_bad_step} (window mean loss {loss}, "
                              f"grad norm {grad_norm}); last good checkpoint: {where}. "
-                             "Lower trainer.lr, or set trainer.nan_policy=skip to skip such steps.")
+                             "Lower trainer.optimizer.lr, or set trainer.nan_policy=skip to skip such steps.")

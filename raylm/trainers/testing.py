@@ -72,11 +72,16 @@ def write_synthetic(out: str, task: str = "causal-lm", n_train: int = 256, n_val
 
 def tiny_config(prepared_dir: str, storage: str, task: str = "causal-lm", overrides: list[str] | None = None,
                 **trainer: Any) -> RootConfig:
-    """A 2-layer, 32-dim model, 2 workers, a few steps; `trainer` keys and dotted `overrides` override."""
+    """A 2-layer, 32-dim model, 2 workers, a few steps; `trainer` keys and dotted `overrides` override
+    (a section's keys are merged: `eval={"every": 2}` keeps eval.batches)."""
     arch = {"causal-lm": "gpt2", "masked-lm": "bert", "sequence-classification": "bert"}[task]
-    t = {"task": task, "run_name": "t", "num_workers": 2, "batch_size": 4, "max_steps": 6, "lr": 3e-3,
-         "warmup_steps": 0, "eval_every": 3, "eval_batches": 2, "checkpoint_every": 3, "log_every": 1,
-         "max_failures": 0, **trainer}
+    t: dict[str, Any] = {
+        "task": task, "run_name": "t", "batch_size": 4, "max_steps": 6, "log_every": 1,
+        "scaling": {"num_workers": 2, "max_failures": 0}, "optimizer": {"lr": 3e-3},
+        "schedule": {"warmup_steps": 0}, "eval": {"every": 3, "batches": 2}, "checkpoint": {"every": 3},
+    }
+    for key, value in trainer.items():
+        t[key] = {**t[key], **value} if isinstance(value, dict) and isinstance(t.get(key), dict) else value
     raw = {"cluster": {"storage_path": storage}, "data": {"prepared_dir": prepared_dir, "block_size": 16},
            "model": {"arch": arch, "n_layer": 2, "n_embd": 32, "n_head": 2}, "trainer": t,
            "tracking": {"wandb": {"mode": "disabled"}, "progress_every_s": 60}}

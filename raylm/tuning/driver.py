@@ -59,12 +59,12 @@ def trial_raw(base_raw: dict[str, Any], overrides: dict[str, Any], tuning: Tunin
     res = tuning.resources
     raw = apply_dotted(base_raw, overrides)
     raw = apply_dotted(raw, {
-        "trainer.num_workers": res.workers_per_trial,
-        "trainer.cpus_per_worker": res.cpus_per_worker,
-        "trainer.use_gpu": res.gpus_per_worker > 0,
+        "trainer.scaling.num_workers": res.workers_per_trial,
+        "trainer.scaling.cpus_per_worker": res.cpus_per_worker,
+        "trainer.scaling.use_gpu": res.gpus_per_worker > 0,
         "trainer.run_name": trial_name,
         # Retrying a diverged run repeats it; Tune's trial_max_failures owns retries.
-        "trainer.max_failures": 0,
+        "trainer.scaling.max_failures": 0,
         # W&B: one run per trial, grouped by sweep (mode stays what the base config says).
         "tracking.wandb.group": tuning.name,
     })
@@ -74,7 +74,7 @@ def trial_raw(base_raw: dict[str, Any], overrides: dict[str, Any], tuning: Tunin
     return raw
 
 
-_PATH_KEYS = ("data.source", "data.prepared_dir", "data.tokenizer.path", "model.init_from", "trainer.export_dir")
+_PATH_KEYS = ("data.source", "data.prepared_dir", "data.tokenizer.path", "model.init_from", "trainer.export.dir")
 
 
 def absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.unit
 
 
 def test_warmup_then_cosine_reaches_the_floor():
-    t = TrainerConfig(max_steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    t = TrainerConfig(max_steps=100, schedule={"warmup_steps": 10, "min_lr_ratio": 0.1})
     assert lr_factor(0, t) == pytest.approx(0.1) and lr_factor(9, t) == pytest.approx(1.0)
     assert lr_factor(10, t) == pytest.approx(1.0) and lr_factor(100, t) == pytest.approx(0.1)
     assert lr_factor(55, t) == pytest.approx(0.55)  # halfway down the cosine
@@ -97,8 +97,8 @@ def test_best_checkpoint_metric_defaults_to_the_task_and_can_be_chosen(tmp_path)
     data = str(tmp_path / "d")
     assert best_checkpoint_rule(tiny_config(data, "r")) == ("val_loss", "min")
     assert best_checkpoint_rule(tiny_config(data, "r", "sequence-classification")) == ("val_accuracy", "max")
-    assert best_checkpoint_rule(tiny_config(data, "r", best_metric="val_f1")) == ("val_f1", "max")
-    assert best_checkpoint_rule(tiny_config(data, "r", best_metric="val_ppl")) == ("val_ppl", "min")
+    assert best_checkpoint_rule(tiny_config(data, "r", eval={"best_metric": "val_f1"})) == ("val_f1", "max")
+    assert best_checkpoint_rule(tiny_config(data, "r", eval={"best_metric": "val_ppl"})) == ("val_ppl", "min")
     manifest = write_synthetic(data, "sequence-classification")
     del manifest["num_labels"]
     assert model_meta(tiny_config(data, "r", "sequence-classification"), manifest)["num_labels"] == 2
