@@ -8,14 +8,11 @@ import os
 import shutil
 from typing import Any
 
+from raylm.cluster.storage import is_remote
 from raylm.config import RootConfig, save_config
 from raylm.errors import UserError
 
 log = logging.getLogger(__name__)
-
-
-def is_remote(path: str) -> bool:
-    return "://" in path
 
 
 def storage_root(cfg: RootConfig, storage_path: str | None = None) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raylm.cluster.storage import is_remote
 from raylm.config import RootConfig, validate
 from raylm.tuning.config import TuningConfig
 from raylm.tuning.space import apply_dotted, overrides_of
@@ -48,7 +49,7 @@ def sweep_paths(cfg: RootConfig) -> SweepPaths:
     t = cfg.tuning or TuningConfig()
     root = t.storage_path or os.path.join(cfg.cluster.storage_path, "tune")
     # Tune needs an absolute path (or a URI) for its storage.
-    if "://" not in root:
+    if not is_remote(root):
         root = os.path.abspath(root)
     return SweepPaths(root=root, name=t.name)
 
@@ -84,7 +85,7 @@ def absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:
         node: Any = raw
         for p in key.split("."):
             node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, str) and "://" not in node and (key != "data.source" or os.path.exists(node)):
+        if isinstance(node, str) and not is_remote(node) and (key != "data.source" or os.path.exists(node)):
             found[key] = os.path.abspath(node)
     return apply_dotted(raw, found)
 
@@ -147,7 +148,7 @@ def _write_exploit(config: dict[str, Any], paths: SweepPaths, run_name: str) -> 
     record (`resumed_from`) says which step the loop restored."""
     from raylm.tuning.schedulers import EXPLOIT_KEY
 
-    if config.get(EXPLOIT_KEY) and "://" not in paths.train_storage:
+    if config.get(EXPLOIT_KEY) and not is_remote(paths.train_storage):
         run_dir = os.path.join(paths.train_storage, run_name)
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "exploit.json"), "w") as f:
