@@ -51,6 +51,8 @@ def hf_trainer(mdir: str, train: list, dev: list, epochs: int, steps: int, out: 
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               Trainer, TrainingArguments)
 
+    from raylm.trainers.evaluation import classification_metrics, confusion_counts
+
     torch.set_num_threads(HP["threads"])
     t0 = time.time()
     tok = AutoTokenizer.from_pretrained(mdir)
@@ -67,7 +69,8 @@ def hf_trainer(mdir: str, train: list, dev: list, epochs: int, steps: int, out: 
     trainer.train()
     train_s = time.time() - t_train
     pred = trainer.predict(dev_ds)
-    acc = float((np.argmax(pred.predictions, -1) == np.array([y for _, y in dev])).mean())
+    acc = classification_metrics(confusion_counts(torch.as_tensor(np.argmax(pred.predictions, -1)),
+                                                  torch.tensor([y for _, y in dev]), 2))["accuracy"]
     return {"accuracy": acc, "wall_s": time.time() - t0, "train_s": train_s, "steps": trainer.state.global_step}
 
 
