@@ -23,6 +23,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+# The synthetic data, tiny config and checkpoint registry reader the tests use (tests/testkit.py).
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -33,14 +35,14 @@ BATCH = 16
 
 
 def _data(root: str, rows: int) -> tuple[str, dict]:
-    from raylm.trainers.testing import write_synthetic
+    from testkit import write_synthetic
 
     d = os.path.join(root, "data")
     return d, write_synthetic(d, n_train=rows, n_val=64, files=8, block_size=128, vocab=4096)
 
 
 def _cfg(data: str, root: str, name: str, workers: int, steps: int, extra: list[str] | None = None):
-    from raylm.trainers.testing import tiny_config
+    from testkit import tiny_config
 
     return tiny_config(data, os.path.join(root, "runs"), "causal-lm", MODEL + (extra or []), run_name=name,
                        scaling={"num_workers": workers}, batch_size=BATCH, max_steps=steps,
@@ -129,7 +131,7 @@ def scaling(root: str, steps: int, warmup: int) -> dict:
 def recovery(root: str, steps: int = 60, every: int = 10) -> dict:
     """Kill rank 1 (SIGKILL) just after a checkpoint; time until the first step after the restart."""
     from raylm.trainers.driver import build_trainer
-    from raylm.trainers.state import is_registered
+    from testkit import is_registered
 
     data, manifest = _data(root, rows=BATCH * steps * 2)
     cfg = _cfg(data, root, "rec", 2, steps, ["trainer.scaling.max_failures=2", f"trainer.checkpoint.every={every}",

@@ -37,19 +37,6 @@ class SampleLog:
             self._f.close()
 
 
-def read_sample_log(base: str, world: int) -> dict[int, list[tuple[int, int, list[int]]]]:
-    """{rank: [(epoch, step, ids)]} from the per-rank files written by SampleLog."""
-    out: dict[int, list[tuple[int, int, list[int]]]] = {}
-    for r in range(world):
-        rows = []
-        for line in open(f"{base}.rank{r}"):
-            if not line.startswith("#"):
-                e, s, *ids = line.split()
-                rows.append((int(e), int(s), [int(i) for i in ids]))
-        out[r] = rows
-    return out
-
-
 def check_nonfinite(first_bad_step: int, loss: float, grad_norm: float, policy: str,
                     last_checkpoint: str | None) -> None:
     """Called at a sync step whose window saw a non-finite loss or grad norm (at `first_bad_step`).

@@ -75,7 +75,6 @@ def _fsdp2(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         if type(module).__name__ in _BLOCKS:
             fully_shard(module)
     fully_shard(model)
-    model._raylm_fsdp = True
     return model
 
 

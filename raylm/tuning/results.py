@@ -249,7 +249,3 @@ def read_exploits(sweep_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def load_summary(sweep_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(sweep_dir) / "summary.json").read_text())

@@ -8,8 +8,9 @@ import os
 import pytest
 import torch
 
+from testkit import tiny_config, write_synthetic
+
 from raylm.trainers.driver import build_trainer
-from raylm.trainers.testing import tiny_config, write_synthetic
 
 pytestmark = pytest.mark.ray
 

@@ -46,7 +46,7 @@ def test_train_checkpoint_export_resume(job):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from raylm.trainers.driver import train
-    from raylm.trainers.state import read_state
+    from testkit import read_state
 
     root, overrides = job
     summary = train(load_config(None, overrides))

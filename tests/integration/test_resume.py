@@ -11,10 +11,9 @@ import time
 import pytest
 import torch
 
+from testkit import is_registered, read_sample_log, tiny_config, write_synthetic
+
 from raylm.trainers.driver import build_trainer
-from raylm.trainers.hooks import read_sample_log
-from raylm.trainers.state import is_registered
-from raylm.trainers.testing import tiny_config, write_synthetic
 
 pytestmark = pytest.mark.ray
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from raylm.trainers.config import TrainerConfig
-from raylm.trainers.hooks import SampleLog, read_sample_log
+from testkit import read_sample_log
+
+from raylm.trainers.hooks import SampleLog
 from raylm.trainers.metrics import flops_per_token, mfu
 from raylm.trainers.optim import lr_factor, param_groups
 from raylm.trainers.parallel import autocast_dtype
@@ -92,7 +94,7 @@ def test_gradient_scaler_skips_an_overflowing_fp16_step_on_cpu():
 
 def test_best_checkpoint_metric_defaults_to_the_task_and_can_be_chosen(tmp_path):
     from raylm.trainers.driver import best_checkpoint_rule, model_meta
-    from raylm.trainers.testing import tiny_config, write_synthetic
+    from testkit import tiny_config, write_synthetic
 
     data = str(tmp_path / "d")
     assert best_checkpoint_rule(tiny_config(data, "r")) == ("val_loss", "min")
@@ -139,3 +141,10 @@ def test_classification_metrics_binary_and_macro_f1():
     m = classification_metrics(counts)
     assert m["f1_average"] == "macro" and m["examples"] == 5
     assert np.isclose(m["accuracy"], 0.6) and np.isclose(m["f1"], (1 + 0.5 + 0) / 3)
+
+
+def test_a_checkpoint_state_from_before_best_metric_was_dropped_still_loads():
+    from raylm.trainers.state import TrainState
+
+    old = {"step": 7, "epoch": 1, "batches_in_epoch": 3, "tokens_seen": 99, "best_metric": 0.5, "extra": {"a": 1}}
+    assert TrainState.from_dict(old) == TrainState(step=7, epoch=1, batches_in_epoch=3, tokens_seen=99, extra={"a": 1})
