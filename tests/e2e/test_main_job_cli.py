@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.ray]
+pytestmark = pytest.mark.ray
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 

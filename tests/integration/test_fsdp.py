@@ -12,7 +12,6 @@ from testkit import tiny_config, write_synthetic
 
 from raylm.trainers.driver import build_trainer
 
-pytestmark = pytest.mark.ray
 
 
 def test_fsdp2_trains_and_writes_a_full_checkpoint_that_resumes(ray_session, tmp_path):

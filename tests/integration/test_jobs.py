@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from raylm.cluster import jobs
 from raylm.cluster._localray import LocalRay
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 DASHBOARD_MODULES = "import aiohttp_cors, opencensus, prometheus_client, colorful"
 # The job: reads the shipped config from its working_dir, joins the cluster through RAY_ADDRESS
 # (set by Ray Jobs for the driver) and runs one task there.

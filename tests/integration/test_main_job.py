@@ -11,7 +11,6 @@ import pytest
 
 from raylm.config import load_config
 
-pytestmark = pytest.mark.ray
 WORDS = ("the model reads tokens and predicts the next one while the optimizer lowers the loss "
          "on every step of training with data from many documents").split()
 

@@ -22,7 +22,6 @@ from raylm.datasets.tokenizers import train_bpe
 from prep_checks import assert_same_splits  # tests/integration/prep_checks.py
 from raylm.errors import UserError
 
-pytestmark = pytest.mark.ray
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wise owls sing of rivers and stone".split()
 

@@ -19,7 +19,6 @@ from raylm.datasets.tokenizers import train_bpe
 
 from prep_checks import assert_same_splits  # tests/integration/prep_checks.py
 
-pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -15,7 +15,6 @@ from testkit import is_registered, read_sample_log, tiny_config, write_synthetic
 
 from raylm.trainers.driver import build_trainer
 
-pytestmark = pytest.mark.ray
 
 
 def _losses(run_dir: str) -> dict[int, float]:

@@ -17,7 +17,6 @@ from raylm.datasets.prepare import prepare
 from raylm.datasets.sources import plan_units, read_unit
 from raylm.errors import UserError
 
-pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from testkit import tiny_config, write_synthetic
 
 from raylm.trainers.driver import build_trainer
 
-pytestmark = pytest.mark.ray
 
 
 def _fit(tmp_path, task: str, manifest: dict | None = None, overrides: list[str] | None = None, **trainer):

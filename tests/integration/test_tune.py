@@ -17,7 +17,7 @@ from raylm.config import load_config, validate
 from raylm.tuning.results import COMPLETED, FAILED, STOPPED, SweepSummary
 from raylm.tuning.sweep import run_sweep
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 WORDS = ["the", "cat", "dog", "sat", "on", "a", "mat", "ran", "fast", "slow", "red", "blue", "green", "king", "queen", "river", "stone", "tree"]
 MAX_STEPS, EVERY = 12, 4

@@ -16,7 +16,6 @@ import raylm.config
 from raylm.config import RootConfig, describe_config, dump_config, load_config, parse_override, section_model
 from raylm.errors import UserError
 
-pytestmark = pytest.mark.unit
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 
 

@@ -19,7 +19,6 @@ from raylm.cluster.k8s_validate import Report, validate, validate_path
 from raylm.config import load_config
 from raylm.errors import UserError
 
-pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 OVERLAYS = sorted(p for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())

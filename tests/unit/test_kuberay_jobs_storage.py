@@ -8,7 +8,6 @@ import pytest
 from raylm.cluster import jobs, storage
 from raylm.errors import UserError
 
-pytestmark = pytest.mark.unit
 
 
 def test_job_address_precedence(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,6 @@ from raylm.trainers.evaluation import classification_metrics
 from raylm.trainers.step import StepContext, Window, evaluate, to_batch, train_step
 from raylm.trainers.tasks import get_task
 
-pytestmark = pytest.mark.unit
 CPU = torch.device("cpu")
 META = {"vocab_size": 64, "eos_id": 1, "pad_id": 0, "mask_id": 2, "block_size": 16, "max_length": 24,
         "cls_id": 3, "sep_id": 4, "num_labels": 2}

@@ -20,7 +20,6 @@ from raylm.datasets.squad import (CLS_INDEX, answer_tokens, best_answers, qa_fea
 from raylm.errors import UserError
 from raylm.trainers.task_metrics import bleu, entity_scores, normalize_answer, rouge, squad_scores
 
-pytestmark = pytest.mark.unit
 
 WORDS = ("the cat sat on mat new york where is play ##er ##s alpha beta gamma delta epsilon zeta eta theta iota "
          "kappa what ?").split()

@@ -16,7 +16,6 @@ from raylm.trainers.optim import lr_factor, param_groups
 from raylm.trainers.parallel import autocast_dtype
 from raylm.trainers.tasks import mask_tokens, with_special_tokens
 
-pytestmark = pytest.mark.unit
 
 
 def test_warmup_then_cosine_reaches_the_floor():

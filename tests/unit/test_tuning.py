@@ -22,7 +22,6 @@ from raylm.tuning.results import (
 )
 from raylm.tuning.space import check_space, param_space, pbt_mutations, space_problems
 
-pytestmark = pytest.mark.unit
 
 
 def _tuning(space: dict, **kw) -> TuningConfig:

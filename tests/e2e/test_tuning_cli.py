@@ -10,7 +10,6 @@ import pytest
 
 from raylm.config import load_config
 
-pytestmark = pytest.mark.e2e
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 RECIPE = os.path.join(REPO, "configs", "tune-demo.yaml")
 
