@@ -21,13 +21,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from _corpus import SST2  # noqa: E402
-
 from raylm.datasets.bucketing import bucket_batches, padding_fraction  # noqa: E402
 from raylm.datasets.clean import normalize  # noqa: E402
 from raylm.datasets.config import DataConfig  # noqa: E402
 from raylm.datasets.sources import plan_units, read_unit  # noqa: E402
 from raylm.datasets.tokenizers import load_backend, train_bpe  # noqa: E402
+
+from _corpus import SST2  # noqa: E402
 
 
 def main() -> None:

@@ -131,6 +131,7 @@ def scaling(root: str, steps: int, warmup: int) -> dict:
 def recovery(root: str, steps: int = 60, every: int = 10) -> dict:
     """Kill rank 1 (SIGKILL) just after a checkpoint; time until the first step after the restart."""
     from raylm.trainers.driver import build_trainer
+
     from testkit import is_registered
 
     data, manifest = _data(root, rows=BATCH * steps * 2)

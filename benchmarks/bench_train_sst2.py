@@ -48,8 +48,13 @@ def read_tsv(path: str, limit: int | None = None) -> list[tuple[str, int]]:
 def hf_trainer(mdir: str, train: list, dev: list, epochs: int, steps: int, out: str) -> dict:
     import numpy as np
     import torch
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              Trainer, TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     from raylm.trainers.evaluation import classification_metrics, confusion_counts
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from raylm.cluster.storage import is_remote
 from raylm.cluster.config import HeadConfig, K8sConfig, PodResources, WorkerGroupConfig
+from raylm.cluster.storage import is_remote
 from raylm.errors import UserError
 
 if TYPE_CHECKING:  # raylm.config imports this package: no runtime import

@@ -114,12 +114,11 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
                   name: str | None = None, storage_path: str | None = None,
                   loop_overrides: dict | None = None) -> Any:
     """A TorchTrainer for this config (used by `raylm train` and by the Tune driver)."""
-    from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    from raylm.datasets.prepare import load_manifest
     from raylm.cluster.storage import run_storage
+    from raylm.datasets.prepare import load_manifest
     from raylm.datasets.streaming import open_split
     from raylm.trainers.loop import LoopConfig, train_loop_per_worker
 
@@ -170,7 +169,7 @@ def export_model(checkpoint_dir: str, tokenizer_dir: str, out_dir: str) -> str:
 
 def train(cfg: RootConfig) -> dict:
     """Fit (resuming the run of the same name if it has checkpoints), export, summarise."""
-    from raylm.datasets.prepare import load_manifest, prepare
+    from raylm.datasets.prepare import prepare
 
     manifest = prepare(cfg.data, task=cfg.trainer.task)  # no-op when the shards are up to date
     check_compatible(cfg, manifest)

@@ -6,8 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from raylm.config import load_config
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))

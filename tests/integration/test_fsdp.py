@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
 import torch
-
-from testkit import tiny_config, write_synthetic
 
 from raylm.trainers.driver import build_trainer
 
+from testkit import tiny_config, write_synthetic
 
 
 def test_fsdp2_trains_and_writes_a_full_checkpoint_that_resumes(ray_session, tmp_path):

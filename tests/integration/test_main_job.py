@@ -45,6 +45,7 @@ def test_train_checkpoint_export_resume(job):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from raylm.trainers.driver import train
+
     from testkit import read_state
 
     root, overrides = job

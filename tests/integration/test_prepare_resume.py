@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from raylm.datasets.config import DataConfig
 from raylm.datasets.prepare import PROGRESS, prepare
 from raylm.datasets.tokenizers import train_bpe

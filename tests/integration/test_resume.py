@@ -11,10 +11,9 @@ import time
 import pytest
 import torch
 
-from testkit import is_registered, read_sample_log, tiny_config, write_synthetic
-
 from raylm.trainers.driver import build_trainer
 
+from testkit import is_registered, read_sample_log, tiny_config, write_synthetic
 
 
 def _losses(run_dir: str) -> dict[int, float]:

@@ -18,7 +18,6 @@ from raylm.datasets.sources import plan_units, read_unit
 from raylm.errors import UserError
 
 
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     boto3 = pytest.importorskip("boto3")

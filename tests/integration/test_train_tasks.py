@@ -9,10 +9,9 @@ import struct
 
 import pytest
 
-from testkit import tiny_config, write_synthetic
-
 from raylm.trainers.driver import build_trainer
 
+from testkit import tiny_config, write_synthetic
 
 
 def _fit(tmp_path, task: str, manifest: dict | None = None, overrides: list[str] | None = None, **trainer):

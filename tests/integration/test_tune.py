@@ -116,6 +116,7 @@ def test_pbt_plumbing_with_the_standin_trainer(ray_session: Any, tmp_path: Path)
     """Tune side of PBT (exploit -> clone restarts from the donor's Train checkpoint path) with a
     loop that honours `resume_from` and reports the step it restored (`restored_step`)."""
     import ray.cloudpickle
+
     import tune_standin
 
     ray.cloudpickle.register_pickle_by_value(tune_standin)  # workers cannot import tests/

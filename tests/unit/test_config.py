@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import glob
-import os
-
-import pytest
-
 import logging
+import os
 import typing
 
+import pytest
 from pydantic import BaseModel
 
 import raylm.config

@@ -16,7 +16,6 @@ from raylm.datasets.sources import BadRowError, Unit, check_row, iter_lines, pla
 from raylm.errors import UserError
 
 
-
 def zstd(data: bytes) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.CompressedOutputStream(sink, "zstd") as s:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 
 from raylm.trainers.config import TrainerConfig
-from testkit import read_sample_log
-
 from raylm.trainers.hooks import SampleLog
 from raylm.trainers.metrics import flops_per_token, mfu
 from raylm.trainers.optim import lr_factor, param_groups
 from raylm.trainers.parallel import autocast_dtype
 from raylm.trainers.tasks import mask_tokens, with_special_tokens
 
+from testkit import read_sample_log
 
 
 def test_warmup_then_cosine_reaches_the_floor():
@@ -93,6 +91,7 @@ def test_gradient_scaler_skips_an_overflowing_fp16_step_on_cpu():
 
 def test_best_checkpoint_metric_defaults_to_the_task_and_can_be_chosen(tmp_path):
     from raylm.trainers.driver import best_checkpoint_rule, model_meta
+
     from testkit import tiny_config, write_synthetic
 
     data = str(tmp_path / "d")

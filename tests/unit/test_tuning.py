@@ -23,7 +23,6 @@ from raylm.tuning.results import (
 from raylm.tuning.space import check_space, param_space, pbt_mutations, space_problems
 
 
-
 def _tuning(space: dict, **kw) -> TuningConfig:
     return TuningConfig.model_validate({"space": space, **kw})
 
