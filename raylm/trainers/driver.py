@@ -9,14 +9,11 @@ import shutil
 import time
 from typing import Any
 
+from raylm.cluster.storage import is_remote
 from raylm.config import RootConfig, save_config
 from raylm.errors import UserError
 
 log = logging.getLogger(__name__)
-
-
-def is_remote(path: str) -> bool:
-    return "://" in path
 
 
 def storage_root(cfg: RootConfig, storage_path: str | None = None) -> str:
@@ -83,8 +80,8 @@ def best_checkpoint_rule(cfg: RootConfig) -> tuple[str, str]:
     from raylm.trainers.tasks import get_task
 
     task = get_task(cfg.trainer.task)
-    metric = cfg.trainer.best_metric or task.metric
-    mode = cfg.trainer.best_mode
+    metric = cfg.trainer.eval.best_metric or task.metric
+    mode = cfg.trainer.eval.best_mode
     if mode == "auto":
         mode = task.mode if metric == task.metric else ("max" if metric in _HIGHER_IS_BETTER else "min")
     return metric, mode
@@ -109,28 +106,27 @@ def sharding(cfg: RootConfig) -> str:
     """`data.sharding` resolved: auto is stride for elastic worker counts."""
     from raylm.datasets.sharding import resolve_sharding
 
-    return resolve_sharding(cfg.data.sharding, elastic=not isinstance(cfg.trainer.num_workers, int))
+    return resolve_sharding(cfg.data.sharding, elastic=not isinstance(cfg.trainer.scaling.num_workers, int))
 
 
 def scaling_config(cfg: RootConfig) -> Any:
     import ray
     from ray.train import ScalingConfig
 
-    t = cfg.trainer
-    gpu = t.use_gpu if isinstance(t.use_gpu, bool) else ray.cluster_resources().get("GPU", 0) >= t.num_workers
-    return ScalingConfig(num_workers=t.num_workers, use_gpu=gpu, resources_per_worker={"CPU": t.cpus_per_worker})
+    s = cfg.trainer.scaling
+    gpu = s.use_gpu if isinstance(s.use_gpu, bool) else ray.cluster_resources().get("GPU", 0) >= s.num_workers
+    return ScalingConfig(num_workers=s.num_workers, use_gpu=gpu, resources_per_worker={"CPU": s.cpus_per_worker})
 
 
 def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: list | None = None,
                   name: str | None = None, storage_path: str | None = None,
                   loop_overrides: dict | None = None) -> Any:
     """A TorchTrainer for this config (used by `raylm train` and by the Tune driver)."""
-    from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    from raylm.datasets.prepare import load_manifest
     from raylm.cluster.storage import run_storage
+    from raylm.datasets.prepare import load_manifest
     from raylm.datasets.streaming import open_split
     from raylm.trainers.loop import LoopConfig, train_loop_per_worker
 
@@ -157,9 +153,9 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
         run_config=RunConfig(
             name=name,
             **run_storage(storage_root(cfg, storage_path)),
-            failure_config=FailureConfig(max_failures=t.max_failures),
+            failure_config=FailureConfig(max_failures=t.scaling.max_failures),
             # Ray ranks checkpoints by the metric but never deletes the latest: resume uses it.
-            checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep, checkpoint_score_attribute=metric,
+            checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint.num_to_keep, checkpoint_score_attribute=metric,
                                                checkpoint_score_order=mode),
             callbacks=callbacks,
             logging_config=_train_logging(),
@@ -189,13 +185,14 @@ def eval_rows(cfg: RootConfig) -> int:
     from raylm.trainers.autobatch import MAX_BATCH
 
     t = cfg.trainer
-    workers = t.num_workers if isinstance(t.num_workers, int) else max(t.num_workers)
-    return t.eval_batches * (t.batch_size if isinstance(t.batch_size, int) else MAX_BATCH) * workers
+    n = t.scaling.num_workers
+    workers = n if isinstance(n, int) else max(n)
+    return t.eval.batches * (t.batch_size if isinstance(t.batch_size, int) else MAX_BATCH) * workers
 
 
 def train(cfg: RootConfig, started_at: float | None = None) -> dict:
     """Fit (resuming the run of the same name if it has checkpoints), export, summarise."""
-    from raylm.datasets.prepare import load_manifest, prepare
+    from raylm.datasets.prepare import prepare
 
     manifest = prepare(cfg.data, task=cfg.trainer.task)  # no-op when the shards are up to date
     check_compatible(cfg, manifest)
@@ -209,9 +206,9 @@ def train(cfg: RootConfig, started_at: float | None = None) -> dict:
         raise result.error
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
-    export_dir = cfg.trainer.export_dir or os.path.join(run_dir, "export")
+    export_dir = cfg.trainer.export.dir or os.path.join(run_dir, "export")
     chosen = result.checkpoint
-    if cfg.trainer.export_checkpoint == "best" and result.best_checkpoints:
+    if cfg.trainer.export.checkpoint == "best" and result.best_checkpoints:
         metric, mode = best_checkpoint_rule(cfg)
         pick = max if mode == "max" else min
         chosen = pick(result.best_checkpoints, key=lambda cm: cm[1].get(metric, float("nan")))[0]

@@ -111,7 +111,7 @@ def setup(lc: LoopConfig) -> Run:
     batch_size = resolve_batch_size(t.batch_size, model, task, meta, device, amp, rank)
     grad_accum = grad_accum_for(t.global_batch_tokens, t.grad_accum, batch_size, _seq_len(meta, t.task), world)
     # The fused loss reads the lm head's weight outside the model's forward: not under FSDP's sharding.
-    kernels = t.fused_kernels if t.strategy == "ddp" else "off"
+    kernels = t.fused_kernels if t.scaling.strategy == "ddp" else "off"
     fused = apply_fused_kernels(model, t.task, kernels, device, say if rank == 0 else lambda _: None)
     if compile_enabled(t, device) and rank == 0:
         say("[raylm] compiling the transformer blocks (torch.compile, regional) during the first step...")
@@ -138,10 +138,10 @@ def setup(lc: LoopConfig) -> Run:
         return task.collate(raw, meta, seed)
 
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    ctx = StepContext(model, opt, sched, scaler, loss_fn_for(task, fused), device, amp, t.grad_clip,
+    ctx = StepContext(model, opt, sched, scaler, loss_fn_for(task, fused), device, amp, t.optimizer.grad_clip,
                       skip_nonfinite=t.nan_policy == "skip")
     # Validation batches are collated once (a fixed seed per batch: MLM masks are the same every eval).
-    val_raw = eval_batches(ray.train.get_dataset_shard("validation"), batch_size, rank, world, t.eval_batches)
+    val_raw = eval_batches(ray.train.get_dataset_shard("validation"), batch_size, rank, world, t.eval.batches)
     val = [to_batch(collate(raw, i * 31 + rank), device) for i, raw in enumerate(val_raw)]
     d = cfg.data
     stream = TrainStream(ray.train.get_dataset_shard("train"), batch_size, d.seed, d.shuffle_buffer_rows,
@@ -191,8 +191,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         r.feeder.prefetch(r.grad_accum)  # the next batches are prepared while the device computes
         train_s += time.perf_counter() - t0
         st.extra["train_s"] = train_s
-        eval_now = st.step % t.eval_every == 0
-        save_now = st.step % t.checkpoint_every == 0 or st.step == t.max_steps
+        eval_now = st.step % t.eval.every == 0
+        save_now = st.step % t.checkpoint.every == 0 or st.step == t.max_steps
         if not (st.step % t.log_every == 0 or eval_now or save_now or st.step == first_step):
             continue
         # ---- a sync step: the host reads the window (one all-reduce); a bad step never reaches a checkpoint
@@ -251,11 +251,11 @@ def apply_hyperparameters(opt: torch.optim.Optimizer, sched: Any, t: Any, step: 
     """After a PBT exploit: the donor's weights and moments, but this trial's (perturbed) lr and decay."""
     from raylm.trainers.optim import lr_factor
 
-    sched.base_lrs = [t.lr for _ in opt.param_groups]
+    sched.base_lrs = [t.optimizer.lr for _ in opt.param_groups]
     for group in opt.param_groups:
-        group["lr"] = t.lr * lr_factor(step, t)
+        group["lr"] = t.optimizer.lr * lr_factor(step, t)
         if group.get("weight_decay", 0.0) > 0.0:
-            group["weight_decay"] = t.weight_decay
+            group["weight_decay"] = t.optimizer.weight_decay
 
 
 # ---------------------------------------------------------------- report / checkpoint

@@ -58,7 +58,7 @@ def wrap_model(model: torch.nn.Module, t: TrainerConfig, device: torch.device) -
     import ray.train.torch
 
     model = prepare_module(model, t, device)
-    if t.strategy == "fsdp":
+    if t.scaling.strategy == "fsdp":
         return _fsdp2(model, device)
     return ray.train.torch.prepare_model(model, parallel_strategy="ddp")
 
@@ -75,7 +75,6 @@ def _fsdp2(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         if type(module).__name__ in _BLOCKS:
             fully_shard(module)
     fully_shard(model)
-    model._raylm_fsdp = True
     return model
 
 

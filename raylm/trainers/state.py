@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -27,8 +27,13 @@ class TrainState:
     world: int = 0  # the worker count that wrote it (0: before raylm recorded it)
     sharding: str = "split"  # how the position counts (raylm.datasets.sharding)
     tokens_seen: int = 0
-    best_metric: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainState":
+        """The state saved by `save`; keys this version no longer has (e.g. `best_metric`, in
+        checkpoints written before it was dropped) are ignored."""
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -85,20 +90,4 @@ def restore(dirpath: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sc
         random.setstate((3, tuple(rng["python"]), None))
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-    return TrainState(**blob["state"])
-
-
-def is_registered(run_dir: str, name: str) -> bool:
-    """Ray Train has registered checkpoint `name` of a run (a directory alone may still be in flight)."""
-    import json
-
-    try:
-        snap = json.load(open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")))
-    except (OSError, ValueError):
-        return False
-    return any(c["checkpoint_dir_name"] == name for c in snap["checkpoint_results"])
-
-
-def read_state(dirpath: str) -> TrainState:
-    blob = torch.load(os.path.join(dirpath, "state.pt"), map_location="cpu", weights_only=True)
-    return TrainState(**blob["state"])
+    return TrainState.from_dict(blob["state"])

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
 import torch
 
 from raylm.trainers.driver import build_trainer
-from raylm.trainers.testing import tiny_config, write_synthetic
 
-pytestmark = pytest.mark.ray
+from testkit import tiny_config, write_synthetic
 
 
 def test_fsdp2_trains_and_writes_a_full_checkpoint_that_resumes(ray_session, tmp_path):
@@ -20,7 +18,8 @@ def test_fsdp2_trains_and_writes_a_full_checkpoint_that_resumes(ray_session, tmp
     data, runs = str(tmp_path / "data"), str(tmp_path / "runs")
     manifest = write_synthetic(data)
     for steps in (4, 6):  # the second fit resumes the first: the sharded optimizer is restored
-        cfg = tiny_config(data, runs, strategy="fsdp", max_steps=steps, eval_every=2, checkpoint_every=2, lr=1e-2)
+        cfg = tiny_config(data, runs, scaling={"strategy": "fsdp"}, max_steps=steps, eval={"every": 2},
+                          checkpoint={"every": 2}, optimizer={"lr": 1e-2})
         result = build_trainer(cfg, manifest=manifest).fit()
         assert result.error is None, result.error
     rows = [json.loads(l) for l in open(f"{runs}/t/metrics.jsonl") if "train_loss" in l]

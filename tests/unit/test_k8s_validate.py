@@ -23,7 +23,6 @@ from raylm.cluster.cli import k8s_app
 from raylm.cluster.k8s_validate import Report, validate
 from raylm.config import load_config
 
-pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 LINE = re.compile(r"^.+\[doc \d+ \w+/\S+\]: [\w.\[\]/-]+: .+$")
 

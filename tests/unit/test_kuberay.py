@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from raylm.cluster.k8s_validate import Report, validate, validate_path
 from raylm.config import load_config
 from raylm.errors import UserError
 
-pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 OVERLAYS = sorted(p for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
