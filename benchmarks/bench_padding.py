@@ -27,9 +27,9 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _corpus import SST2  # noqa: E402
-
 from raylm.config import RootConfig, load_config  # noqa: E402
+
+from _corpus import SST2  # noqa: E402
 
 RECIPE = HERE.parent / "configs" / "sst2-cls.yaml"
 TARGET = 0.15
@@ -98,7 +98,6 @@ def measure(ds: Any, cfg: RootConfig, meta: dict, group: bool) -> dict:
             "width_mean": round(sum(widths) / len(widths), 2), "width_median": widths[len(widths) // 2],
             "width_max": widths[-1], "epoch_seconds": round(seconds, 2)}
 
-from _corpus import SST2  # noqa: E402
 
 
 def main() -> None:

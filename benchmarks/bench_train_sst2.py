@@ -68,8 +68,14 @@ def steady_state(step_ends: list[float]) -> dict:
 def hf_trainer(mdir: str, train: list, dev: list, epochs: int, steps: int, out: str) -> dict:
     import numpy as np
     import torch
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              Trainer, TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from raylm.trainers.evaluation import classification_metrics, confusion_counts
 
