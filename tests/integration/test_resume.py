@@ -102,8 +102,9 @@ def test_stride_position_resumes_with_another_worker_count_and_every_sample_once
     ids = f"{runs}/ids"
 
     def fit(workers: int, steps: int) -> None:
-        cfg = tiny_config(data, runs, overrides=["data.sharding=stride"], num_workers=workers, max_steps=steps,
-                          checkpoint_every=6, eval_every=6, eval_batches=1, schedule="constant")
+        cfg = tiny_config(data, runs, overrides=["data.sharding=stride"], scaling={"num_workers": workers},
+                          max_steps=steps, checkpoint={"every": 6}, eval={"every": 6, "batches": 1},
+                          schedule={"type": "constant"})
         result = build_trainer(cfg, manifest=manifest, loop_overrides={"sample_log": ids}).fit()
         assert result.error is None, result.error
 
