@@ -285,5 +285,8 @@ def report(metrics: dict, st: ckpt.TrainState, ctx: StepContext, rank: int, save
         checkpointer.report_metrics(clean)
         return None
     name = f"checkpoint_{st.step:08d}"
+    stalled = checkpointer.stall_s
     checkpointer.report(clean, name, st, ctx, rank, getattr(sink, "jsonl_path", None))
+    # Seconds this save held the training thread (gather or staging; the background write excluded).
+    sink.log({"checkpoint_stall_s": checkpointer.stall_s - stalled}, st.step)
     return name

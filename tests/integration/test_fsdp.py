@@ -133,7 +133,7 @@ def test_checkpoints_move_between_ddp_and_fsdp_and_to_fewer_workers(straight):
 
 @pytest.mark.xfail(reason="the global data position across a worker-count change is being built in "
                           "raylm/datasets/streaming.py (lead); model/optimizer resharding is covered above",
-                   strict=False)
+                   run=False)  # two fits that cannot pass yet: not spent in CI
 def test_resume_on_fewer_workers_keeps_the_exactly_once_sample_ledger(straight):
     from raylm.trainers.hooks import read_sample_log
 
