@@ -1,12 +1,20 @@
-"""MFU of GPT-2 124M and 355M on one CUDA GPU: bf16 autocast, SDPA, fused AdamW, +/- torch.compile.
+"""GPU throughput of `raylm train` against a bare PyTorch loop on the very model raylm builds.
 
-One prepared run (< 5 minutes on an A100/H100/H200). MFU = tokens/s x FLOPs/token (PaLM:
-6N + 12·L·H·Q·T) / the device's dense bf16 peak (raylm.trainers.metrics.PEAK_FLOPS, or --peak).
-Target: >= 45% (LLM Foundry reports 44.8% for 125M and 51.6% for 350M on A100).
+For each size it runs, in one process tree on one GPU:
+  1. `python -m raylm.cli train` (1 worker, embedded Ray, data prepared before the timer), and reads
+     the step figures from its metrics.jsonl (median over the logged steps after `--skip` steps);
+  2. a bare loop over random tokens on the model raylm's task builds from the same config (same
+     micro-batch, same regional compile, bf16 autocast, fused AdamW, grad clipping, HF's loss);
+and reports tokens/s, MFU (PaLM FLOPs per token: 6N + 12·L·H·Q·T, over the device's datasheet dense
+bf16 peak) and raylm ÷ bare. Sizes (GPT-2 shapes at T=1024 unless said):
+  124M   GPT-2 blocks, 12 x 768, 12 heads
+  355M   GPT-2 blocks, 24 x 1024, 16 heads
+  1B     Llama-style blocks (RMSNorm, RoPE, SwiGLU), 16 x 2048, 16 heads, MLP 8192: 1.1B parameters
+Targets on one H200: raylm ÷ bare >= 0.97 at every size; MFU >= 45% at 124M, >= 50% at 355M and 1B.
 
-  python benchmarks/gpu_mfu.py [--steps 20] [--warmup 5] [--no-compile] [--peak 989e12]
-Without a CUDA GPU it exits with a message (exit code 0, nothing measured).
-JSON into benchmarks/results/gpu_mfu.json.
+  python benchmarks/gpu_mfu.py [--sizes 124M,355M,1B] [--steps 60] [--skip 20] [--batch auto]
+Writes benchmarks/results/gpu_mfu.json and gpu_mfu.md. Without a CUDA GPU it says so and exits 0.
+On the H200 machine: bash benchmarks/gpu_mfu.sh (installs the kit, runs this, copies results to $OUT).
 """
 
 from __future__ import annotations
@@ -14,81 +22,142 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
-CONFIGS = {  # name: (n_layer, n_embd, n_head, micro-batch at T=1024)
-    "gpt2-124M": (12, 768, 12, 16),
-    "gpt2-355M": (24, 1024, 16, 8),
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, ROOT)
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+SIZES = {  # name: (arch, n_layer, n_embd, n_head, micro-batch at T=1024)
+    "124M": ("gpt2", 12, 768, 12, 32),
+    "355M": ("gpt2", 24, 1024, 16, 16),
+    "1B": ("llama", 16, 2048, 16, 8),
+    "tiny": ("gpt2", 2, 64, 2, 4),  # a smoke test of the script itself; runs on a CPU too
 }
+TARGET = {"124M": 0.45, "355M": 0.50, "1B": 0.50, "tiny": 0.0}
 
 
-def measure(name: str, compile_: bool, steps: int, warmup: int, peak: float) -> dict:
+def overrides(size: str, batch: str, steps: int, compile_: str, work: str) -> list[str]:
+    arch, n_layer, n_embd, n_head, default_batch = SIZES[size]
+    return [f"model.arch={arch}", f"model.n_layer={n_layer}", f"model.n_embd={n_embd}", f"model.n_head={n_head}",
+            "data.block_size=1024", "data.tokenizer.vocab_size=32000", f"data.prepared_dir={work}/prepared",
+            f"cluster.storage_path={work}/runs", "cluster.include_dashboard=false", f"trainer.run_name=mfu-{size}",
+            "trainer.num_workers=1", f"trainer.batch_size={default_batch if batch == 'default' else batch}",
+            f"trainer.max_steps={steps}", "trainer.warmup_steps=5", f"trainer.compile={compile_}",
+            f"trainer.eval_every={steps}", f"trainer.checkpoint_every={steps}", "trainer.eval_batches=2",
+            "trainer.log_every=1", "trainer.lr=3e-4", "tracking.wandb.mode=disabled", "tracking.progress_every_s=15"]
+
+
+def run_raylm(size: str, args: argparse.Namespace) -> dict:
+    ov = overrides(size, args.batch, args.steps, args.compile, args.work)
+    cli = [sys.executable, "-m", "raylm.cli"]
+    subprocess.run(cli + ["prepare", "configs/demo.yaml", *ov], cwd=ROOT, check=True)  # before the timer
+    t0 = time.time()
+    subprocess.run(cli + ["train", "configs/demo.yaml", *ov], cwd=ROOT, check=True)
+    wall = time.time() - t0
+    rows = [json.loads(line) for line in open(os.path.join(args.work, "runs", f"mfu-{size}", "metrics.jsonl"))]
+    steps = [r for r in rows if "tokens_per_s" in r and r["step"] > args.skip]
+    first = min((r for r in rows if "train_time_s" in r), key=lambda r: r["step"])
+    return {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps),
+            "mfu": statistics.median(r["mfu"] for r in steps) if steps[0].get("mfu") else None,
+            "step_time_s": statistics.median(r["step_time_s"] for r in steps),
+            "data_wait_s": statistics.median(r["data_wait_s"] for r in steps),
+            "batch_size": steps[-1]["batch_size"], "peak_mem_mb": max(r["peak_mem_mb"] for r in steps),
+            "first_step_s": first["step_time_s"], "wall_s": wall, "steps_measured": len(steps)}
+
+
+def run_bare(size: str, batch: int, args: argparse.Namespace) -> dict:
+    """The textbook loop on raylm's own model: what a user would write by hand."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
-    from raylm.trainers.metrics import flops_per_token, non_embedding_params
+    from raylm.config import load_config
+    from raylm.datasets.prepare import load_manifest
+    from raylm.trainers.driver import model_meta
+    from raylm.trainers.metrics import device_peak_flops, flops_per_token, non_embedding_params
+    from raylm.trainers.parallel import compile_blocks
+    from raylm.trainers.tasks import get_task
 
-    n_layer, n_embd, n_head, batch = CONFIGS[name]
-    seq, dev = 1024, torch.device("cuda")
-    conf = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=seq, vocab_size=50304)
-    conf._attn_implementation = "sdpa"
-    model = GPT2LMHeadModel(conf).to(dev)
-    if compile_:
-        model.compile()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    x = torch.randint(0, 50304, (batch, seq), device=dev)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    for i in range(warmup + steps):
-        if i == warmup:
-            torch.cuda.synchronize()
+    cfg = load_config(os.path.join(ROOT, "configs/demo.yaml"), overrides(size, str(batch), args.steps, args.compile, args.work))
+    meta = model_meta(cfg, load_manifest(cfg.data.prepared_dir))
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = get_task("causal-lm").build_model(cfg, meta).to(dev)
+    if args.compile != "false":
+        compile_blocks(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=dev.type == "cuda")
+    x = torch.randint(0, meta["vocab_size"], (batch, 1024), device=dev)
+    warm, timed = args.skip, args.steps - args.skip
+    for i in range(warm + timed):
+        if i == warm:
+            torch.cuda.synchronize() if dev.type == "cuda" else None
             t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
-    tps = steps * batch * seq / (time.perf_counter() - t0)
-    fpt = flops_per_token(non_embedding_params(model), n_layer, n_head, n_embd // n_head, seq)
-    out = {"model": name, "compile": compile_, "batch": batch, "seq": seq, "tokens_per_s": tps,
-           "flops_per_token": fpt, "mfu": tps * fpt / peak, "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30}
+    torch.cuda.synchronize() if dev.type == "cuda" else None
+    tps = timed * batch * 1024 / (time.perf_counter() - t0)
+    m = cfg.model
+    fpt = flops_per_token(non_embedding_params(model), m.n_layer, m.n_head, m.n_embd // m.n_head, 1024)
+    peak = device_peak_flops(dev, None)
+    out = {"tokens_per_s": tps, "mfu": tps * fpt / peak if peak else 0.0,
+           "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else 0.0,
+           "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
     del model, opt
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     return out
 
 
+def table(rows: list[dict]) -> str:
+    lines = ["| size | blocks | params | micro-batch | compile | bare tok/s | bare MFU | raylm tok/s | raylm MFU "
+             "| raylm ÷ bare | first step (s) | target MFU |", "|" + "---|" * 12]
+    for r in rows:
+        b, y = r["bare"], r["raylm"]
+        lines.append(f"| {r['size']} | {r['arch']} | {b['params_m']:.0f}M | {y['batch_size']} | {r['compile']} "
+                     f"| {b['tokens_per_s']:,.0f} | {100 * b['mfu']:.1f}% | {y['tokens_per_s']:,.0f} "
+                     f"| {100 * (y['mfu'] or 0):.1f}% | {r['ratio']:.3f} | {y['first_step_s']:.1f} "
+                     f"| {100 * TARGET[r['size']]:.0f}% |")
+    return "\n".join(lines)
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--peak", type=float, default=None, help="dense bf16 FLOP/s of the GPU")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="124M,355M,1B")
+    ap.add_argument("--steps", type=int, default=60, help="optimizer steps per run")
+    ap.add_argument("--skip", type=int, default=20, help="steps left out of the medians (compile, warm-up)")
+    ap.add_argument("--batch", default="default", help="'default' (per size), 'auto', or a number")
+    ap.add_argument("--compile", default="auto", choices=["auto", "true", "false"])
+    ap.add_argument("--work", default="/tmp/raylm-mfu")
     args = ap.parse_args()
     import torch
 
-    if not torch.cuda.is_available():
-        print("gpu_mfu: no CUDA GPU here; nothing measured (run it on a machine with an NVIDIA GPU)")
+    if not torch.cuda.is_available() and args.sizes != "tiny":
+        print("gpu_mfu: no CUDA GPU here; nothing measured (run benchmarks/gpu_mfu.sh on a GPU machine)")
         return
-    from raylm.trainers.metrics import device_peak_flops
-
-    dev = torch.device("cuda")
-    peak = device_peak_flops(dev, args.peak)
-    if not peak:
-        sys.exit(f"gpu_mfu: unknown peak for '{torch.cuda.get_device_name(dev)}': pass --peak FLOPS")
-    runs = [measure(n, c, args.steps, args.warmup, peak) for n in CONFIGS
-            for c in ([False] if args.no_compile else [False, True])]
-    res = {"benchmark": "gpu_mfu", "device": torch.cuda.get_device_name(dev), "peak_flops": peak,
-           "target_mfu": 0.45, "runs": runs, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    rows = []
+    for size in args.sizes.split(","):
+        raylm = run_raylm(size, args)
+        bare = run_bare(size, int(raylm["batch_size"]), args)
+        rows.append({"size": size, "arch": SIZES[size][0], "compile": args.compile, "raylm": raylm, "bare": bare,
+                     "ratio": raylm["tokens_per_s"] / bare["tokens_per_s"]})
+        print(table(rows[-1:]), flush=True)
+    if not torch.cuda.is_available():
+        return  # the CPU smoke test writes no results
+    res = {"benchmark": "gpu_mfu", "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+           "targets": {"ratio": 0.97, "mfu": TARGET}, "runs": rows, "load": os.getloadavg(),
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "gpu_mfu.json"), "w") as f:
         json.dump(res, f, indent=2)
-    for r in runs:
-        print(f"{r['model']:10s} compile={r['compile']!s:5s} {r['tokens_per_s']:>10,.0f} tok/s  MFU {100 * r['mfu']:.1f}%")
+    with open(os.path.join(RESULTS, "gpu_mfu.md"), "w") as f:
+        f.write(table(rows) + "\n")
+    print(table(rows))
 
 
 if __name__ == "__main__":

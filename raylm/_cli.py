@@ -1,8 +1,11 @@
-"""Shared CLI plumbing: user errors become one line per problem and exit code 2."""
+"""Shared CLI plumbing: user errors become one line per problem and exit code 2; the console/log setup."""
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -27,3 +30,91 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+# ---------------------------------------------------------------- console and log file
+
+VERBOSE_ENV = "RAYLM_VERBOSE"  # set by setup_logging: the Ray init and the Train run read it
+# Libraries whose INFO lines are chatter on a console (they are kept in the log file).
+LIBRARY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "transformers", "filelock", "urllib3")
+# Quiet workers: Ray Data's own logger level, and transformers' warnings (e.g. `loss_type=None`).
+# Set in the workers' runtime_env only: the driver keeps these messages in its log file.
+QUIET_WORKER_ENV = {"RAY_DATA_LOG_LEVEL": "WARNING", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+def command_started() -> float:
+    """When this command's process started (time.time() scale): start-up is measured from here."""
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV) == "1"
+
+
+class _ConsoleFilter(logging.Filter):
+    """Quiet console: raylm's own lines, and anything at ERROR or above."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.split(".")[0] == "raylm" or record.levelno >= logging.ERROR
+
+
+def setup_logging(verbose_flag: bool = False, log_file: str | None = None) -> None:
+    """The one CLI logging setup. Console: raylm's progress, eval and summary lines (everything
+    with --verbose); the log file: everything, Ray's and transformers' INFO included."""
+    os.environ[VERBOSE_ENV] = "1" if verbose_flag else "0"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for h in [h for h in root.handlers if getattr(h, "_raylm", False)]:
+        root.removeHandler(h)
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(_Formatter())
+    console.setLevel(logging.INFO)
+    if not verbose_flag:
+        console.addFilter(_ConsoleFilter())
+    _add(root, console)
+    if log_file:
+        os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setLevel(logging.INFO)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        _add(root, handler)
+        logging.getLogger("raylm").info("log: %s (Ray and library messages%s)", log_file,
+                                        "" if verbose_flag else "; --verbose shows them here")
+    route_library_logs()
+
+
+def _add(logger: logging.Logger, handler: logging.Handler) -> None:
+    handler._raylm = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+
+
+def route_library_logs() -> None:
+    """Library loggers that print on their own (Ray, Ray Data, Ray Train, transformers) go
+    through the root handlers instead: the console filter and the log file. Call again after
+    importing ray.data or transformers: each configures its logger on import."""
+    if "transformers" in sys.modules:
+        import transformers
+
+        transformers.utils.logging.disable_default_handler()
+        transformers.utils.logging.enable_propagation()
+    for name in LIBRARY_LOGGERS:
+        lib = logging.getLogger(name)
+        for h in list(lib.handlers):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                lib.removeHandler(h)  # Ray's session-dir file handlers stay
+        if lib.level == logging.NOTSET or lib.level > logging.INFO:
+            lib.setLevel(logging.INFO)
+        lib.propagate = True
+
+
+class _Formatter(logging.Formatter):
+    """`[raylm] message` for raylm's lines; other libraries' lines (--verbose, errors) say whose."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name.split(".")[0] == "raylm":
+            return f"[raylm] {record.getMessage()}"
+        return f"[{record.name} {record.levelname}] {record.getMessage()}"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
+from typing import Any
 
 import typer
 
-from raylm._cli import user_errors
+from raylm._cli import command_started, user_errors
 from raylm.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -20,64 +19,72 @@ OVERRIDES = typer.Argument(None, help="Dotted overrides, e.g. trainer.max_steps=
 ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded Ray).")
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="[raylm] %(message)s", stream=sys.stdout)
-    for name in ("ray.data", "ray.train", "ray.tune", "filelock", "urllib3"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Show Ray's and transformers' messages on the console too.")
 
 
-def _load(config: str, overrides: list[str] | None, check_inputs: bool = False):
+def _setup_logging(cfg: Any = None, verbose: bool = False) -> None:
+    """raylm's lines on the console; everything else in <run dir>/ray.log (see raylm._cli)."""
+    from raylm._cli import setup_logging
+
+    log_file = None
+    if cfg is not None:
+        from raylm.trainers.driver import local_run_dir
+
+        log_file = os.path.join(local_run_dir(cfg), "ray.log")
+    setup_logging(verbose, log_file)
+
+
+def _load(config: str, overrides: list[str] | None, command: str | None = None):
+    """The config; with `command`, its inputs checked as that command uses them (preflight)."""
     from raylm.config import load_config
 
     cfg = load_config(config, overrides or [])
-    if check_inputs:
+    if command:
         from raylm.preflight import preflight
 
-        preflight(cfg)
+        preflight(cfg, command)
     return cfg
 
 
 @app.command()
 @user_errors
 def prepare(config: str, overrides: list[str] = OVERRIDES, force: bool = typer.Option(False, help="Rebuild even if up to date."),
-            address: str = ADDRESS) -> None:
+            address: str = ADDRESS, verbose: bool = VERBOSE) -> None:
     """Read, clean, tokenize and pack a corpus into Parquet shards + manifest.json."""
     from raylm.cluster import connect
     from raylm.datasets.prepare import prepare as run_prepare
     from raylm.datasets.report import print_manifest
 
-    cfg = _load(config, overrides, check_inputs=True)
-    _setup_logging()
+    cfg = _load(config, overrides, command="prepare")
+    _setup_logging(cfg, verbose)
     with connect(cfg.cluster, address):
         print_manifest(run_prepare(cfg.data, task=cfg.trainer.task, force=force), cfg.data.prepared_dir)
 
 
 @tokenizer_app.command("train")
 @user_errors
-def tokenizer_train(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS) -> None:
+def tokenizer_train(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS, verbose: bool = VERBOSE) -> None:
     """Train a byte-level BPE tokenizer on a streamed sample of the corpus."""
     from raylm.cluster import connect
     from raylm.datasets.prepare import ensure_tokenizer, resolve_source
 
-    cfg = _load(config, overrides, check_inputs=True)
-    _setup_logging()
+    cfg = _load(config, overrides, command="tokenizer")
+    _setup_logging(cfg, verbose)
     with connect(cfg.cluster, address):
         typer.echo(f"tokenizer: {ensure_tokenizer(cfg.data, cfg.trainer.task, resolve_source(cfg.data))}")
 
 
 @app.command()
 @user_errors
-def train(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS) -> None:
+def train(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS, verbose: bool = VERBOSE) -> None:
     """Train (or resume the run of the same trainer.run_name) and export an HF model."""
     from raylm.cluster import connect
     from raylm.trainers.driver import train as run_train
 
-    cfg = _load(config, overrides, check_inputs=True)
-    _setup_logging()
+    cfg = _load(config, overrides, command="train")
+    _setup_logging(cfg, verbose)
     with connect(cfg.cluster, address):
-        summary = run_train(cfg)
+        summary = run_train(cfg, started_at=command_started())
     typer.echo(f"[raylm] run: {summary['run_dir']}\n[raylm] exported model: {summary['export_dir']}")
 
 
@@ -152,12 +159,13 @@ def report_cmd(run_dir: str) -> None:
 @app.command()
 @user_errors
 def run(config: str = typer.Argument("configs/demo.yaml"), overrides: list[str] = OVERRIDES, address: str = ADDRESS,
-        prompt: str = typer.Option("Return the", help="Prompt of the generated sample.")) -> None:
+        prompt: str = typer.Option("Return the", help="Prompt of the generated sample."),
+        verbose: bool = VERBOSE) -> None:
     """The main job: prepare -> train -> evaluate -> generate a sample -> report."""
     from raylm.main import main
 
-    cfg = _load(config, overrides, check_inputs=True)
-    _setup_logging()
+    cfg = _load(config, overrides, command="run")
+    _setup_logging(cfg, verbose)
     main(cfg, address=address, prompt=prompt)
 
 

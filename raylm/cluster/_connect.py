@@ -24,17 +24,23 @@ def embedded_num_cpus(cfg: ClusterConfig) -> int:
 
 def init_kwargs(cfg: ClusterConfig, address: str | None = None) -> dict:
     addr = resolve_address(cfg, address)
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::DeprecationWarning"}}
+    from raylm._cli import QUIET_WORKER_ENV, verbose
+
+    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::DeprecationWarning",
+                        **({} if verbose() else QUIET_WORKER_ENV)}}
+    quiet = {} if verbose() else {"logging_config": _quiet_logging()}
     if addr:
         if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # inside a Ray job: its runtime_env applies; Ray refuses to merge another
-            return {"address": addr, "log_to_driver": True}
-        return {"address": addr, "runtime_env": env, "log_to_driver": True}
+            return {"address": addr, "log_to_driver": True, **quiet}
+        return {"address": addr, "runtime_env": env, "log_to_driver": True, **quiet}
     kw = {
         "num_cpus": embedded_num_cpus(cfg),
         "include_dashboard": cfg.include_dashboard,
         "dashboard_host": cfg.dashboard_host,
         "runtime_env": env,
+        # Workers' prints (raylm's rank-0 progress lines) reach this console through it.
         "log_to_driver": True,
+        **quiet,
     }
     if cfg.object_store_memory_mb:
         kw["object_store_memory"] = cfg.object_store_memory_mb * 1024 * 1024
@@ -46,6 +52,8 @@ def connect(cfg: ClusterConfig, address: str | None = None) -> Iterator[None]:
     """Start or join Ray for the duration of a command; reuse one already initialised."""
     import ray
 
+    from raylm._cli import route_library_logs
+
     if ray.is_initialized():
         yield
         return
@@ -54,10 +62,19 @@ def connect(cfg: ClusterConfig, address: str | None = None) -> Iterator[None]:
     log.info("ray: %s", f"joining {kw['address']}" if "address" in kw else f"embedded, {kw['num_cpus']} CPUs")
     ray.init(**kw)
     _quiet_data()
+    route_library_logs()  # ray.data set up its own console handler on import
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _quiet_logging() -> object:
+    """Ray's Python loggers in every task and actor of the job at WARNING: their INFO chatter
+    (Ray Data's "execution finished", ...) stays in Ray's session logs; `--verbose` keeps it."""
+    import ray
+
+    return ray.LoggingConfig(log_level="WARNING")
 
 
 def _quiet_data() -> None:

@@ -9,7 +9,8 @@ _EXPORTS = {
     "load_manifest": "raylm.datasets.prepare", "prepare": "raylm.datasets.prepare",
     "read_corpus": "raylm.datasets.sources", "plan_units": "raylm.datasets.sources",
     "bucket_batches": "raylm.datasets.bucketing", "bucket_dict_batches": "raylm.datasets.bucketing",
-    "padding_fraction": "raylm.datasets.bucketing", "read_rejects": "raylm.datasets.clean",
+    "padding_fraction": "raylm.datasets.bucketing", "length_grouped": "raylm.datasets.bucketing",
+    "read_rejects": "raylm.datasets.clean",
     "print_rejects": "raylm.datasets.report",
 }
 __all__ = sorted(_EXPORTS)

@@ -40,6 +40,13 @@ class DataConfig(BaseModel):
     )
     text_field: str = Field("text", description="Text field (JSONL key, dotted for nested; column).")
     label_field: str | None = Field(None, description="Label column for classification.")
+    validation_text_field: str | None = Field(
+        None, description="Text field of the `validation_source` files when they name it otherwise "
+        "(e.g. 'content' where the training files say 'sentence'). Unset: `text_field`.",
+    )
+    validation_label_field: str | None = Field(
+        None, description="Label column of the `validation_source` files. Unset: `label_field`.",
+    )
     labels: list[str] | None = Field(
         None, description="Classification label names in id order; unset: labels are integers."
     )
@@ -87,6 +94,33 @@ class DataConfig(BaseModel):
     shuffle_buffer_rows: int = Field(
         0, ge=0, description="Local shuffle buffer when streaming into training (0: block order only)."
     )
+    sharding: Literal["auto", "split", "stride"] = Field(
+        "auto", description="How workers share the train split. split: Ray Data splits it, each row read "
+        "once, by one worker; a resume needs the same worker count. stride: every worker reads the split "
+        "in one global order and takes every N-th micro-batch; the position counts global batches, so a "
+        "run resumes exactly with another worker count (N x the reads). auto: stride for elastic "
+        "trainer.num_workers ([min, max]), else split.",
+    )
+    group_by_length: bool | Literal["auto"] = Field(
+        "auto",
+        description="Length-grouped training batches: read `length_group_batches` micro-batches of rows "
+        "at a time, sort them by length, cut them into micro-batches and yield those in a seeded random "
+        "order (HF `group_by_length`, fairseq's bucket iterator), so per-batch padding stays small. "
+        "'auto': on for tasks whose examples vary in length (sequence-classification), off for packed "
+        "LM blocks (all one length).",
+    )
+    length_group_batches: int = Field(
+        50, ge=1,
+        description="Micro-batches per length-grouping window: a larger window gives closer lengths "
+        "within a batch (less padding) but less random batch composition.",
+    )
+
+    def for_validation(self) -> "DataConfig":
+        """This config as the reader of `validation_source` files sees it: their own column names."""
+        return self.model_copy(update={
+            "text_field": self.validation_text_field or self.text_field,
+            "label_field": self.validation_label_field or self.label_field,
+        })
 
     @model_validator(mode="after")
     def _check_lengths(self) -> "DataConfig":

@@ -38,7 +38,9 @@ from raylm.datasets.sources import BadRowError, Unit, check_row, plan_units, rea
 from raylm.errors import UserError
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 3  # 3: train/validation split by document text (was: by row id)
+# 3: train/validation split by document text (was: by row id)
+# 4: classification ids unpadded, each example at its true length (was: padded as tokenizer.json said)
+SCHEMA_VERSION = 4
 SPLITS = ("train", "validation")
 PROGRESS = "_progress"
 COUNTS = ("rows", "docs", "chars", "tokens_in", "tokens_out", "dropped")
@@ -158,31 +160,37 @@ class UnitWorker:
                  validation_files: list[str] | None = None) -> None:
         self.cfg, self.out_dir, self.task = cfg, out_dir, task
         self.validation_files = set(validation_files or [])
-        self.backend, self.eos = toks.load_backend(tokenizer_dir)
+        self.backend, self.eos = toks.load_backend(tokenizer_dir)  # without tokenizer.json's padding/truncation
         self.dedup = ShardedDedup(dedup) if dedup else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         stats = [self.process(Unit(**d)) for d in batch.column("unit").to_pylist()]
         return pa.Table.from_pylist(stats, schema=UNIT_STATS)
 
+    def role(self, unit: Unit) -> str:
+        """'validation' for a data.validation_source file, else 'train'."""
+        return "validation" if unit.uri in self.validation_files else "train"
+
     def process(self, unit: Unit) -> dict:
         key, t0 = unit.key, time.time()
+        role = self.role(unit)
+        cfg = self.cfg.for_validation() if role == "validation" else self.cfg  # its own column names
         for old in glob.glob(os.path.join(self.out_dir, "*", f"{key}-*.parquet")):
             os.remove(old)  # an interrupted attempt's shards: this attempt rewrites them all
         rejects = RejectsWriter(os.path.join(self.out_dir, "rejects"), key)
         writers = {s: SplitWriter(self.out_dir, s, key, self.cfg, self.task, self.eos) for s in SPLITS}
         seen: set[int] = set()
         claimed: list[np.ndarray] = []
-        rows_in = 0
-        for rows in _batched(read_unit(unit, self.cfg), self.cfg.tokenize_batch_size):
+        rows_in, notes = 0, []
+        for rows in _batched(read_unit(unit, cfg, notes), cfg.tokenize_batch_size):
             rows_in += len(rows)
-            kept, hashes = self._clean(rows, seen, int(key, 16) >> 1)
+            kept, hashes = self._clean(rows, seen, int(key, 16) >> 1, cfg)
             claimed.append(hashes)
             rejects.add([r for r in rows if r["reject"]])
             self._tokenize(kept, writers)
         rejects.close()
         splits = {s: w.close() for s, w in writers.items()}
-        marker = {"unit": unit.to_dict(), "rows_in": rows_in, "rejected": rejects.counts,
+        marker = {"unit": unit.to_dict(), "role": role, "notes": notes, "rows_in": rows_in, "rejected": rejects.counts,
                   "max_label": max(w.max_label for w in writers.values()), "splits": splits}
         pdir = os.path.join(self.out_dir, PROGRESS)
         np.save(os.path.join(pdir, f"{key}.hashes.npy"), np.concatenate(claimed) if claimed else np.empty(0, np.int64))
@@ -191,9 +199,9 @@ class UnitWorker:
                 "rows_kept": sum(s["docs"] for s in splits.values()),
                 "tokens_out": sum(s["tokens_out"] for s in splits.values()), "seconds": time.time() - t0}
 
-    def _clean(self, rows: list[dict], seen: set[int], owner: int) -> tuple[list[dict], np.ndarray]:
+    def _clean(self, rows: list[dict], seen: set[int], owner: int, cfg: DataConfig) -> tuple[list[dict], np.ndarray]:
         """Normalise and filter in place (setting `reject`); returns kept rows and their hashes."""
-        cfg, classify = self.cfg, self.task == "sequence-classification"
+        classify = self.task == "sequence-classification"
         for r in rows:
             check_row(r, cfg)
             if r["reject"]:
@@ -311,9 +319,10 @@ def ensure_tokenizer(cfg: DataConfig, task: str, source: str) -> str:
 # ---------------------------------------------------------------- driver
 
 
-# Knobs that change how fast, not what: a change keeps the prepared shards.
+# Knobs that change how fast prepare runs or how training reads the shards, not what the shards
+# hold: a change keeps the prepared shards.
 _SPEED_KNOBS = {"tokenize_batch_size", "tokenize_actors", "shuffle_buffer_rows", "seed", "dedup_shards",
-                "unit_bytes", "progress_seconds"}
+                "unit_bytes", "progress_seconds", "group_by_length", "length_group_batches"}
 
 
 def _fingerprint_inputs(cfg: DataConfig, task: str, tok_fp: str, files: list[tuple[str, int]]) -> str:
@@ -473,6 +482,39 @@ def _remove_orphans(out: Path, markers: list[dict]) -> None:
             os.remove(path)
 
 
+def _sum_counts(counts: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for c in counts:
+        for reason, n in c.items():
+            total[reason] = total.get(reason, 0) + n
+    return dict(sorted(total.items()))
+
+
+def _input_ledgers(markers: list[dict]) -> dict[str, dict]:
+    """rows in = kept + rejected, for each input role (train files, validation files)."""
+    out: dict[str, dict] = {}
+    for role in sorted({m.get("role", "train") for m in markers}):
+        ms = [m for m in markers if m.get("role", "train") == role]
+        rejected = _sum_counts(m["rejected"] for m in ms)
+        out[role] = {"rows_in": sum(m["rows_in"] for m in ms), "rows_rejected": sum(rejected.values()),
+                     "rejected": rejected}
+        out[role]["rows_kept"] = out[role]["rows_in"] - out[role]["rows_rejected"]
+    return out
+
+
+def _empty_validation(cfg: DataConfig, ledger: dict | None, notes: list[str]) -> UserError:
+    """data.validation_source was asked for and gave no document: say why, and what to set."""
+    ledger = ledger or {"rows_in": 0, "rejected": {}}
+    problems = [f"data.validation_source='{cfg.validation_source}': the validation split is empty "
+                f"({ledger['rows_in']} rows read, none kept; rejected: {ledger['rejected'] or 'none'})", *notes]
+    if any(r in ledger["rejected"] for r in ("missing_column", "missing_text", "bad_label")):
+        hint = ("name the validation files' own columns: data.validation_text_field=... "
+                "(and data.validation_label_field=...)")
+    else:
+        hint = f"check the files, or see {cfg.prepared_dir}/rejects/ (`raylm rejects CONFIG`)"
+    return UserError(problems, hint=hint)
+
+
 def _manifest(cfg: DataConfig, task: str, tok_dir: str, tok_fp: str, inputs_fp: str, markers: list[dict]) -> dict:
     tok = toks.load_tokenizer(tok_dir)
     splits: dict[str, Any] = {}
@@ -480,15 +522,17 @@ def _manifest(cfg: DataConfig, task: str, tok_dir: str, tok_fp: str, inputs_fp: 
         parts = [m["splits"][split] for m in markers]
         splits[split] = {"files": [f for p in parts for f in p["files"]],
                          **{k: sum(p[k] for p in parts) for k in COUNTS}}
-    rejected: dict[str, int] = {}
-    for m in markers:
-        for reason, n in m["rejected"].items():
-            rejected[reason] = rejected.get(reason, 0) + n
+    inputs = _input_ledgers(markers)
+    rejected = _sum_counts(ledger["rejected"] for ledger in inputs.values())
     rows_in = sum(m["rows_in"] for m in markers)
     kept = sum(splits[s]["docs"] for s in SPLITS)
+    notes = [n for m in markers for n in m.get("notes", [])]
     if kept == 0:
-        raise UserError(f"the corpus is empty: no document in '{cfg.source}' survived cleaning "
-                        f"(rejected: {rejected or 'none'})", hint=f"see {cfg.prepared_dir}/rejects/")
+        raise UserError([f"the corpus is empty: no document in '{cfg.source}' survived cleaning "
+                         f"(rejected: {rejected or 'none'})", *notes], hint=f"see {cfg.prepared_dir}/rejects/")
+    if cfg.validation_source and splits["validation"]["docs"] == 0:
+        raise _empty_validation(cfg, inputs.get("validation"), [n for m in markers if m.get("role") == "validation"
+                                                               for n in m.get("notes", [])])
     if splits["train"]["rows"] == 0:
         raise UserError(f"no training rows: the corpus is smaller than one block of {cfg.block_size} tokens",
                         hint="add text or lower data.block_size")
@@ -505,6 +549,9 @@ def _manifest(cfg: DataConfig, task: str, tok_dir: str, tok_fp: str, inputs_fp: 
         # The ledger: every row read is either kept or rejected under a reason.
         "rows_in": rows_in, "rows_kept": kept, "rows_rejected": sum(rejected.values()),
         "ledger_balanced": rows_in == kept + sum(rejected.values()), "rejected": dict(sorted(rejected.items())),
+        # The same ledger per input (data.source as 'train', data.validation_source as 'validation')
+        # and what is wrong with whole files (a missing column, an unreadable file).
+        "inputs": inputs, "notes": notes,
         "units": len(markers), "splits": splits,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -7,11 +7,28 @@ def print_manifest(m: dict, prepared_dir: str) -> None:
     balanced = "balanced" if m.get("ledger_balanced", True) else "NOT BALANCED"
     print(f"[raylm] prepared {prepared_dir} in {m.get('seconds', 0):.1f}s: rows in {m['rows_in']} = "
           f"kept {m['rows_kept']} + rejected {m['rows_rejected']} ({balanced}) {m['rejected'] or ''}")
+    inputs = m.get("inputs") or {}
+    if len(inputs) > 1:  # data.validation_source: each input's own ledger
+        for role, ledger in inputs.items():
+            name = "data.source" if role == "train" else "data.validation_source"
+            print(f"[raylm]   {name}: rows in {ledger['rows_in']} = kept {ledger['rows_kept']} + "
+                  f"rejected {ledger['rows_rejected']} {ledger['rejected'] or ''}")
+    for note in m.get("notes") or []:
+        print(f"[raylm]   warning: {note}")
     for split, s in m["splits"].items():
         print(f"[raylm]   {split}: {s['rows']} rows, {s['tokens_out']:,} tokens in {len(s['files'])} shards "
-              f"({s['docs']} documents, {s['dropped']} tokens dropped)")
+              f"({s['docs']} documents{_loss_note(m, s)})")
     if m["rows_rejected"]:
         print(f"[raylm]   rejected rows: {prepared_dir}/rejects/*.parquet (row_id, source, reason, text)")
+
+
+def _loss_note(m: dict, s: dict) -> str:
+    """What packing or truncation cut, in the words of the task: only when something was cut."""
+    if not s["dropped"]:
+        return ""
+    if m.get("task") == "sequence-classification":
+        return f", {s['dropped']:,} tokens truncated at data.max_length={m.get('max_length')}"
+    return f", {s['dropped']:,} tail tokens dropped (the last partial block of {m.get('block_size')})"
 
 
 def format_rejects(rows: list[dict], width: int = 100) -> list[str]:

@@ -191,10 +191,14 @@ def _sniff(first: bytes, unit: Unit) -> str | None:
     return None
 
 
-def read_unit(unit: Unit, cfg: DataConfig) -> Iterator[dict]:
-    """Stream the rows of one unit. File-level problems give one row with the reason, at line 1."""
+def read_unit(unit: Unit, cfg: DataConfig, notes: list[str] | None = None) -> Iterator[dict]:
+    """Stream the rows of one unit. Every record of the file is one row, whatever is wrong with
+    it (a missing column rejects each record). A file that cannot be read at all gives one row
+    with the reason, at line 1: its records cannot be counted. File-level problems are appended
+    to `notes` as readable lines (the manifest shows them)."""
+    notes = [] if notes is None else notes
     if unit.fmt == "parquet":
-        yield from _read_parquet(unit, cfg)
+        yield from _read_parquet(unit, cfg, notes)
         return
     line = unit.first_line
     try:
@@ -202,18 +206,28 @@ def read_unit(unit: Unit, cfg: DataConfig) -> Iterator[dict]:
         with f:
             first = f.read(_CHUNK)
             if unit.start == 0 and _sniff(first, unit):
+                notes.append(_uncounted(unit, f"its content is {_sniff(first, unit)}, not {unit.fmt}", 1))
                 yield _row("", unit, 1, reject="wrong_format")
                 return
             reader = _read_delimited if unit.fmt in ("csv", "tsv") else _read_lines
-            for row in reader(unit, first, f, cfg):
+            for row in reader(unit, first, f, cfg, notes):
                 line = row["row_id"].rsplit(":", 1)[1]
                 yield row
-    except (FileNotFoundError, PermissionError):
+    except (FileNotFoundError, PermissionError) as err:
+        notes.append(_uncounted(unit, f"cannot read it ({type(err).__name__})", line))
         yield _row("", unit, line, reject="unreadable")
     except Exception as err:  # noqa: BLE001 - corrupt or truncated compressed data, I/O errors
         if isinstance(err, BadRowError):
             raise
-        yield _row("", unit, line, reject="wrong_format" if _is_format_error(err) else "unreadable")
+        reason = "wrong_format" if _is_format_error(err) else "unreadable"
+        notes.append(_uncounted(unit, f"{describe(reason, cfg)} ({type(err).__name__}: {err})", line))
+        yield _row("", unit, line, reject=reason)
+
+
+def _uncounted(unit: Unit, what: str, line: int | str) -> str:
+    """The note for records that cannot be counted: one ledger row stands for all of them."""
+    where = "the file's records" if str(line) in ("1", "#0") else f"its records from line {line} on"
+    return f"{unit.uri}: {what}; {where} cannot be counted (one row in the ledger stands for them)"
 
 
 def _is_format_error(err: BaseException) -> bool:
@@ -242,7 +256,7 @@ def _decode(raw: bytes | None) -> tuple[str, str]:
         return "", "invalid_utf8"
 
 
-def _read_lines(unit: Unit, first: bytes, f, cfg: DataConfig) -> Iterator[dict]:
+def _read_lines(unit: Unit, first: bytes, f, cfg: DataConfig, notes: list[str]) -> Iterator[dict]:
     limit, end = cfg.max_line_bytes, unit.end if unit.end >= 0 else float("inf")
     lines = _owned_lines(unit, first, f, limit)
     if unit.fmt == "jsonl":
@@ -251,7 +265,8 @@ def _read_lines(unit: Unit, first: bytes, f, cfg: DataConfig) -> Iterator[dict]:
                 return
             if raw is not None and not raw.strip():
                 continue
-            yield _json_row(unit, no, raw, cfg)
+            row = _json_row(unit, no, raw, cfg, notes)
+            yield row
     elif cfg.text_split == "line":
         for no, off, raw in lines:
             if off >= end:
@@ -263,7 +278,7 @@ def _read_lines(unit: Unit, first: bytes, f, cfg: DataConfig) -> Iterator[dict]:
         yield from _paragraphs(unit, lines, end, limit, whole_file=cfg.text_split == "file")
 
 
-def _json_row(unit: Unit, no: int, raw: bytes | None, cfg: DataConfig) -> dict:
+def _json_row(unit: Unit, no: int, raw: bytes | None, cfg: DataConfig, notes: list[str]) -> dict:
     text, reject = _decode(raw)
     if reject:
         return _row("", unit, no, reject=reject)
@@ -272,7 +287,12 @@ def _json_row(unit: Unit, no: int, raw: bytes | None, cfg: DataConfig) -> dict:
     except ValueError:
         return _row("", unit, no, reject="malformed_json")
     label = _get(obj, cfg.label_field) if cfg.label_field else None
-    return _row(_get(obj, cfg.text_field), unit, no, label=label)
+    value = _get(obj, cfg.text_field)
+    if value is None and not any(n.startswith(f"{unit.uri}:") and "no field" in n for n in notes):
+        # Once per unit: which keys the records do have is what a user needs to fix the config.
+        keys = ", ".join(obj) if isinstance(obj, dict) else type(obj).__name__
+        notes.append(f"{unit.uri}:{no}: no field '{cfg.text_field}' (the record has: {keys})")
+    return _row(value, unit, no, label=label)
 
 
 def _get(obj: Any, dotted: str) -> Any:
@@ -328,7 +348,7 @@ def _after_blank(unit: Unit) -> bool:
     return not (before[cut + 1:] + after[:nl]).strip()
 
 
-def _read_delimited(unit: Unit, first: bytes, f, cfg: DataConfig) -> Iterator[dict]:
+def _read_delimited(unit: Unit, first: bytes, f, cfg: DataConfig, notes: list[str]) -> Iterator[dict]:
     csv.field_size_limit(cfg.max_line_bytes)
     text = io.TextIOWrapper(io.BufferedReader(_Joined(first, f)), encoding="utf-8", errors="surrogateescape", newline="")
     reader = csv.reader(text, delimiter="\t" if unit.fmt == "tsv" else ",")
@@ -337,10 +357,10 @@ def _read_delimited(unit: Unit, first: bytes, f, cfg: DataConfig) -> Iterator[di
     except (StopIteration, csv.Error):
         yield _row("", unit, 1, reject="empty")
         return
-    if cfg.text_field not in header:
-        yield _row("", unit, 1, reject="missing_column")
-        return
-    ti = header.index(cfg.text_field)
+    _note_missing_columns(unit, header, cfg, notes)
+    # Without the text column every record is still read, and rejected one by one: the ledger
+    # counts every row of the file.
+    ti = header.index(cfg.text_field) if cfg.text_field in header else None
     li = header.index(cfg.label_field) if cfg.label_field in header else None
     line = reader.line_num + 1
     while True:
@@ -356,7 +376,16 @@ def _read_delimited(unit: Unit, first: bytes, f, cfg: DataConfig) -> Iterator[di
         line = reader.line_num + 1
 
 
-def _delimited_row(unit: Unit, line: int, rec: list[str], ti: int, li: int | None) -> dict:
+def _note_missing_columns(unit: Unit, columns: list[str], cfg: DataConfig, notes: list[str]) -> None:
+    missing = [c for c in (cfg.text_field, cfg.label_field) if c and c not in columns]
+    if missing:
+        names = " and ".join(f"'{c}'" for c in missing)
+        notes.append(f"{unit.uri}: no column {names} (its columns: {', '.join(columns) or 'none'})")
+
+
+def _delimited_row(unit: Unit, line: int, rec: list[str], ti: int | None, li: int | None) -> dict:
+    if ti is None:
+        return _row("", unit, line, reject="missing_column")
     value = rec[ti] if ti < len(rec) else None
     label = rec[li] if li is not None and li < len(rec) else None
     if value is not None and (_SURROGATE.search(value) or (label and _SURROGATE.search(label))):
@@ -380,23 +409,29 @@ class _Joined(io.RawIOBase):
         return len(data)
 
 
-def _read_parquet(unit: Unit, cfg: DataConfig) -> Iterator[dict]:
+def _read_parquet(unit: Unit, cfg: DataConfig, notes: list[str]) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(_fs.open_input(unit.uri))
     except (OSError, pa.ArrowException) as err:
-        yield _row("", unit, "#0", reject="unreadable" if isinstance(err, PermissionError) else "wrong_format")
+        reason = "unreadable" if isinstance(err, PermissionError) else "wrong_format"
+        notes.append(_uncounted(unit, describe(reason, cfg), "#0"))
+        yield _row("", unit, "#0", reject=reason)
         return
+    if unit.start == 0:  # once per file, not once per run of row groups
+        _note_missing_columns(unit, pf.schema_arrow.names, cfg, notes)
+    index = unit.first_line if unit.end >= 0 else 0
+    groups = range(unit.start, unit.end) if unit.end >= 0 else range(pf.metadata.num_row_groups)
     if cfg.text_field not in pf.schema_arrow.names:
-        if unit.start == 0:  # once per file, not once per run of row groups
-            yield _row("", unit, "#0", reject="missing_column")
+        # The footer counts the records: each one is a missing_column row of the ledger.
+        for _ in range(sum(pf.metadata.row_group(g).num_rows for g in groups)):
+            yield _row("", unit, f"#{index}", reject="missing_column")
+            index += 1
         return
     cols = [cfg.text_field] + ([cfg.label_field] if cfg.label_field in pf.schema_arrow.names else [])
     # Record index across the whole file: row ids do not depend on batch, row group or unit.
-    index = unit.first_line if unit.end >= 0 else 0
-    groups = range(unit.start, unit.end) if unit.end >= 0 else None
-    for batch in pf.iter_batches(batch_size=4096, columns=cols, row_groups=groups):
+    for batch in pf.iter_batches(batch_size=4096, columns=cols, row_groups=list(groups)):
         texts = batch.column(0).to_pylist()
         labels = batch.column(1).to_pylist() if len(cols) > 1 else [None] * len(texts)
         for t, lab in zip(texts, labels):

@@ -8,12 +8,25 @@ function of the block sequence, not of timing; `equal=True` trims every split to
 row count. We checked it empirically too (consumers at different speeds, started at different
 times: the same rows per split every run). With a seeded local shuffle on top, worker r's
 micro-batch k of epoch e is the same on every run, so skipping the k consumed ones is exact.
+
+With `data.sharding: stride` every worker reads the split in that same global order instead and
+takes every world-th micro-batch; the position counts global batches, so a run can resume with
+another worker count (see raylm.datasets.sharding).
+
+Classification rows vary in length: the stream groups them by length (windows of
+`data.length_group_batches` micro-batches, sorted, cut, yielded in a seeded random order; issue 15)
+so that padding each batch to its longest row wastes little. Each window is grouped with its own
+seeded rng, so the grouped stream is as repeatable as the plain one.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
+
+from raylm.datasets.bucketing import length_grouped
+from raylm.datasets.sharding import stride_share
 
 
 def open_split(prepared_dir: str, split: str, manifest: dict):
@@ -31,30 +44,85 @@ def open_split(prepared_dir: str, split: str, manifest: dict):
     return ds
 
 
+# Tasks whose examples vary in length: their batches are length-grouped under group_by_length="auto".
+# Token-level tasks (NER, extractive QA) belong here when they land; packed LM blocks do not.
+GROUPED_TASKS = frozenset({"sequence-classification"})
+
+
+def grouping_mode(group_by_length: bool | Literal["auto"], task: str | None) -> bool | None:
+    """True: length-group every window; False: plain batches; None (auto with an unknown task):
+    group the windows whose rows vary in length, cut the others in stream order."""
+    if group_by_length != "auto":
+        return bool(group_by_length)
+    return None if task is None else task in GROUPED_TASKS
+
+
+def _shuffle_kw(buffer_rows: int, seed: int, epoch: int) -> dict[str, Any]:
+    if not buffer_rows:
+        return {}
+    return {"local_shuffle_buffer_size": buffer_rows, "local_shuffle_seed": seed * 10_007 + epoch}
+
+
 def epoch_batches(shard: Any, batch_size: int, epoch: int, seed: int, skip: int, buffer_rows: int,
                   collate: Callable[[dict], Any]) -> Iterator[Any]:
     """Micro-batches of one epoch for this worker, after skipping `skip` already consumed ones."""
-    kw: dict[str, Any] = {}
-    if buffer_rows:
-        kw = {"local_shuffle_buffer_size": buffer_rows, "local_shuffle_seed": seed * 10_007 + epoch}
-    it = shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True, prefetch_batches=2, **kw)
+    it = shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True, prefetch_batches=2,
+                            **_shuffle_kw(buffer_rows, seed, epoch))
     for i, batch in enumerate(it):
         if i >= skip:
             yield collate(batch)
 
 
+def grouped_epoch_batches(shard: Any, batch_size: int, epoch: int, seed: int, skip: int, buffer_rows: int,
+                          window_batches: int, varied_only: bool = False) -> Iterator[dict]:
+    """Length-grouped micro-batches of one epoch (see `bucketing.length_grouped`), after skipping `skip`.
+
+    The shard's rows (locally shuffled as `epoch_batches` does), read `window_batches` batches at a
+    time; as many batches as `epoch_batches` (rows // batch_size, drop_last), so ranks stay equal.
+    """
+    windows = shard.iter_batches(batch_size=batch_size * window_batches, batch_format="numpy",
+                                 drop_last=False, prefetch_batches=1, **_shuffle_kw(buffer_rows, seed, epoch))
+    batches = length_grouped(windows, batch_size, (seed % 2**63, epoch), varied_only=varied_only)
+    return itertools.islice(batches, skip, None)
+
+
 class TrainStream:
-    """Micro-batches for one worker across epochs, with its position (epoch, batches_in_epoch)."""
+    """Micro-batches for one worker across epochs, with its position (epoch, position).
+
+    `sharding` (see raylm.datasets.sharding): "split" reads this worker's part of the split and
+    `position` counts this worker's batches; "stride" reads the whole split in the global order,
+    takes every `world`-th batch from `rank`, and `position` counts *global* batches, so it holds
+    at any worker count. `task`, `group_by_length`, `length_group_batches`: see DataConfig;
+    without a task, "auto" groups the windows whose rows vary in length (classification) and
+    leaves packed blocks as they are.
+    """
 
     def __init__(self, shard: Any, batch_size: int, seed: int, buffer_rows: int,
-                 collate: Callable[[dict, int], Any], epoch: int = 0, position: int = 0) -> None:
+                 collate: Callable[[dict, int], Any], epoch: int = 0, position: int = 0, *,
+                 task: str | None = None, group_by_length: bool | Literal["auto"] = "auto",
+                 length_group_batches: int = 50, sharding: str = "split", world: int = 1, rank: int = 0) -> None:
         self.shard, self.batch_size, self.seed, self.buffer_rows = shard, batch_size, seed, buffer_rows
         self.collate, self.epoch, self.position = collate, epoch, position
+        self.group, self.window_batches = grouping_mode(group_by_length, task), length_group_batches
+        self.stride, self.world, self.rank = sharding == "stride", world, rank
         self._it = self._open(position)
 
     def _open(self, skip: int) -> Iterator[Any]:
-        return epoch_batches(self.shard, self.batch_size, self.epoch, self.seed, skip, self.buffer_rows,
-                             lambda b: b)
+        local_skip = 0 if self.stride else skip  # stride: every batch of the global order, skipped below
+        if self.group is False:
+            it = epoch_batches(self.shard, self.batch_size, self.epoch, self.seed, local_skip, self.buffer_rows,
+                               lambda b: b)
+        else:
+            it = grouped_epoch_batches(self.shard, self.batch_size, self.epoch, self.seed, local_skip,
+                                       self.buffer_rows, self.window_batches, varied_only=self.group is None)
+        return stride_share(it, self.world, self.rank, skip) if self.stride else it
+
+    def _seed(self) -> int:
+        """A seed per sample position (masking etc. is the same after a resume): per worker batch in a
+        split, per global batch in a stride (the same at any worker count)."""
+        if self.stride:
+            return hash((self.seed, self.epoch, self.position + self.rank)) & 0x7FFFFFFF
+        return (hash((self.seed, self.epoch, self.position)) & 0x7FFFFFFF) * 31 + self.rank
 
     def next(self) -> Any:
         """The next micro-batch; rolls over to the next epoch (same seed, new order) at the end."""
@@ -66,9 +134,8 @@ class TrainStream:
             if raw is None:
                 raise ValueError(f"no training batch: the train split is smaller than one micro-batch "
                                  f"({self.batch_size} rows) per worker")
-        # A seed per sample position: masking etc. is the same after a resume.
-        batch = self.collate(raw, hash((self.seed, self.epoch, self.position)) & 0x7FFFFFFF)
-        self.position += 1
+        batch = self.collate(raw, self._seed())
+        self.position += self.world if self.stride else 1
         return batch
 
 

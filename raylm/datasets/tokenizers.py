@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from raylm.errors import UserError
 
@@ -54,15 +55,20 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
-def load_backend(path: str | Path):
-    """(tokenizers.Tokenizer, eos id) straight from tokenizer.json: workers skip importing
-    transformers (seconds per actor) since they only encode."""
+def load_backend(path: str | Path) -> tuple[Any, int | None]:
+    """(tokenizers.Tokenizer, eos id) straight from tokenizer.json, encoding without padding or
+    truncation: workers skip importing transformers (seconds per actor) since they only encode."""
     import json
 
     from tokenizers import Tokenizer
 
     p = Path(path)
     tok = Tokenizer.from_file(str(p / "tokenizer.json"))
+    # tokenizer.json may carry its own padding/truncation (all-MiniLM-L6-v2's pads every text to 128):
+    # shards must hold each example at its true length, raylm truncates (data.max_length) and pads
+    # per batch itself. Padded shards made 79% of SST-2 compute padding (issue 15).
+    tok.no_padding()
+    tok.no_truncation()
     eos = None
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         f = p / name

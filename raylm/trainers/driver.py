@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from typing import Any
 
 from raylm.config import RootConfig, save_config
@@ -21,6 +22,16 @@ def is_remote(path: str) -> bool:
 def storage_root(cfg: RootConfig, storage_path: str | None = None) -> str:
     path = storage_path or cfg.cluster.storage_path
     return path if is_remote(path) else os.path.abspath(path)
+
+
+def _train_logging() -> object:
+    """Ray Train's console at WARNING unless --verbose: "Reporting training result N" and
+    "Checkpoint successfully created" stay in Ray's session logs (logs/train/)."""
+    from ray.train import LoggingConfig
+
+    from raylm._cli import verbose
+
+    return LoggingConfig(log_level="INFO" if verbose() else "WARNING")
 
 
 def local_run_dir(cfg: RootConfig, name: str | None = None, storage_path: str | None = None) -> str:
@@ -94,6 +105,13 @@ def check_compatible(cfg: RootConfig, manifest: dict) -> None:
         raise UserError(problems)
 
 
+def sharding(cfg: RootConfig) -> str:
+    """`data.sharding` resolved: auto is stride for elastic worker counts."""
+    from raylm.datasets.sharding import resolve_sharding
+
+    return resolve_sharding(cfg.data.sharding, elastic=not isinstance(cfg.trainer.num_workers, int))
+
+
 def scaling_config(cfg: RootConfig) -> Any:
     import ray
     from ray.train import ScalingConfig
@@ -124,6 +142,9 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
                              **(loop_overrides or {}))
     metric, mode = best_checkpoint_rule(cfg)
     datasets = {s: open_split(cfg.data.prepared_dir, s, manifest) for s in ("train", "validation")}
+    # Workers evaluate on the first eval_batches x batch x workers rows only: read those once here, so
+    # that no worker starts a Ray Data execution of the whole split before its first step (start-up).
+    datasets["validation"] = datasets["validation"].limit(eval_rows(cfg)).materialize()
     train_mb = manifest["splits"]["train"].get("tokens_out", 0) * 4 / 2**20
     if train_mb <= cfg.data.materialize_max_mb:  # small corpus: skip the per-epoch re-read (~seconds each)
         datasets["train"] = datasets["train"].materialize()
@@ -141,9 +162,12 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep, checkpoint_score_attribute=metric,
                                                checkpoint_score_order=mode),
             callbacks=callbacks,
+            logging_config=_train_logging(),
         ),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"], execution_options={"train": ingest}),
+        # stride: every worker reads the whole split and takes its share itself (raylm.datasets.sharding)
+        dataset_config=DataConfig(datasets_to_split=["train"] if sharding(cfg) == "split" else [],
+                                  execution_options={"train": ingest}),
     )
 
 
@@ -154,7 +178,16 @@ def export_model(checkpoint_dir: str, tokenizer_dir: str | None, out_dir: str, d
     return export_checkpoint(checkpoint_dir, out_dir, tokenizer_dir, dtype)
 
 
-def train(cfg: RootConfig) -> dict:
+def eval_rows(cfg: RootConfig) -> int:
+    """Validation rows the workers read (see streaming.eval_batches): an upper bound when batch_size is auto."""
+    from raylm.trainers.autobatch import MAX_BATCH
+
+    t = cfg.trainer
+    workers = t.num_workers if isinstance(t.num_workers, int) else max(t.num_workers)
+    return t.eval_batches * (t.batch_size if isinstance(t.batch_size, int) else MAX_BATCH) * workers
+
+
+def train(cfg: RootConfig, started_at: float | None = None) -> dict:
     """Fit (resuming the run of the same name if it has checkpoints), export, summarise."""
     from raylm.datasets.prepare import load_manifest, prepare
 
@@ -163,7 +196,8 @@ def train(cfg: RootConfig) -> dict:
     run_dir = local_run_dir(cfg)
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.yaml"))
-    trainer = build_trainer(cfg, manifest=manifest)
+    # started_at: when the command started (the CLI's process), for the start-up time the loop reports.
+    trainer = build_trainer(cfg, manifest=manifest, loop_overrides={"started_at": started_at or time.time()})
     result = trainer.fit()
     if result.error:
         raise result.error

@@ -23,6 +23,8 @@ def _load(auto_name: str, model_dir: str):
 
 def split_batches(prepared_dir: str, manifest: dict, split: str, batch_size: int, max_batches: int | None):
     """Batches of one split read straight from the shards (one file at a time)."""
+    if split not in manifest["splits"]:
+        raise UserError(f"{prepared_dir} has no split '{split}'", hint=f"choose one of: {', '.join(manifest['splits'])}")
     n = 0
     for f in manifest["splits"][split]["files"]:
         table = pq.read_table(os.path.join(prepared_dir, f["path"]))
@@ -45,12 +47,49 @@ def perplexity(model_dir: str, prepared_dir: str, manifest: dict, split: str = "
         n = ids.numel() - ids.shape[0]
         loss_sum, n_tok = loss_sum + out.loss.item() * n, n_tok + n
     if not n_tok:
-        raise UserError(f"split '{split}' of {prepared_dir} has no rows to evaluate")
+        raise UserError(f"split '{split}' of {prepared_dir} has no rows to evaluate",
+                        hint=_empty_split_hint(prepared_dir, manifest, split))
     loss = loss_sum / n_tok
     s = manifest["splits"][split]
     chars_per_token = s["chars"] / max(s["tokens_in"], 1)
     return {"split": split, "loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": n_tok,
             "nats_per_char": loss / chars_per_token, "chars_per_token": chars_per_token}
+
+
+def _empty_split_hint(prepared_dir: str, manifest: dict, split: str) -> str:
+    notes = manifest.get("notes") or []
+    why = f" ({notes[0]})" if notes else ""
+    return f"re-run `raylm prepare` and check its {split} split{why}; rejected rows: {prepared_dir}/rejects/"
+
+
+def confusion_counts(pred: torch.Tensor, labels: torch.Tensor, num_labels: int) -> np.ndarray:
+    """Counts of (true label, predicted label), flattened row-major: summed over batches (and
+    over ranks with an all-reduce) they are everything classification_metrics needs."""
+    idx = labels.long().flatten() * num_labels + pred.long().flatten()
+    return torch.bincount(idx.cpu(), minlength=num_labels * num_labels).numpy().astype(np.float64)
+
+
+def classification_metrics(confusion: np.ndarray | list[float]) -> dict[str, float | int | str]:
+    """Accuracy and F1 from summed confusion counts (see confusion_counts; K*K values).
+
+    F1 is the positive class's (label 1) for two classes and the macro average over the classes
+    otherwise: with more classes, "class 1 vs the rest" says little about the classifier. Classes
+    that occur neither as a label nor as a prediction are left out of the macro average.
+    """
+    c = np.asarray(confusion, dtype=np.float64)
+    k = int(round(math.sqrt(c.size)))
+    c = c.reshape(k, k)
+    total = c.sum()
+    tp = np.diag(c)
+    fp, fn = c.sum(axis=0) - tp, c.sum(axis=1) - tp
+    denom = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    if k <= 2:
+        value, average = float(f1[1]) if k == 2 else 0.0, "binary"
+    else:
+        value, average = float(f1[denom > 0].mean()) if (denom > 0).any() else 0.0, "macro"
+    return {"accuracy": float(tp.sum() / total) if total else 0.0, "f1": value, "f1_average": average,
+            "examples": int(total)}
 
 
 @torch.no_grad()
@@ -62,7 +101,8 @@ def classify(model_dir: str, prepared_dir: str, manifest: dict, split: str = "va
     model = _load("AutoModelForSequenceClassification", model_dir)
     # As in training: [CLS] ... [SEP] around the shard ids when the tokenizer defines them.
     meta = {"max_length": manifest.get("max_length"), **_special_ids(manifest.get("tokenizer_dir") or model_dir)}
-    correct = total = tp = fp = fn = 0
+    k = max(int(manifest.get("num_labels") or 0), int(model.config.num_labels))
+    confusion = np.zeros(k * k)
     for batch in split_batches(prepared_dir, manifest, split, batch_size, None):
         seqs, y = [with_special_tokens(s, meta) for s in batch["input_ids"]], torch.tensor(batch["label"])
         width = max(len(s) for s in seqs)
@@ -70,9 +110,12 @@ def classify(model_dir: str, prepared_dir: str, manifest: dict, split: str = "va
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
         pred = model(input_ids=ids, attention_mask=ids.ne(pad_id).long()).logits.argmax(-1)
-        correct, total = correct + int(pred.eq(y).sum()), total + len(y)
-        tp, fp, fn = tp + int(((pred == 1) & (y == 1)).sum()), fp + int(((pred == 1) & (y != 1)).sum()), fn + int(((pred != 1) & (y == 1)).sum())
-    return {"split": split, "accuracy": correct / max(total, 1), "f1": 2 * tp / max(2 * tp + fp + fn, 1), "examples": total}
+        confusion += confusion_counts(pred, y, k)
+    if not confusion.sum():
+        # An accuracy of 0.0 over nothing reads like a result; it is a missing split.
+        raise UserError(f"split '{split}' of {prepared_dir} has no examples to evaluate",
+                        hint=_empty_split_hint(prepared_dir, manifest, split))
+    return {"split": split, **classification_metrics(confusion)}
 
 
 @torch.no_grad()

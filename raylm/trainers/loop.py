@@ -22,10 +22,12 @@ import numpy as np
 import torch
 
 from raylm.config import RootConfig, validate
+from raylm.datasets.sharding import check_resume
 from raylm.datasets.streaming import TrainStream, eval_batches
 from raylm.trainers import checkpoint
 from raylm.trainers import state as ckpt
 from raylm.trainers.autobatch import resolve_batch_size
+from raylm.trainers.driver import sharding
 from raylm.trainers.hooks import SampleLog, check_nonfinite
 from raylm.trainers.kernels import apply_fused_kernels, loss_fn_for
 from raylm.trainers.metrics import device_peak_flops, non_embedding_params, peak_memory_mb
@@ -49,6 +51,7 @@ class LoopConfig:
     run_id: str
     sample_log: str | None = None  # per-rank sample-id ledger (tests, benchmarks)
     resume_from: str | None = None  # a checkpoint path to start from (a PBT exploit)
+    started_at: float | None = None  # when the command started (time.time()): start-up is reported from it
     checkpoint_hold_s: float = 0.0  # tests: hold each sharded checkpoint write open this long (a crash window)
 
     def to_dict(self) -> dict:
@@ -128,10 +131,11 @@ def setup(lc: LoopConfig) -> Run:
         opt = build_optimizer(model, t, device)
         sched = build_scheduler(opt, t)
         seed_everything(t.seed + 1 + rank)  # dropout etc. differ per rank
-        st, last_ckpt = ckpt.TrainState(), None
+        st, last_ckpt = ckpt.TrainState(world=world, sharding=sharding(cfg)), None
         if restored:
             st = checkpoint.restore(d, model, opt, sched, rank, weights_loaded=hf_weights is not None)
-            last_ckpt = restored.path
+            check_resume(st.sharding, st.world, sharding(cfg), world)
+            st.world, last_ckpt = world, restored.path
             if exploit:
                 apply_hyperparameters(opt, sched, t, st.step)
     sink = make_sink(cfg, lc, rank, resume_step=st.step)
@@ -142,16 +146,19 @@ def setup(lc: LoopConfig) -> Run:
                 f"{st.batches_in_epoch} batches into it)")
 
     def collate(raw: dict, seed: int) -> dict[str, torch.Tensor]:
-        return task.collate(raw, meta, seed * 31 + rank)
+        return task.collate(raw, meta, seed)
 
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     ctx = StepContext(model, opt, sched, scaler, loss_fn_for(task, fused), device, amp, t.grad_clip,
                       skip_nonfinite=t.nan_policy == "skip")
     # Validation batches are collated once (a fixed seed per batch: MLM masks are the same every eval).
     val_raw = eval_batches(ray.train.get_dataset_shard("validation"), batch_size, rank, world, t.eval_batches)
-    val = [to_batch(collate(raw, i), device) for i, raw in enumerate(val_raw)]
-    stream = TrainStream(ray.train.get_dataset_shard("train"), batch_size, cfg.data.seed,
-                         cfg.data.shuffle_buffer_rows, lambda raw, seed: (raw, seed), st.epoch, st.batches_in_epoch)
+    val = [to_batch(collate(raw, i * 31 + rank), device) for i, raw in enumerate(val_raw)]
+    d = cfg.data
+    stream = TrainStream(ray.train.get_dataset_shard("train"), batch_size, d.seed, d.shuffle_buffer_rows,
+                         lambda raw, seed: (raw, seed), st.epoch, st.batches_in_epoch, task=t.task,
+                         group_by_length=d.group_by_length, length_group_batches=d.length_group_batches,
+                         sharding=st.sharding, world=world, rank=rank)
     return Run(cfg, task, ctx, st, Feeder(stream, collate, device), val, sink,
                SampleLog(lc.sample_log or os.environ.get("RAYLM_SAMPLE_LOG"), rank, st.step),
                Progress(t.max_steps, st.step, cfg.tracking.progress_every_s, enabled=rank == 0),
@@ -224,8 +231,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         check_nonfinite(synced["first_bad_step"], synced["train_loss"], synced["grad_norm"], t.nan_policy, r.last_ckpt)
         metrics = window_metrics(window, synced, dt, r.feeder.wait_s - wait0, r, n_params, peak, train_s, st)
         window = Window(r.ctx.device)
-        if st.step == first_step and compile_enabled(t, r.ctx.device) and r.rank == 0:
-            say(f"[raylm] first step (compile included) took {dt:.1f}s")
+        if st.step == first_step:
+            metrics.update(first_step_metrics(lc, r, t0, dt))
         r.progress.update(st.step, metrics)
         r.sink.log(metrics, st.step)
         save_now = save_now or last
@@ -238,6 +245,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
             r.last_ckpt = os.path.join(lc.run_dir, saved) if saved else r.last_ckpt
     r.samples.close()
     r.sink.close()
+
+
+def first_step_metrics(lc: LoopConfig, r: Run, t0: float, dt: float) -> dict[str, float]:
+    """Start-up (command to the first step's start) and the first step's own time (compile included)."""
+    startup = time.time() - (time.perf_counter() - t0) - lc.started_at if lc.started_at else None
+    if r.rank == 0:
+        since = f"{startup:.1f}s after the command started; " if startup is not None else ""
+        say(f"[raylm] first step began {since}it took {dt:.1f}s"
+            f"{' (torch.compile included)' if compile_enabled(r.cfg.trainer, r.ctx.device) else ''}")
+    return {"first_step_s": dt, **({"startup_s": startup} if startup is not None else {})}
 
 
 def window_metrics(w: Window, synced: dict, dt: float, wait: float, r: Run, n_params: int, peak: float | None,

@@ -35,10 +35,10 @@ class Progress:
         self.last = now
         done = step - self.start - 1
         rate = done / max(now - self.t0, 1e-9)
-        eta = f"ETA {_fmt_s((self.total - step) / rate)}" if done > 0 and rate > 0 else "ETA --"
+        pace = f"{rate:.2f} steps/s | ETA {_fmt_s((self.total - step) / rate)}" if done > 0 and rate > 0 else "ETA --"
         mfu = f" | mfu {m['mfu'] * 100:.1f}%" if m.get("mfu") else ""
         say(f"[raylm] step {step}/{self.total} | loss {m['train_loss']:.4f} | lr {m['lr']:.2e} | "
-            f"{m['tokens_per_s']:,.0f} tok/s{mfu} | {rate:.2f} steps/s | {eta}")
+            f"{m['tokens_per_s']:,.0f} tok/s{mfu} | {pace}")
 
     def eval(self, step: int, m: dict[str, Any]) -> None:
         if self.enabled:

@@ -24,7 +24,9 @@ import torch
 class TrainState:
     step: int = 0
     epoch: int = 0
-    batches_in_epoch: int = 0  # micro-batches this worker consumed in `epoch`
+    batches_in_epoch: int = 0  # the stream's position in `epoch`: this worker's batches (split), global ones (stride)
+    world: int = 0  # the worker count that wrote it (0: before raylm recorded it)
+    sharding: str = "split"  # how the position counts (raylm.datasets.sharding)
     tokens_seen: int = 0
     best_metric: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -215,22 +215,7 @@ def evaluate(model: torch.nn.Module, eval_step: Callable[[torch.nn.Module, dict]
     val_loss = total[0] / max(total[1], 1)
     if not k:
         return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
-    return {"val_loss": val_loss, **{f"val_{m}": v for m, v in
-                                     classification_metrics(np.array(total[2:]).reshape(k, k)).items()}}
+    from raylm.trainers.evaluation import classification_metrics
 
-
-def classification_metrics(confusion: np.ndarray) -> dict[str, float]:
-    """Accuracy and F1 from a confusion matrix (rows: gold, columns: predicted). F1 is the positive
-    class's (label 1) for two classes, macro-F1 over the labels that occur (gold or predicted) otherwise,
-    as scikit-learn's `f1_score(average="binary"|"macro")`."""
-    confusion = np.asarray(confusion, dtype=np.float64)
-    total, tp = confusion.sum(), np.diag(confusion)
-    fp, fn = confusion.sum(0) - tp, confusion.sum(1) - tp
-    denom = 2 * tp + fp + fn
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    if len(tp) == 2:
-        f1_score = float(f1[1])
-    else:
-        present = (confusion.sum(0) + confusion.sum(1)) > 0
-        f1_score = float(f1[present].mean()) if present.any() else 0.0
-    return {"accuracy": float(tp.sum() / total) if total else 0.0, "f1": f1_score, "examples": float(total)}
+    scores = classification_metrics(total[2:])
+    return {"val_loss": val_loss, **{f"val_{m}": float(scores[m]) for m in ("accuracy", "f1", "examples")}}

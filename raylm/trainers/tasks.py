@@ -142,11 +142,13 @@ class SequenceClassification(Task):
 
     def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
         seqs = [with_special_tokens(s, meta) for s in batch["input_ids"]]
-        width = max(len(s) for s in seqs)  # pad per batch, not to max_length
+        width = max(len(s) for s in seqs)  # pad once per batch, to its longest example
         ids = torch.full((len(seqs), width), meta["pad_id"], dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": ids.ne(meta["pad_id"]).long(),
+            mask[i, : len(s)] = 1  # by length: a real token may share the pad id (GPT-style pad = EOS)
+        return {"input_ids": ids, "attention_mask": mask,
                 "labels": torch.from_numpy(batch["label"].astype(np.int64)),
                 "sample_id": torch.from_numpy(np.array(batch["sample_id"])), "_n": torch.tensor(len(seqs))}
 
@@ -156,10 +158,19 @@ class SequenceClassification(Task):
 
 
 def with_special_tokens(ids: np.ndarray, meta: dict) -> np.ndarray:
-    """[CLS] ids [SEP] for tokenizers that define them (BERT-style pretrained encoders read
-    the first position); shards hold ids without special tokens."""
+    """[CLS] ids [SEP] for tokenizers that define them (BERT-style pretrained encoders read the
+    first position), the ids truncated to max_length - 2; shards hold ids without special tokens.
+
+    Shards of prepare schema < 4 stored ids padded to the tokenizer's fixed length: trailing pad ids
+    are dropped first, so [SEP] follows the last real token (issue 15), not the padding.
+    """
+    body = np.asarray(ids)
+    pad = meta.get("pad_id")
+    if pad is not None and len(body) and body[-1] == pad:
+        real = np.flatnonzero(body != pad)
+        body = body[: real[-1] + 1 if len(real) else 1]
     cls_id, sep_id = meta.get("cls_id"), meta.get("sep_id")
     if cls_id is None or sep_id is None:
-        return ids
-    body = np.asarray(ids)[: max(1, (meta.get("max_length") or len(ids) + 2) - 2)]
+        return body
+    body = body[: max(1, (meta.get("max_length") or len(body) + 2) - 2)]
     return np.concatenate([[cls_id], body, [sep_id]])

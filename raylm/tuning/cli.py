@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 
 import typer
 
@@ -48,13 +46,17 @@ OVERRIDES = typer.Argument(None, help="Dotted overrides, e.g. tuning.num_samples
 ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded Ray).")
 
 
-def tune_cmd(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS) -> None:
+def tune_cmd(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS,
+             verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's messages on the console too.")) -> None:
     """Sweep hyperparameters with Ray Tune (the config's `tuning` section); rerun to resume."""
     from raylm.config import load_config
 
     cfg = load_config(config, overrides or [])
     check_before_ray(cfg, config)
-    _setup_logging()
+    from raylm._cli import setup_logging
+    from raylm.tuning.driver import sweep_paths
+
+    setup_logging(verbose, os.path.join(str(sweep_paths(cfg).sweep_dir), "ray.log"))
     code = main(cfg, address=address)
     if code:
         raise typer.Exit(code)
@@ -71,7 +73,7 @@ def check_before_ray(cfg: RootConfig, origin: str = "config") -> None:
         raise UserError(f"{origin}: no 'tuning' section to sweep", hint="see configs/tune-*.yaml")
     problems = space_problems(cfg.tuning, cfg.model_dump(mode="json"))
     hint = "see configs/tune-*.yaml for a valid search space" if problems else None
-    for check in (lambda: preflight(cfg), lambda: require_extra(cfg.tuning.searcher.type)):  # type: ignore[union-attr]
+    for check in (lambda: preflight(cfg, "tune"), lambda: require_extra(cfg.tuning.searcher.type)):  # type: ignore[union-attr]
         try:
             check()
         except UserError as err:
@@ -80,10 +82,3 @@ def check_before_ray(cfg: RootConfig, origin: str = "config") -> None:
     if problems:
         raise UserError(problems, hint=hint)
 
-
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="[raylm] %(message)s", stream=sys.stdout)
-    for name in ("ray.data", "ray.train", "filelock", "urllib3"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")

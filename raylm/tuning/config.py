@@ -61,6 +61,11 @@ class SchedulerConfig(BaseModel):
     perturbation_factors: tuple[float, float] = Field(
         (1.2, 0.8), description="PBT: continuous values are multiplied by one of these."
     )
+    synch: bool = Field(
+        False, description="PBT: wait for every trial to reach a perturbation point and decide for all "
+        "at once (slower trials pause the others). Unset: each trial decides on its own results, "
+        "against whatever the others reported so far; a trial that finished first is never a donor.",
+    )
 
 
 class SearcherConfig(BaseModel):

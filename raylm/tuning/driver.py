@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from collections.abc import Callable
@@ -117,6 +118,42 @@ def train_run_name(trial_id: str, resume_from: str | None) -> str:
     return f"{trial_id}-from-{hashlib.sha1(resume_from.encode()).hexdigest()[:8]}"
 
 
+def clone_run_name(trial_id: str, n: int) -> str:
+    """The Train run of a trial's n-th PBT exploit: a fresh run per exploit, so Train never
+    auto-resumes another clone's checkpoints; the same one when the clone is paused and resumed."""
+    return f"{trial_id}-exploit{n}"
+
+
+def _resume_point(config: dict[str, Any], paths: SweepPaths, trial_id: str) -> tuple[str | None, str]:
+    """(checkpoint to restore, Train run name) of a trial: a PBT clone restores the checkpoint
+    its exploit recorded (schedulers.EXPLOIT_KEY); any other trial resumes its own run by name."""
+    from ray import tune
+
+    from raylm.tuning.schedulers import EXPLOIT_KEY
+
+    exploit = config.get(EXPLOIT_KEY)
+    if exploit:
+        return exploit["checkpoint"], clone_run_name(trial_id, exploit["n"])
+    ckpt = tune.get_checkpoint()
+    resume_from = ckpt.path if ckpt is not None else None
+    # Tuner.restore of a trial resumes its own Train run by name; only a clone needs a path.
+    if _own_checkpoint(resume_from, paths.train_storage, trial_id):
+        resume_from = None
+    return resume_from, train_run_name(trial_id, resume_from)
+
+
+def _write_exploit(config: dict[str, Any], paths: SweepPaths, run_name: str) -> None:
+    """The clone's run dir keeps the exploit it started from, beside the metrics whose first
+    record (`resumed_from`) says which step the loop restored."""
+    from raylm.tuning.schedulers import EXPLOIT_KEY
+
+    if config.get(EXPLOIT_KEY) and "://" not in paths.train_storage:
+        run_dir = os.path.join(paths.train_storage, run_name)
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "exploit.json"), "w") as f:
+            json.dump(config[EXPLOIT_KEY], f)
+
+
 def _own_checkpoint(resume_from: str | None, train_storage: str, trial_id: str) -> bool:
     if not resume_from:
         return False
@@ -144,13 +181,10 @@ def make_driver(base_raw: dict[str, Any], tuning: TuningConfig, paths: SweepPath
         cfg = validate(raw, origin=trial_name)
         if own_data and prepare_data:
             prepare_trial_data(cfg)
-        ckpt = tune.get_checkpoint()
-        resume_from = ckpt.path if ckpt is not None else None
-        # Tuner.restore of a trial resumes its own Train run by name; only a clone needs a path.
-        if _own_checkpoint(resume_from, paths.train_storage, trial_id):
-            resume_from = None
+        resume_from, run_name = _resume_point(config, paths, trial_id)
+        _write_exploit(config, paths, run_name)
         extra = {"loop_overrides": {RESUME_KEY: resume_from}} if resume_from else {}
-        trainer = factory(cfg, callbacks=[TuneReportCallback()], name=train_run_name(trial_id, resume_from),
+        trainer = factory(cfg, callbacks=[TuneReportCallback()], name=run_name,
                           storage_path=paths.train_storage, **extra)
         trainer.fit()
 

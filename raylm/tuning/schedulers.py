@@ -26,6 +26,8 @@ TIME_ATTR = "step"
 # Key TuneReportCallback adds to a result that came with a Train checkpoint.
 CHECKPOINT_PATH_KEY = "checkpoint_path"
 EXPLOITS_FILE = "pbt_exploits.jsonl"
+# Key of a PBT clone's Tune config holding its exploit record (checkpoint, donor_step, n, run).
+EXPLOIT_KEY = "raylm_exploit"
 
 
 class TrainV2PBT(PopulationBasedTraining):
@@ -33,13 +35,22 @@ class TrainV2PBT(PopulationBasedTraining):
 
     With Train V2, TuneReportCallback forwards metrics and the checkpoint's path, but no Tune
     checkpoint: stock PBT would find "no checkpoint" and skip every exploit. Here the top
-    trial's last reported checkpoint path stands in for a Tune save, so the cloned trial
-    restarts with `tune.get_checkpoint()` pointing at it (no copy is made).
+    trial's last reported checkpoint path stands in for a Tune save (no copy is made).
+
+    The exploit travels in the clone's config (EXPLOIT_KEY): the checkpoint it restores, its
+    step, and the exploit's number, which names the clone's Train run. The driver restores
+    exactly that checkpoint (not `tune.get_checkpoint()`), so what pbt_exploits.jsonl records is
+    what the clone restored, and a second exploit from the same checkpoint starts a new run
+    instead of auto-resuming the first clone's later checkpoints.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, budget_steps: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._latest_ckpt: dict[str, tuple[str, int]] = {}  # trial_id -> (path, step)
+        self._budget = budget_steps
+        self._latest_ckpt: dict[str, tuple[str, int]] = {}  # trial_id -> (path, step), every result
+        self._offered: dict[str, tuple[str, int]] = {}  # trial_id -> what a clone of it restores
+        self._exploits: dict[str, int] = {}  # trial_id -> exploits so far
+        self._pending: dict[str, Any] | None = None  # the exploit _get_new_config puts in the config
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if result.get(CHECKPOINT_PATH_KEY):
@@ -50,28 +61,41 @@ class TrainV2PBT(PopulationBasedTraining):
         from ray.tune import Checkpoint
 
         state = self._trial_state[trial]
-        if trial in upper_quantile:
-            path, _ = self._latest_ckpt.get(trial.trial_id, (None, -1))
-            state.last_checkpoint = Checkpoint.from_directory(path) if path else None
+        offer = self._latest_ckpt.get(trial.trial_id) if trial in upper_quantile else None
+        # A checkpoint at the end of the budget leaves a clone nothing to train (and it would
+        # never write a checkpoint of its own): only earlier ones are offered.
+        if offer and self._budget is not None and offer[1] >= self._budget:
+            offer = None
+        state.last_checkpoint = Checkpoint.from_directory(offer[0]) if offer else None
+        if offer:
+            self._offered[trial.trial_id] = offer
             self._num_checkpoints += 1
-        else:
-            state.last_checkpoint = None
         if trial not in lower_quantile:
             return
         donors = [t for t in upper_quantile if self._trial_state[t].last_checkpoint is not None]
         if donors:
             # PBT picks a random top trial; only those with a checkpoint can be cloned.
             donor = random.choice(donors)
-            self._record(trial, donor)
+            self._pending = self._record(trial, donor)
             self._exploit(tune_controller, trial, donor)
+            self._pending = None
 
-    def _record(self, trial: Any, donor: Any) -> None:
+    def _get_new_config(self, trial: Any, trial_to_clone: Any) -> tuple[dict, dict]:
+        config, operations = super()._get_new_config(trial, trial_to_clone)
+        return {**config, EXPLOIT_KEY: self._pending}, operations
+
+    def _record(self, trial: Any, donor: Any) -> dict[str, Any]:
         """Append the exploit to <sweep>/pbt_exploits.jsonl (the summary and tests read it)."""
-        path, step = self._latest_ckpt[donor.trial_id]
+        from raylm.tuning.driver import clone_run_name
+
+        path, step = self._offered[donor.trial_id]  # the checkpoint _exploit hands the clone
+        n = self._exploits[trial.trial_id] = self._exploits.get(trial.trial_id, 0) + 1
         rec = {"trial": trial.trial_id, "donor": donor.trial_id, "checkpoint": path, "donor_step": step,
-               "trial_step": int(trial.last_result.get(TIME_ATTR, -1))}
+               "trial_step": int(trial.last_result.get(TIME_ATTR, -1)), "n": n,
+               "run": clone_run_name(trial.trial_id, n)}
         with open(os.path.join(trial.local_experiment_path, EXPLOITS_FILE), "a") as f:
             f.write(json.dumps(rec) + "\n")
+        return rec
 
 
 def _asha(t: TuningConfig, max_steps: int) -> TrialScheduler:
@@ -92,8 +116,9 @@ def _pbt(t: TuningConfig, max_steps: int) -> TrialScheduler:
         quantile_fraction=s.quantile_fraction,
         resample_probability=s.resample_probability,
         perturbation_factors=s.perturbation_factors,
-        # A trial with a newer checkpoint than the exploit source keeps training.
-        synch=False,
+        # Asynchronous by default: a trial with a newer checkpoint than the exploit source keeps training.
+        synch=s.synch,
+        budget_steps=max_steps,
     )
 
 

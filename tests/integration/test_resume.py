@@ -95,3 +95,24 @@ def test_sigkilled_worker_restarts_from_checkpoint_and_every_sample_is_trained_o
     seen = [i for rows in logs.values() for (epoch, _step, batch) in rows for i in batch]
     assert sorted(seen) == list(range(320))  # every sample of the epoch exactly once
     assert [s for _, s, _ in logs[0]] == list(range(40))  # rolled-back steps were cut from the log
+
+
+def test_stride_position_resumes_with_another_worker_count_and_every_sample_once(ray_session, tmp_path):
+    """data.sharding=stride: 2 workers train 6 steps, the run resumes with 1 worker and finishes the epoch;
+    the sample ledger holds every row exactly once (issues 11 and 13: resharding, elastic runs)."""
+    data, runs = str(tmp_path / "data"), str(tmp_path / "runs")
+    manifest = write_synthetic(data, n_train=96, n_val=16, files=2)  # 24 global micro-batches of 4
+    ids = f"{runs}/ids"
+
+    def fit(workers: int, steps: int) -> None:
+        cfg = tiny_config(data, runs, overrides=["data.sharding=stride"], num_workers=workers, max_steps=steps,
+                          checkpoint_every=6, eval_every=6, eval_batches=1, schedule="constant")
+        result = build_trainer(cfg, manifest=manifest, loop_overrides={"sample_log": ids}).fit()
+        assert result.error is None, result.error
+
+    fit(2, 6)  # 2 x 6 x 4 = 48 rows
+    fit(1, 18)  # resumed at step 6 with one worker: 12 x 4 = the other 48
+    logs = read_sample_log(ids, 2)
+    assert [s for _, s, _ in logs[0]] == list(range(18)) and [s for _, s, _ in logs[1]] == list(range(6))
+    seen = [i for rows in logs.values() for (_e, _s, batch) in rows for i in batch]
+    assert sorted(seen) == list(range(96))

@@ -97,12 +97,15 @@ def test_sequence_classification_from_a_pretrained_dir(ray_session, tmp_path):
     from raylm.trainers.driver import model_meta
 
     result, rows = _fit(tmp_path, "sequence-classification", manifest=manifest,
-                        overrides=[f"model.init_from={pretrained}"], max_steps=24, eval_every=12,
-                        checkpoint_every=12, lr=3e-3, eval_batches=8)
+                        overrides=[f"model.init_from={pretrained}"], max_steps=48, eval_every=24,
+                        checkpoint_every=24, lr=3e-3, eval_batches=8)
     assert model_meta(tiny_config(data, "x", "sequence-classification"), manifest)["num_labels"] == 2
     m = result.metrics
-    assert m["step"] == 24 and {"val_accuracy", "val_f1", "val_loss"} <= set(m)
-    assert m["val_accuracy"] > 0.7  # the vocabulary half decides the label: learnable in a few steps
+    assert m["step"] == 48 and {"val_accuracy", "val_f1", "val_loss"} <= set(m)
+    # The vocabulary half decides the label: learnable in a few steps. 24 steps were a coin flip
+    # (the model stays on one class for some batch orders; length-grouped batches hit one), 48 learn
+    # it for every order tried (8 seeds, plain and grouped, in a local replay of this run).
+    assert m["val_accuracy"] > 0.7
     assert all("val_accuracy" in metrics for _, metrics in result.best_checkpoints)
     with result.checkpoint.as_directory() as d:
         assert AutoModelForSequenceClassification.from_pretrained(os.path.join(d, "model")).config.num_labels == 2

@@ -176,3 +176,46 @@ def test_glob_and_directory_listing(tmp_path):
     write(tmp_path / ".hidden.txt", "h\n")
     assert len(plan_units(DataConfig(), str(tmp_path))) == 2
     assert [os.path.basename(u.uri) for u in plan_units(DataConfig(), str(tmp_path / "**" / "*.txt"))] == ["b.txt", "a.txt"]
+
+
+# ---------------------------------------------------------------- issue 14: every row is counted
+
+
+def test_a_missing_column_rejects_every_record_and_names_the_files_columns(tmp_path):
+    path = tmp_path / "test.tsv"
+    path.write_text("label\tcontent\n0\tbad film\n1\tgood film\n1\tfine film\n")
+    cfg = DataConfig(source=str(path), text_field="sentence", label_field="label")
+    notes: list[str] = []
+    rows = [r for u in plan_units(cfg, str(path)) for r in read_unit(u, cfg, notes)]
+    assert reasons(rows) == {"missing_column": 3}  # one per record, not one per file
+    assert [r["row_id"].rsplit(":", 1)[1] for r in rows] == ["2", "3", "4"]
+    assert notes == [f"{path}: no column 'sentence' (its columns: label, content)"]
+
+
+def test_the_validation_files_read_with_their_own_column_names(tmp_path):
+    path = tmp_path / "test.tsv"
+    path.write_text("label\tcontent\n0\tbad film\n1\tgood film\n")
+    cfg = DataConfig(source="x", text_field="sentence", label_field="label", validation_text_field="content")
+    rows = rows_of(path, cfg.for_validation())
+    assert kept(rows) == ["bad film", "good film"] and [r["label"] for r in rows] == ["0", "1"]
+    assert cfg.for_validation().label_field == "label"  # unset: the training files' name
+
+
+def test_a_parquet_file_without_the_column_counts_its_records(tmp_path):
+    path = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"content": ["a", "b", "c", "d"]}), path, row_group_size=3)
+    cfg = DataConfig(source=str(path))
+    notes: list[str] = []
+    rows = [r for u in plan_units(cfg, str(path)) for r in read_unit(u, cfg, notes)]
+    assert reasons(rows) == {"missing_column": 4}
+    assert "its columns: content" in notes[0]
+
+
+def test_an_unreadable_file_says_its_rows_are_not_counted(tmp_path):
+    path = tmp_path / "a.jsonl.gz"
+    path.write_bytes(b"\x1f\x8b" + b"not really gzip" * 10)
+    cfg = DataConfig(source=str(path))
+    notes: list[str] = []
+    rows = [r for u in plan_units(cfg, str(path)) for r in read_unit(u, cfg, notes)]
+    assert reasons(rows) == {"wrong_format": 1}
+    assert len(notes) == 1 and "cannot be counted" in notes[0] and str(path) in notes[0]

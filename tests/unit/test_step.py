@@ -16,7 +16,8 @@ from raylm.trainers.kernels import apply_fused_kernels, causal_lm_fused_loss, ch
 from raylm.trainers.loop import grad_accum_for
 from raylm.trainers.optim import build_optimizer, build_scheduler
 from raylm.trainers.parallel import compile_enabled, transformer_blocks
-from raylm.trainers.step import StepContext, Window, classification_metrics, evaluate, to_batch, train_step
+from raylm.trainers.evaluation import classification_metrics
+from raylm.trainers.step import StepContext, Window, evaluate, to_batch, train_step
 from raylm.trainers.tasks import get_task
 
 pytestmark = pytest.mark.unit
@@ -216,8 +217,8 @@ def test_global_batch_tokens_sets_grad_accum():
 
 
 def test_evaluation_sums_on_device_and_reports_macro_f1_for_many_classes():
-    assert classification_metrics(np.array([[5, 1], [2, 2]]))["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))
-    three = classification_metrics(np.array([[2, 0, 0], [1, 1, 0], [0, 0, 0]]))
+    assert classification_metrics(np.array([5, 1, 2, 2]))["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))
+    three = classification_metrics(np.array([2, 0, 0, 1, 1, 0, 0, 0, 0]))
     # class 0: tp 2 fp 1 fn 0 -> 0.8; class 1: tp 1 fp 0 fn 1 -> 0.667; class 2 never occurs: left out
     assert three["f1"] == pytest.approx((0.8 + 2 / 3) / 2) and three["accuracy"] == pytest.approx(0.75)
     model = _gpt2()

@@ -119,3 +119,23 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model(input_ids=x, labels=x).loss.backward()
         grads.append(model.transformer.h[0].mlp.c_fc.weight.grad)
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+# ---------------------------------------------------------------- classification metrics
+
+
+def test_classification_metrics_binary_and_macro_f1():
+    import numpy as np
+    import torch
+
+    from raylm.trainers.evaluation import classification_metrics, confusion_counts
+
+    y, pred = torch.tensor([1, 1, 0, 0]), torch.tensor([1, 0, 0, 0])
+    m = classification_metrics(confusion_counts(pred, y, 2))
+    assert m == {"accuracy": 0.75, "f1": 2 / 3, "f1_average": "binary", "examples": 4}
+    # Three classes: per-class F1 1.0 (class 0), 0.5 (class 1), 0.0 (class 2) -> macro 0.5.
+    y, pred = torch.tensor([0, 0, 1, 1, 2]), torch.tensor([0, 0, 1, 2, 1])
+    counts = confusion_counts(pred[:2], y[:2], 3) + confusion_counts(pred[2:], y[2:], 3)  # sums over batches
+    m = classification_metrics(counts)
+    assert m["f1_average"] == "macro" and m["examples"] == 5
+    assert np.isclose(m["accuracy"], 0.6) and np.isclose(m["f1"], (1 + 0.5 + 0) / 3)

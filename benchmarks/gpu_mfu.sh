@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# On the H200 device machine (see ../shared/gpu-kit/README.md), from the project root, carrying .gpu-kit:
+#   here:   bash ../shared/gpu-kit/make-kit.sh liger-kernel     (Ray, pydantic and Liger Kernel as wheels)
+#   device: bash benchmarks/gpu_mfu.sh                          (~7 min: kit install, 3 sizes x 2 runs)
+set -euo pipefail
+source .gpu-kit/env.sh
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python3 -c "import liger_kernel; print('liger-kernel', liger_kernel.__version__)" 2>/dev/null || echo "liger-kernel: not installed"
+python3 benchmarks/gpu_mfu.py "$@"
+if [ -n "${OUT:-}" ]; then cp benchmarks/results/gpu_mfu.json benchmarks/results/gpu_mfu.md "$OUT"/; fi
