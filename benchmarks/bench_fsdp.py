@@ -48,7 +48,7 @@ def _cfg(data: str, root: str, name: str, size: str, strategy: str, steps: int, 
 
     n_layer, n_embd, n_head = SIZES[size]
     model = ["model.arch=llama", f"model.n_layer={n_layer}", f"model.n_embd={n_embd}", f"model.n_head={n_head}",
-             f"data.block_size={BLOCK}"]
+             f"data.block_size={BLOCK}", "data.sharding=stride"]  # the big run resumes on 1 worker
     return tiny_config(data, os.path.join(root, "runs"), "causal-lm", model + (extra or []), run_name=name,
                        strategy=strategy, num_workers=workers, batch_size=1, max_steps=steps, eval_every=steps,
                        checkpoint_every=steps, eval_batches=1, torch_threads=1, lr=1e-4, warmup_steps=0,
