@@ -109,6 +109,22 @@ def config_show(config: str = typer.Argument(None, help="A YAML recipe (omit it 
     typer.echo(describe_config(load_config(config, overrides or [])))
 
 
+@app.command("export")
+@user_errors
+def export_cmd(run_dir: str,
+               checkpoint: str = typer.Option("last", "--checkpoint", help="last, best (by the run's metric) or a "
+                                              "checkpoint path."),
+               dtype: str = typer.Option(None, "--dtype", help="Cast floating weights: fp32, bf16 or fp16."),
+               out: str = typer.Option(None, "--out", help="Output directory (default: RUN_DIR/export)."),
+               max_shard_gb: float = typer.Option(5.0, "--max-shard-gb", help="Largest safetensors file; bigger "
+                                                  "models get several files and an index.")) -> None:
+    """Consolidate a checkpoint (sharded FSDP or full) into a `from_pretrained` directory + tokenizer."""
+    from raylm.trainers.export import main as run_export
+
+    res = run_export(run_dir, checkpoint, dtype, out, max_shard_gb)
+    typer.echo(f"[raylm] {res['checkpoint']} -> {res['export_dir']}")
+
+
 @app.command("eval")
 @user_errors
 def eval_cmd(model_dir: str, config: str = typer.Option(None, "--config", help="Config whose prepared data to use."),

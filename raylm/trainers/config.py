@@ -33,6 +33,46 @@ class ModelConfig(BaseModel):
         return self
 
 
+class FsdpConfig(BaseModel):
+    """`trainer.fsdp`: how FSDP2 (`trainer.scaling.strategy: fsdp`) shards, casts, offloads and checkpoints."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    param_dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Dtype of the gathered parameters in forward/backward (MixedPrecisionPolicy). "
+        "The sharded master weights and the optimizer stay fp32. auto: bf16 on CUDA, fp32 (off) on CPU.",
+    )
+    reduce_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32", description="Dtype of the gradient reduce-scatter (fp32 keeps the sum exact across many ranks)."
+    )
+    cpu_offload: bool = Field(
+        False, description="Keep sharded parameters, gradients and the optimizer step on the CPU "
+        "(CPUOffloadPolicy): fits larger models on the GPU at the cost of host-device copies.",
+    )
+    activation_checkpointing: bool = Field(
+        False, description="Recompute each transformer block's activations in backward (per-block checkpoint "
+        "wrapper, non-reentrant): memory per block falls to its inputs.",
+    )
+    replicate: int = Field(
+        1, ge=1, description="HSDP: replica groups. Workers are split into `replicate` groups of "
+        "num_workers/replicate; parameters are sharded inside a group (e.g. a node) and replicated across groups "
+        "(a 2-D DeviceMesh). 1: plain FSDP over all workers.",
+    )
+    reshard_after_forward: bool = Field(
+        True, description="Free gathered parameters after each block's forward (ZeRO-3); False keeps them until "
+        "backward (ZeRO-2: less communication, more memory).",
+    )
+    checkpoint: Literal["sharded", "full"] = Field(
+        "sharded", description="sharded: every rank writes its own shard with torch.distributed.checkpoint (DCP), "
+        "nobody gathers the model; `raylm export` consolidates. full: gather an HF `model/` dir + optimizer on "
+        "rank 0 (the DDP format).",
+    )
+    async_checkpoint: bool = Field(
+        True, description="sharded only: stage the shard to CPU memory, then write it in the background "
+        "(dcp.async_save) while training goes on; Ray Train registers the checkpoint once the write completes.",
+    )
+
+
 # --- `trainer` sections (torchtitan / Ray Train V2 layout: scaling, optimizer, schedule, eval, ...)
 
 
@@ -47,7 +87,8 @@ class ScalingSection(BaseModel):
     )
     cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs each worker reserves.")
     strategy: Literal["ddp", "fsdp"] = Field(
-        "ddp", description="ddp: a full replica per worker; fsdp: FSDP2 shards each transformer block."
+        "ddp", description="ddp: every worker holds the model (DistributedDataParallel). fsdp: FSDP2, each worker "
+        "holds a shard; the model is built on the meta device and materialised shard by shard (see trainer.fsdp).",
     )
     max_failures: int = Field(2, ge=0, description="Worker-group restarts before the run fails.")
 
@@ -182,12 +223,17 @@ class TrainerConfig(BaseModel):
     schedule: ScheduleSection = Field(default_factory=ScheduleSection, description=ScheduleSection.__doc__)
     eval: EvalSection = Field(default_factory=EvalSection, description=EvalSection.__doc__)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection, description=CheckpointSection.__doc__)
+    fsdp: FsdpConfig = Field(default_factory=FsdpConfig, description="FSDP2 options (scaling.strategy: fsdp).")
     export: ExportSection = Field(default_factory=ExportSection, description=ExportSection.__doc__)
 
     @model_validator(mode="after")
     def _check(self) -> "TrainerConfig":
         if isinstance(self.batch_size, int) and self.batch_size < 1:
             raise ValueError(f"batch_size ({self.batch_size}) must be at least 1, or 'auto'")
+        s = self.scaling
+        if s.strategy == "fsdp" and isinstance(s.num_workers, int) and s.num_workers % self.fsdp.replicate:
+            raise ValueError(f"trainer.fsdp.replicate ({self.fsdp.replicate}) must divide scaling.num_workers "
+                             f"({s.num_workers}): HSDP shards inside equal groups")
         if self.schedule.warmup_steps > self.max_steps:
             raise ValueError(
                 f"schedule.warmup_steps ({self.schedule.warmup_steps}) is above max_steps ({self.max_steps}): "

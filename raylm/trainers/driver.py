@@ -167,17 +167,11 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
     )
 
 
-def export_model(checkpoint_dir: str, tokenizer_dir: str, out_dir: str) -> str:
-    """Copy the checkpoint's HF model and the tokenizer into one directory transformers loads."""
-    from transformers import AutoTokenizer
+def export_model(checkpoint_dir: str, tokenizer_dir: str | None, out_dir: str, dtype: str | None = None) -> str:
+    """A checkpoint (sharded or hf) and the tokenizer in one directory transformers loads (`raylm export`)."""
+    from raylm.trainers.export import export_checkpoint
 
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(os.path.join(checkpoint_dir, "model"), tmp)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return out_dir
+    return export_checkpoint(checkpoint_dir, out_dir, tokenizer_dir, dtype)
 
 
 def eval_rows(cfg: RootConfig) -> int:

@@ -9,11 +9,11 @@ channel for metrics and checkpoints). The step itself and its device-side bookke
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,14 +24,16 @@ import torch
 from raylm.config import RootConfig, validate
 from raylm.datasets.sharding import check_resume
 from raylm.datasets.streaming import TrainStream, eval_batches
+from raylm.trainers import checkpoint
 from raylm.trainers import state as ckpt
 from raylm.trainers.autobatch import resolve_batch_size
 from raylm.trainers.driver import sharding
 from raylm.trainers.hooks import SampleLog, check_nonfinite
 from raylm.trainers.kernels import apply_fused_kernels, loss_fn_for
+from raylm.trainers.materialize import build_on_meta, init_weights, materialize
 from raylm.trainers.metrics import device_peak_flops, non_embedding_params, peak_memory_mb
 from raylm.trainers.optim import build_optimizer, build_scheduler
-from raylm.trainers.parallel import autocast_dtype, compile_enabled, full_state, wrap_model
+from raylm.trainers.parallel import autocast_dtype, compile_enabled, is_meta, wrap_model
 from raylm.trainers.progress import Progress, say
 from raylm.trainers.step import Feeder, StepContext, Window, evaluate, to_batch, train_step
 from raylm.trainers.tasks import Task, get_task
@@ -50,6 +52,7 @@ class LoopConfig:
     sample_log: str | None = None  # per-rank sample-id ledger (tests, benchmarks)
     resume_from: str | None = None  # a checkpoint path to start from (a PBT exploit)
     started_at: float | None = None  # when the command started (time.time()): start-up is reported from it
+    checkpoint_hold_s: float = 0.0  # tests: hold each sharded checkpoint write open this long (a crash window)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -83,6 +86,7 @@ class Run:
     batch_size: int
     grad_accum: int
     last_ckpt: str | None
+    checkpointer: checkpoint.Checkpointer
 
 
 # ---------------------------------------------------------------- setup
@@ -98,35 +102,42 @@ def setup(lc: LoopConfig) -> Run:
     torch.set_num_threads(t.torch_threads)
     device, task, meta = ray.train.torch.get_device(), get_task(t.task), lc.meta
 
-    seed_everything(t.seed)  # the same initial weights on every rank
-    model = task.build_model(cfg, meta)
+    seed_everything(t.seed)
     restored = ray.train.get_checkpoint()
     exploit = restored is None and bool(lc.resume_from)
     if exploit:  # PBT: start from another trial's state
         restored = ray.train.Checkpoint(lc.resume_from)
-    if restored:  # weights go in before wrapping, so every rank starts from the same values
-        with restored.as_directory() as d:
-            ckpt.load_model_weights(model, os.path.join(d, "model"))
-    amp = autocast_dtype(t.precision, device)
-    batch_size = resolve_batch_size(t.batch_size, model, task, meta, device, amp, rank)
-    grad_accum = grad_accum_for(t.global_batch_tokens, t.grad_accum, batch_size, _seq_len(meta, t.task), world)
-    # The fused loss reads the lm head's weight outside the model's forward: not under FSDP's sharding.
-    kernels = t.fused_kernels if t.scaling.strategy == "ddp" else "off"
-    fused = apply_fused_kernels(model, t.task, kernels, device, say if rank == 0 else lambda _: None)
-    if compile_enabled(t, device) and rank == 0:
-        say("[raylm] compiling the transformer blocks (torch.compile, regional) during the first step...")
-    model = wrap_model(model, t, device)
-    opt = build_optimizer(model, t, device)
-    sched = build_scheduler(opt, t)
-    seed_everything(t.seed + 1 + rank)  # dropout etc. differ per rank
-    st, last_ckpt = ckpt.TrainState(world=world, sharding=sharding(cfg)), None
-    if restored:
-        with restored.as_directory() as d:
-            st = ckpt.restore(d, model, opt, sched, rank, load_weights=False)
-        check_resume(st.sharding, st.world, sharding(cfg), world)
-        st.world, last_ckpt = world, restored.path
-        if exploit:
-            apply_hyperparameters(opt, sched, t, st.step)
+    with contextlib.ExitStack() as stack:  # a remote checkpoint stays downloaded until restored
+        d = stack.enter_context(restored.as_directory()) if restored else None
+        hf_weights = os.path.join(d, "model") if d and not checkpoint.is_sharded(d) else None
+        # DDP: built whole (hf checkpoint weights go in before wrapping: every rank starts equal).
+        # FSDP: built on the meta device, sharded, then materialised shard by shard.
+        model = build_model(task, cfg, meta, hf_weights, say if rank == 0 else lambda _: None)
+        amp = autocast_dtype(t.precision, device)
+        if t.scaling.strategy == "ddp":
+            batch_size = resolve_batch_size(t.batch_size, model, task, meta, device, amp, rank)
+        # The fused loss reads the lm head's weight outside the model's forward: not under FSDP's sharding.
+        kernels = t.fused_kernels if t.scaling.strategy == "ddp" else "off"
+        fused = apply_fused_kernels(model, t.task, kernels, device, say if rank == 0 else lambda _: None)
+        if compile_enabled(t, device) and rank == 0:
+            say("[raylm] compiling the transformer blocks (torch.compile, regional) during the first step...")
+        model = wrap_model(model, t, device)
+        if is_meta(model):
+            materialize(model, torch.device("cpu") if t.fsdp.cpu_offload else device, t.seed,
+                        hf_weights or cfg.model.init_from, say if rank == 0 else lambda _: None)
+        if t.scaling.strategy == "fsdp":  # probes the sharded model (auto on a GPU); an int otherwise
+            batch_size = resolve_batch_size(t.batch_size, model, task, meta, device, amp, rank)
+        grad_accum = grad_accum_for(t.global_batch_tokens, t.grad_accum, batch_size, _seq_len(meta, t.task), world)
+        opt = build_optimizer(model, t, device)
+        sched = build_scheduler(opt, t)
+        seed_everything(t.seed + 1 + rank)  # dropout etc. differ per rank
+        st, last_ckpt = ckpt.TrainState(world=world, sharding=sharding(cfg)), None
+        if restored:
+            st = checkpoint.restore(d, model, opt, sched, rank, weights_loaded=hf_weights is not None)
+            check_resume(st.sharding, st.world, sharding(cfg), world)
+            st.world, last_ckpt = world, restored.path
+            if exploit:
+                apply_hyperparameters(opt, sched, t, st.step)
     sink = make_sink(cfg, lc, rank, resume_step=st.step)
     if restored:
         sink.log({"resumed_from": st.step, **({"restored_from": lc.resume_from} if exploit else {})}, st.step)
@@ -151,7 +162,25 @@ def setup(lc: LoopConfig) -> Run:
     return Run(cfg, task, ctx, st, Feeder(stream, collate, device), val, sink,
                SampleLog(lc.sample_log or os.environ.get("RAYLM_SAMPLE_LOG"), rank, st.step),
                Progress(t.max_steps, st.step, cfg.tracking.progress_every_s, enabled=rank == 0),
-               rank, world, batch_size, grad_accum, last_ckpt)
+               rank, world, batch_size, grad_accum, last_ckpt,
+               checkpoint.Checkpointer(t, lc.run_dir, lc.checkpoint_hold_s))
+
+
+def build_model(task: Task, cfg: RootConfig, meta: dict, hf_weights: str | None,
+                log: Any) -> torch.nn.Module:
+    """The task's model: whole for DDP, on the meta device for FSDP (whole when the task cannot build
+    there). From config, weights come from raylm's seeded init, the same for both strategies."""
+    if cfg.trainer.scaling.strategy == "fsdp":
+        model = build_on_meta(task, cfg, meta)
+        if model is not None:
+            return model
+        log(f"[raylm] {task.name} with model.init_from: built whole on every rank, then sharded")
+    model = task.build_model(cfg, meta)
+    if not cfg.model.init_from:
+        init_weights(model, cfg.trainer.seed)
+    if hf_weights:
+        ckpt.load_model_weights(model, hf_weights)
+    return model
 
 
 def _seq_len(meta: dict, task: str) -> int:
@@ -212,7 +241,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                     lc.meta.get("num_labels") if r.task.name == "sequence-classification" else None))
             r.sink.log({k: v for k, v in metrics.items() if k.startswith("val_")}, st.step)
             r.progress.eval(st.step, metrics)
-            saved = report(metrics, st, r.ctx, r.rank, save_now, r.sink)
+            saved = report(metrics, st, r.ctx, r.rank, save_now, r.sink, r.checkpointer)
             r.last_ckpt = os.path.join(lc.run_dir, saved) if saved else r.last_ckpt
     r.samples.close()
     r.sink.close()
@@ -261,21 +290,20 @@ def apply_hyperparameters(opt: torch.optim.Optimizer, sched: Any, t: Any, step: 
 # ---------------------------------------------------------------- report / checkpoint
 
 
-def report(metrics: dict, st: ckpt.TrainState, ctx: StepContext, rank: int, save: bool, sink: Any) -> str | None:
+def report(metrics: dict, st: ckpt.TrainState, ctx: StepContext, rank: int, save: bool, sink: Any,
+           checkpointer: checkpoint.Checkpointer) -> str | None:
     """The one channel for metrics + checkpoints; every rank calls it at the same steps.
 
-    Ray persists the directory to storage before it registers the checkpoint, so a crash
-    mid-write leaves the previous checkpoint as the latest.
+    Ray registers a checkpoint only once it is complete in storage (for an asynchronous sharded write,
+    once the write has finished), so a crash mid-write leaves the previous checkpoint as the latest.
     """
-    import ray.train
-
     clean = {k: v for k, v in metrics.items() if v is not None} | {"step": st.step}
     if not save:
-        ray.train.report(clean)
+        checkpointer.report_metrics(clean)
         return None
-    model_state, optim_state = full_state(ctx.model, ctx.opt)  # a collective under FSDP
     name = f"checkpoint_{st.step:08d}"
-    with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as d:
-        ckpt.save(d, ctx.model, ctx.sched, st, rank, model_state, optim_state, getattr(sink, "jsonl_path", None))
-        ray.train.report(clean, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
+    stalled = checkpointer.stall_s
+    checkpointer.report(clean, name, st, ctx, rank, getattr(sink, "jsonl_path", None))
+    # Seconds this save held the training thread (gather or staging; the background write excluded).
+    sink.log({"checkpoint_stall_s": checkpointer.stall_s - stalled}, st.step)
     return name

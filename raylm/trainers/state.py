@@ -1,6 +1,7 @@
 """Checkpoint state: HF model directory (safetensors) + a small, explicit training state.
 
-Layout of a checkpoint directory:
+This is the hf format (DDP); `raylm.trainers.checkpoint` adds the sharded one and restores both.
+Layout of an hf checkpoint directory:
   model/            save_pretrained (safetensors), loadable by transformers as is
   state.pt          optimizer, scheduler, step, data position, metrics so far
   rng_rank{r}.pt    torch RNG state of each rank
@@ -48,9 +49,7 @@ def save(dirpath: str, model: torch.nn.Module, sched: Any, state: TrainState, ra
     `parallel.full_state`), so DDP and FSDP checkpoints have one format.
     """
     os.makedirs(dirpath, exist_ok=True)
-    torch.save({"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-               os.path.join(dirpath, f"rng_rank{rank}.pt"))
+    save_rng(dirpath, rank)
     if rank != 0:
         return
     unwrap(model).save_pretrained(os.path.join(dirpath, "model"), state_dict=model_state, safe_serialization=True)
@@ -58,6 +57,23 @@ def save(dirpath: str, model: torch.nn.Module, sched: Any, state: TrainState, ra
                os.path.join(dirpath, "state.pt"))
     if metrics_file and os.path.exists(metrics_file):
         shutil.copy(metrics_file, os.path.join(dirpath, "metrics.jsonl"))
+
+
+def save_rng(dirpath: str, rank: int) -> None:
+    torch.save({"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+               os.path.join(dirpath, f"rng_rank{rank}.pt"))
+
+
+def load_rng(dirpath: str, rank: int) -> None:
+    """This rank's RNG as saved; a rank the checkpoint has no file for (more workers now) keeps its own."""
+    rng_path = os.path.join(dirpath, f"rng_rank{rank}.pt")
+    if os.path.exists(rng_path):
+        rng = torch.load(rng_path, weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        random.setstate((3, tuple(rng["python"]), None))
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def load_model_weights(model: torch.nn.Module, model_dir: str) -> None:
@@ -74,20 +90,3 @@ def load_model_weights(model: torch.nn.Module, model_dir: str) -> None:
         raise RuntimeError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def restore(dirpath: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, rank: int,
-            load_weights: bool = True) -> TrainState:
-    from raylm.trainers.parallel import load_optimizer
-
-    if load_weights:
-        load_model_weights(model, os.path.join(dirpath, "model"))
-    blob = torch.load(os.path.join(dirpath, "state.pt"), map_location="cpu", weights_only=True)
-    load_optimizer(model, opt, blob["optimizer"])
-    sched.load_state_dict(blob["scheduler"])
-    rng_path = os.path.join(dirpath, f"rng_rank{rank}.pt")
-    if os.path.exists(rng_path):
-        rng = torch.load(rng_path, weights_only=True)
-        torch.set_rng_state(rng["torch"])
-        random.setstate((3, tuple(rng["python"]), None))
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-    return TrainState.from_dict(blob["state"])
