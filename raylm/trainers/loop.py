@@ -251,8 +251,8 @@ def first_step_metrics(lc: LoopConfig, r: Run, t0: float, dt: float) -> dict[str
     """Start-up (command to the first step's start) and the first step's own time (compile included)."""
     startup = time.time() - (time.perf_counter() - t0) - lc.started_at if lc.started_at else None
     if r.rank == 0:
-        since = f"{startup:.1f}s after the command started; " if startup is not None else ""
-        say(f"[raylm] first step began {since}it took {dt:.1f}s"
+        since = f"began {startup:.1f}s after the command started and " if startup is not None else ""
+        say(f"[raylm] first step {since}took {dt:.1f}s"
             f"{' (torch.compile included)' if compile_enabled(r.cfg.trainer, r.ctx.device) else ''}")
     return {"first_step_s": dt, **({"startup_s": startup} if startup is not None else {})}
 
