@@ -57,3 +57,19 @@ def shared_dir():
     if not os.path.isdir(path):
         pytest.skip(f"../shared not found at {path} (set RAYLM_SHARED)")
     return path
+
+
+@pytest.fixture(scope="module")
+def crds() -> Path:
+    """The KubeRay v1.7 CRDs in ../shared (RAYLM_SHARED); tests that need them skip without them."""
+    path = Path(os.environ.get("RAYLM_SHARED", SHARED)) / "kuberay" / "crds"
+    if not path.is_dir():
+        pytest.skip(f"KubeRay CRDs not found at {path} (set RAYLM_SHARED to the shared/ folder)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def schemas(crds: Path) -> dict:
+    from raylm.cluster._schema import load_crds
+
+    return load_crds(crds)
