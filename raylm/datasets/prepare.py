@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -33,17 +32,18 @@ from raylm.datasets import _fs
 from raylm.datasets import tokenizers as toks
 from raylm.datasets.clean import DedupIndex, RejectsWriter, ShardedDedup, normalize, reject_reason, text_hash
 from raylm.datasets.config import DataConfig
+from raylm.datasets.manifest import COUNTS, SCHEMA_VERSION, SPLITS, build_manifest, load_manifest
 from raylm.datasets.pack import pack_with_carry, sample_id, split_of
 from raylm.datasets.sources import BadRowError, Unit, check_row, plan_units, read_unit
+from raylm.datasets.tokenizer_training import ensure_tokenizer, sample_documents
 from raylm.errors import UserError
 
 log = logging.getLogger(__name__)
-# 3: train/validation split by document text (was: by row id)
-# 4: classification ids unpadded, each example at its true length (was: padded as tokenizer.json said)
-SCHEMA_VERSION = 4
-SPLITS = ("train", "validation")
+# load_manifest, ensure_tokenizer and sample_documents live in their own modules; imported here
+# too, so that `from raylm.datasets.prepare import ...` keeps working.
+__all__ = ["COUNTS", "PROGRESS", "SCHEMA_VERSION", "SPLITS", "UnitWorker", "ensure_tokenizer", "load_manifest",
+           "prepare", "resolve_source", "sample_documents"]
 PROGRESS = "_progress"
-COUNTS = ("rows", "docs", "chars", "tokens_in", "tokens_out", "dropped")
 
 
 def resolve_source(cfg: DataConfig) -> str:
@@ -271,51 +271,6 @@ def _batched(rows: Iterator[dict], n: int) -> Iterator[list[dict]]:
         yield batch
 
 
-# ---------------------------------------------------------------- tokenizer
-
-
-def sample_documents(cfg: DataConfig, source: str, n: int, max_files: int = 64) -> Iterator[str]:
-    """Up to n cleaned documents streamed from up to `max_files` files spread over the corpus
-    (never the whole corpus in memory). Bad rows stop it under on_error=fail."""
-    files = _fs.list_files(source)
-    step = max(1, len(files) // max_files)
-    picked = files[::step][:max_files]
-    quota = -(-n // len(picked))
-    for uri, size in picked:
-        from raylm.datasets.sources import file_format
-
-        got = 0
-        for row in read_unit(Unit(uri, file_format(uri, cfg.format), size), cfg):
-            check_row(row, cfg)
-            text = normalize(row["text"]) if not row["reject"] else ""
-            if text and not reject_reason(text, cfg):
-                yield text
-                got += 1
-                if got >= quota:
-                    break
-
-
-def ensure_tokenizer(cfg: DataConfig, task: str, source: str) -> str:
-    """Use the configured tokenizer, the one already trained for this corpus, or train one."""
-    tok_dir = toks.resolve_tokenizer_dir(cfg.prepared_dir, cfg.tokenizer.path)
-    if not Path(tok_dir, "tokenizer.json").is_file() and not cfg.tokenizer.path:
-        t0 = time.time()
-        try:
-            sample = sample_documents(cfg, source, cfg.tokenizer.sample_docs)
-            first = next(sample, None)  # raise here, not inside the Rust trainer
-            if first is None:
-                raise UserError("the corpus is empty: no document survived reading and cleaning",
-                                hint="check data.source, data.text_field and data.min_chars")
-            toks.train_bpe(itertools.chain([first], sample), tok_dir, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
-        except BadRowError as err:
-            raise UserError(f"{err} (data.on_error=fail)", hint="fix the file or set data.on_error=skip") from None
-        log.info("tokenizer: trained %s in %.1fs", tok_dir, time.time() - t0)
-    problems = toks.check_tokenizer(toks.load_tokenizer(tok_dir), task)
-    if problems:
-        raise UserError([f"tokenizer {tok_dir}: {p}" for p in problems])
-    return tok_dir
-
-
 # ---------------------------------------------------------------- driver
 
 
@@ -329,13 +284,6 @@ def _fingerprint_inputs(cfg: DataConfig, task: str, tok_fp: str, files: list[tup
     keys = cfg.model_dump(mode="json", exclude=_SPEED_KNOBS)
     # The schema version too: a prepared dir (or an interrupted one) from another layout is redone.
     return hashlib.sha256(json.dumps([keys, task, tok_fp, files, SCHEMA_VERSION], sort_keys=True).encode()).hexdigest()[:16]
-
-
-def load_manifest(prepared_dir: str) -> dict:
-    path = Path(prepared_dir, "manifest.json")
-    if not path.is_file():
-        raise UserError(f"no prepared data at '{prepared_dir}' (manifest.json missing)", hint="run `raylm prepare CONFIG` first")
-    return json.loads(path.read_text())
 
 
 def _start_fresh_if_changed(out: Path, inputs_fp: str, force: bool) -> None:
@@ -384,7 +332,7 @@ def prepare(cfg: DataConfig, task: str = "causal-lm", force: bool = False) -> di
             ray.kill(actor)
     markers = [json.loads((out / PROGRESS / f"{u.key}.json").read_text()) for u in units]
     _remove_orphans(out, markers)
-    manifest = _manifest(cfg, task, tok_dir, tok_fp, inputs_fp, markers)
+    manifest = build_manifest(cfg, task, tok_dir, tok_fp, inputs_fp, markers)
     manifest["seconds"] = round(time.time() - t0, 2)
     _atomic_json(manifest, str(mpath))
     return manifest
@@ -482,76 +430,3 @@ def _remove_orphans(out: Path, markers: list[dict]) -> None:
             os.remove(path)
 
 
-def _sum_counts(counts: Any) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for c in counts:
-        for reason, n in c.items():
-            total[reason] = total.get(reason, 0) + n
-    return dict(sorted(total.items()))
-
-
-def _input_ledgers(markers: list[dict]) -> dict[str, dict]:
-    """rows in = kept + rejected, for each input role (train files, validation files)."""
-    out: dict[str, dict] = {}
-    for role in sorted({m.get("role", "train") for m in markers}):
-        ms = [m for m in markers if m.get("role", "train") == role]
-        rejected = _sum_counts(m["rejected"] for m in ms)
-        out[role] = {"rows_in": sum(m["rows_in"] for m in ms), "rows_rejected": sum(rejected.values()),
-                     "rejected": rejected}
-        out[role]["rows_kept"] = out[role]["rows_in"] - out[role]["rows_rejected"]
-    return out
-
-
-def _empty_validation(cfg: DataConfig, ledger: dict | None, notes: list[str]) -> UserError:
-    """data.validation_source was asked for and gave no document: say why, and what to set."""
-    ledger = ledger or {"rows_in": 0, "rejected": {}}
-    problems = [f"data.validation_source='{cfg.validation_source}': the validation split is empty "
-                f"({ledger['rows_in']} rows read, none kept; rejected: {ledger['rejected'] or 'none'})", *notes]
-    if any(r in ledger["rejected"] for r in ("missing_column", "missing_text", "bad_label")):
-        hint = ("name the validation files' own columns: data.validation_text_field=... "
-                "(and data.validation_label_field=...)")
-    else:
-        hint = f"check the files, or see {cfg.prepared_dir}/rejects/ (`raylm rejects CONFIG`)"
-    return UserError(problems, hint=hint)
-
-
-def _manifest(cfg: DataConfig, task: str, tok_dir: str, tok_fp: str, inputs_fp: str, markers: list[dict]) -> dict:
-    tok = toks.load_tokenizer(tok_dir)
-    splits: dict[str, Any] = {}
-    for split in SPLITS:
-        parts = [m["splits"][split] for m in markers]
-        splits[split] = {"files": [f for p in parts for f in p["files"]],
-                         **{k: sum(p[k] for p in parts) for k in COUNTS}}
-    inputs = _input_ledgers(markers)
-    rejected = _sum_counts(ledger["rejected"] for ledger in inputs.values())
-    rows_in = sum(m["rows_in"] for m in markers)
-    kept = sum(splits[s]["docs"] for s in SPLITS)
-    notes = [n for m in markers for n in m.get("notes", [])]
-    if kept == 0:
-        raise UserError([f"the corpus is empty: no document in '{cfg.source}' survived cleaning "
-                         f"(rejected: {rejected or 'none'})", *notes], hint=f"see {cfg.prepared_dir}/rejects/")
-    if cfg.validation_source and splits["validation"]["docs"] == 0:
-        raise _empty_validation(cfg, inputs.get("validation"), [n for m in markers if m.get("role") == "validation"
-                                                               for n in m.get("notes", [])])
-    if splits["train"]["rows"] == 0:
-        raise UserError(f"no training rows: the corpus is smaller than one block of {cfg.block_size} tokens",
-                        hint="add text or lower data.block_size")
-    classify = task == "sequence-classification"
-    return {
-        "schema_version": SCHEMA_VERSION, "task": task, "source": cfg.source,
-        "tokenizer_dir": os.path.abspath(tok_dir), "tokenizer_fingerprint": tok_fp,
-        "inputs_fingerprint": inputs_fp, "vocab_size": len(tok), "eos_id": tok.eos_token_id,
-        "pad_id": tok.pad_token_id, "mask_id": tok.mask_token_id,
-        "cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id,  # the trainer adds them at collate
-        "block_size": cfg.block_size, "max_length": cfg.max_length, "shard_rows": cfg.shard_rows,
-        "labels": cfg.labels if classify else None,
-        "num_labels": (len(cfg.labels) if cfg.labels else max(m["max_label"] for m in markers) + 1) if classify else None,
-        # The ledger: every row read is either kept or rejected under a reason.
-        "rows_in": rows_in, "rows_kept": kept, "rows_rejected": sum(rejected.values()),
-        "ledger_balanced": rows_in == kept + sum(rejected.values()), "rejected": dict(sorted(rejected.items())),
-        # The same ledger per input (data.source as 'train', data.validation_source as 'validation')
-        # and what is wrong with whole files (a missing column, an unreadable file).
-        "inputs": inputs, "notes": notes,
-        "units": len(markers), "splits": splits,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
