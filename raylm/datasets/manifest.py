@@ -62,7 +62,7 @@ def _empty_validation(cfg: DataConfig, ledger: dict | None, notes: list[str]) ->
 
 
 def build_manifest(cfg: DataConfig, task: str, tok_dir: str, tok_fp: str, inputs_fp: str, markers: list[dict]) -> dict:
-    tok = toks.load_tokenizer(tok_dir)
+    tok = toks.tokenizer_facts(tok_dir)  # without transformers where it can
     splits: dict[str, Any] = {}
     for split in SPLITS:
         parts = [m["splits"][split] for m in markers]
@@ -86,9 +86,9 @@ def build_manifest(cfg: DataConfig, task: str, tok_dir: str, tok_fp: str, inputs
     return {
         "schema_version": SCHEMA_VERSION, "task": task, "source": cfg.source,
         "tokenizer_dir": os.path.abspath(tok_dir), "tokenizer_fingerprint": tok_fp,
-        "inputs_fingerprint": inputs_fp, "vocab_size": len(tok), "eos_id": tok.eos_token_id,
-        "pad_id": tok.pad_token_id, "mask_id": tok.mask_token_id,
-        "cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id,  # the trainer adds them at collate
+        "inputs_fingerprint": inputs_fp, "vocab_size": tok["vocab_size"], "eos_id": tok["eos_id"],
+        "pad_id": tok["pad_id"], "mask_id": tok["mask_id"],
+        "cls_id": tok["cls_id"], "sep_id": tok["sep_id"],  # the trainer adds them at collate
         "block_size": cfg.block_size, "max_length": cfg.max_length, "shard_rows": cfg.shard_rows,
         "labels": cfg.labels if classify else None,
         "num_labels": (len(cfg.labels) if cfg.labels else max(m["max_label"] for m in markers) + 1) if classify else None,

@@ -53,7 +53,7 @@ def ensure_tokenizer(cfg: DataConfig, task: str, source: str) -> str:
         except BadRowError as err:
             raise UserError(f"{err} (data.on_error=fail)", hint="fix the file or set data.on_error=skip") from None
         log.info("tokenizer: trained %s in %.1fs", tok_dir, time.time() - t0)
-    problems = toks.check_tokenizer(toks.load_tokenizer(tok_dir), task)
+    problems = toks.check_facts(toks.tokenizer_facts(tok_dir), task)
     if problems:
         raise UserError([f"tokenizer {tok_dir}: {p}" for p in problems])
     return tok_dir
