@@ -30,10 +30,10 @@ import pyarrow.parquet as pq
 
 from raylm.datasets import _fs
 from raylm.datasets import tokenizers as toks
-from raylm.datasets.clean import DedupIndex, RejectsWriter, ShardedDedup, normalize, reject_reason, text_hash
+from raylm.datasets.clean import DedupIndex, RejectsWriter, ShardedDedup, normalize, reject_reason, text_hashes
 from raylm.datasets.config import DataConfig
 from raylm.datasets.manifest import COUNTS, SCHEMA_VERSION, SPLITS, build_manifest, load_manifest
-from raylm.datasets.pack import pack_with_carry, sample_id, split_of
+from raylm.datasets.pack import pack_with_carry, sample_ids, splits_of
 from raylm.datasets.sources import BadRowError, Unit, check_row, plan_units, read_unit
 from raylm.datasets.tokenizer_training import ensure_tokenizer, sample_documents
 from raylm.errors import UserError
@@ -55,15 +55,16 @@ def resolve_source(cfg: DataConfig) -> str:
 
 
 def _atomic_write(table: pa.Table, path: str) -> str:
-    """Write under a temporary name, then rename: a reader never sees half a shard. Returns sha256."""
+    """Write under a temporary name, then rename: a reader never sees half a shard. Returns sha256.
+    The shard is built in memory (one shard: a few MB), hashed and written: not read back to hash."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue()
     tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    pq.write_table(table, tmp)
-    h = hashlib.sha256()
-    with open(tmp, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    with open(tmp, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)
-    return h.hexdigest()
+    return hashlib.sha256(data).hexdigest()
 
 
 def _atomic_json(obj: Any, path: str) -> None:
@@ -129,7 +130,7 @@ class SplitWriter:
         if self.classify:
             rows, self.pending = self.pending[:n], self.pending[n:]
             table = pa.table({
-                "sample_id": pa.array([sample_id(name, i) for i in range(n)], pa.int64()),
+                "sample_id": pa.array(sample_ids(name, n), pa.int64()),
                 "input_ids": pa.array([r[0] for r in rows], pa.list_(pa.int32())),
                 "label": pa.array([r[1] for r in rows], pa.int64()),
             })
@@ -139,7 +140,7 @@ class SplitWriter:
             blocks, rest = allb[:n], allb[n:]
             self.pending = [rest] if len(rest) else []
             table = pa.table({
-                "sample_id": pa.array([sample_id(name, i) for i in range(n)], pa.int64()),
+                "sample_id": pa.array(sample_ids(name, n), pa.int64()),
                 "input_ids": pa.FixedSizeListArray.from_arrays(pa.array(blocks.reshape(-1), pa.int32()),
                                                                self.cfg.block_size),
             })
@@ -157,7 +158,11 @@ class UnitWorker:
     """Actor of the pool: holds the tokenizer; turns one unit into shards, rejects and a marker."""
 
     def __init__(self, cfg: DataConfig, tokenizer_dir: str, out_dir: str, task: str, dedup: list | None,
-                 validation_files: list[str] | None = None) -> None:
+                 validation_files: list[str] | None = None, threads: int = 1) -> None:
+        # The tokenizer's Rust pool would otherwise start a thread per core in every actor: N^2
+        # threads on N cores with the default pool of one actor per CPU. Set before its first use.
+        os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
+        os.environ["RAYON_NUM_THREADS"] = str(threads)
         self.cfg, self.out_dir, self.task = cfg, out_dir, task
         self.validation_files = set(validation_files or [])
         self.backend, self.eos = toks.load_backend(tokenizer_dir)  # without tokenizer.json's padding/truncation
@@ -185,9 +190,10 @@ class UnitWorker:
         for rows in _batched(read_unit(unit, cfg, notes), cfg.tokenize_batch_size):
             rows_in += len(rows)
             kept, hashes = self._clean(rows, seen, int(key, 16) >> 1, cfg)
-            claimed.append(hashes)
+            if cfg.dedup:
+                claimed.append(hashes)
             rejects.add([r for r in rows if r["reject"]])
-            self._tokenize(kept, writers)
+            self._tokenize(kept, hashes, writers)
         rejects.close()
         splits = {s: w.close() for s, w in writers.items()}
         marker = {"unit": unit.to_dict(), "role": role, "notes": notes, "rows_in": rows_in, "rejected": rejects.counts,
@@ -200,7 +206,8 @@ class UnitWorker:
                 "tokens_out": sum(s["tokens_out"] for s in splits.values()), "seconds": time.time() - t0}
 
     def _clean(self, rows: list[dict], seen: set[int], owner: int, cfg: DataConfig) -> tuple[list[dict], np.ndarray]:
-        """Normalise and filter in place (setting `reject`); returns kept rows and their hashes."""
+        """Normalise and filter in place (setting `reject`); returns kept rows and their text hashes
+        (one blake2b per document: dedup's key and the train/validation split's)."""
         classify = self.task == "sequence-classification"
         for r in rows:
             check_row(r, cfg)
@@ -214,9 +221,9 @@ class UnitWorker:
                     r["reject"] = "bad_label"
                     check_row(r, cfg)
         live = [r for r in rows if not r["reject"]]
+        hashes = text_hashes([r["text"] for r in live])
         if not cfg.dedup:
-            return live, np.empty(0, np.int64)
-        hashes = np.array([text_hash(r["text"]) for r in live], dtype=np.int64)
+            return live, hashes
         ok = np.ones(len(live), dtype=bool)
         for i, h in enumerate(hashes.tolist()):  # duplicates inside this unit
             ok[i] = h not in seen
@@ -228,23 +235,22 @@ class UnitWorker:
                 r["reject"] = "duplicate"
         return [r for r, good in zip(live, ok) if good], hashes[ok]
 
-    def split(self, row: dict) -> str:
-        """data.validation_source files are the validation split; else a hash of the (normalized)
-        text decides: copies of a document share a split (no train/validation leak when dedup is
-        off), and which copy dedup keeps - first come, first kept - cannot move it to the other."""
+    def validation(self, kept: list[dict], hashes: np.ndarray) -> np.ndarray:
+        """Which kept rows are validation: data.validation_source files are; else a hash of the
+        (normalized) text decides: copies of a document share a split (no train/validation leak
+        when dedup is off), and which copy dedup keeps - first come, first kept - cannot move it."""
         if self.validation_files:
-            return "validation" if row["source"] in self.validation_files else "train"
-        return split_of(row["text"], self.cfg.validation_fraction)
+            return np.array([r["source"] in self.validation_files for r in kept], dtype=bool)
+        return splits_of(hashes, self.cfg.validation_fraction)
 
-    def _tokenize(self, kept: list[dict], writers: dict[str, SplitWriter]) -> None:
+    def _tokenize(self, kept: list[dict], hashes: np.ndarray, writers: dict[str, SplitWriter]) -> None:
         if not kept:
             return
         texts = [r["text"] for r in kept]
         encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
         ids = [e.ids for e in encode(texts, add_special_tokens=False)]
-        by_split: dict[str, list[int]] = {s: [] for s in SPLITS}
-        for i, r in enumerate(kept):
-            by_split[self.split(r)].append(i)
+        val = self.validation(kept, hashes)
+        by_split = {"train": np.flatnonzero(~val).tolist(), "validation": np.flatnonzero(val).tolist()}
         for s, idx in by_split.items():
             if idx:
                 writers[s].add([ids[i] for i in idx], [texts[i] for i in idx], [kept[i].get("label_id") for i in idx])
@@ -370,14 +376,15 @@ def _run_units(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: list[U
     from raylm.datasets.progress import Progress
 
     items = [{"unit": u.to_dict()} for u in todo]
+    actors = max(1, min(_pool_size(cfg), len(todo)))
+    threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)  # tokenizer threads per actor
     stats = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         UnitWorker,
-        fn_constructor_args=(cfg, tok_dir, str(out), task, dedup, validation_files),
+        fn_constructor_args=(cfg, tok_dir, str(out), task, dedup, validation_files, threads),
         batch_format="pyarrow",
         batch_size=1,
         # One unit at a time per actor: a queued unit would wait behind a long one while another actor idles.
-        compute=ray.data.ActorPoolStrategy(size=max(1, min(_pool_size(cfg), len(todo))),
-                                           max_tasks_in_flight_per_actor=1),
+        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
         runtime_env=_runtime_env(),
     )
     progress = Progress(total_bytes, total_bytes - sum(_unit_bytes(u) for u in todo), len(todo), cfg.progress_seconds)

@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raylm.datasets.clean import DedupIndex
+from raylm.datasets.clean import DedupIndex, text_hash, text_hashes
 from raylm.datasets.config import DataConfig
-from raylm.datasets.pack import sample_id
+from raylm.datasets.pack import sample_id, sample_ids, split_of, splits_of
 from raylm.datasets.prepare import PROGRESS, UnitWorker
 from raylm.datasets.sources import plan_units
 
@@ -119,8 +119,9 @@ def _unit_summary(out: Path, key: str) -> dict:
     marker.pop("unit")
     for split in marker["splits"].values():
         for f in split["files"]:
-            table = pq.read_table(out / f.pop("path"))
-            f.pop("sha256")  # the Parquet bytes: pinned by the content below instead
+            path = out / f.pop("path")
+            assert f.pop("sha256") == hashlib.sha256(path.read_bytes()).hexdigest()  # the bytes as written
+            table = pq.read_table(path)
             f["content"] = hashlib.sha256(json.dumps(table.drop_columns(["sample_id"]).to_pydict()).encode()).hexdigest()
     for split in ("train", "validation"):
         for i, f in enumerate(sorted(Path(out, split).glob(f"{key}-*.parquet"))):
@@ -161,3 +162,16 @@ def test_classification_shards_are_pinned(tmp_path, tok_dir):
     got = _run(tmp_path / "corpus", tmp_path / "out", tok_dir, cfg, "sequence-classification")
     _show(got)
     assert got["digest"] == CLS_DIGEST
+
+
+def test_batch_hashes_equal_the_per_document_ones():
+    rng = np.random.default_rng(0)
+    texts = ["".join(rng.choice(list("abcé😀 \n"), size=int(n))) for n in rng.integers(0, 40, size=3000)]
+    hashes = text_hashes(texts)
+    assert hashes.dtype == np.int64 and hashes.tolist() == [text_hash(t) for t in texts]
+    for fraction in (0.0, 0.05, 0.5, 0.999):
+        assert [("validation" if v else "train") for v in splits_of(hashes, fraction)] == \
+            [split_of(t, fraction) for t in texts]
+    name = "train/0123456789abcdef-00003.parquet"
+    assert sample_ids(name, 2000).tolist() == [sample_id(name, i) for i in range(2000)]
+    assert len(text_hashes([])) == 0 and len(sample_ids(name, 0)) == 0
