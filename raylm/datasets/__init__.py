@@ -6,7 +6,7 @@ from typing import Any
 _EXPORTS = {
     "DataConfig": "raylm.datasets.config", "TokenizerConfig": "raylm.datasets.config",
     "pack_documents": "raylm.datasets.pack", "split_of": "raylm.datasets.pack",
-    "load_manifest": "raylm.datasets.prepare", "prepare": "raylm.datasets.prepare",
+    "load_manifest": "raylm.datasets.manifest", "prepare": "raylm.datasets.prepare",
     "read_corpus": "raylm.datasets.sources", "plan_units": "raylm.datasets.sources",
     "bucket_batches": "raylm.datasets.bucketing", "bucket_dict_batches": "raylm.datasets.bucketing",
     "padding_fraction": "raylm.datasets.bucketing", "length_grouped": "raylm.datasets.bucketing",

@@ -47,6 +47,12 @@ def text_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 
 
+def text_hashes(texts: list[str]) -> np.ndarray:
+    """`text_hash` of each text as int64, the digests turned into integers in one numpy call."""
+    digest = b"".join(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest() for t in texts)
+    return np.frombuffer(digest, "<i8").copy()
+
+
 def reject_reason(text: str, cfg: DataConfig) -> str:
     """Filters by design (not errors in the input): they never stop a run under on_error=fail."""
     if not text:

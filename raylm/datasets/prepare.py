@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -31,19 +30,20 @@ import pyarrow.parquet as pq
 
 from raylm.datasets import _fs
 from raylm.datasets import tokenizers as toks
-from raylm.datasets.clean import DedupIndex, RejectsWriter, ShardedDedup, normalize, reject_reason, text_hash
+from raylm.datasets.clean import DedupIndex, RejectsWriter, ShardedDedup, normalize, reject_reason, text_hashes
 from raylm.datasets.config import DataConfig
-from raylm.datasets.pack import pack_with_carry, sample_id, split_of
+from raylm.datasets.manifest import COUNTS, SCHEMA_VERSION, SPLITS, build_manifest, load_manifest
+from raylm.datasets.pack import pack_with_carry, sample_ids, splits_of
 from raylm.datasets.sources import BadRowError, Unit, check_row, plan_units, read_unit
+from raylm.datasets.tokenizer_training import ensure_tokenizer, sample_documents
 from raylm.errors import UserError
 
 log = logging.getLogger(__name__)
-# 3: train/validation split by document text (was: by row id)
-# 4: classification ids unpadded, each example at its true length (was: padded as tokenizer.json said)
-SCHEMA_VERSION = 4
-SPLITS = ("train", "validation")
+# load_manifest, ensure_tokenizer and sample_documents live in their own modules; imported here
+# too, so that `from raylm.datasets.prepare import ...` keeps working.
+__all__ = ["COUNTS", "PROGRESS", "SCHEMA_VERSION", "SPLITS", "UnitWorker", "ensure_tokenizer", "load_manifest",
+           "prepare", "resolve_source", "sample_documents"]
 PROGRESS = "_progress"
-COUNTS = ("rows", "docs", "chars", "tokens_in", "tokens_out", "dropped")
 
 
 def resolve_source(cfg: DataConfig) -> str:
@@ -55,15 +55,16 @@ def resolve_source(cfg: DataConfig) -> str:
 
 
 def _atomic_write(table: pa.Table, path: str) -> str:
-    """Write under a temporary name, then rename: a reader never sees half a shard. Returns sha256."""
+    """Write under a temporary name, then rename: a reader never sees half a shard. Returns sha256.
+    The shard is built in memory (one shard: a few MB), hashed and written: not read back to hash."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue()
     tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    pq.write_table(table, tmp)
-    h = hashlib.sha256()
-    with open(tmp, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    with open(tmp, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)
-    return h.hexdigest()
+    return hashlib.sha256(data).hexdigest()
 
 
 def _atomic_json(obj: Any, path: str) -> None:
@@ -129,7 +130,7 @@ class SplitWriter:
         if self.classify:
             rows, self.pending = self.pending[:n], self.pending[n:]
             table = pa.table({
-                "sample_id": pa.array([sample_id(name, i) for i in range(n)], pa.int64()),
+                "sample_id": pa.array(sample_ids(name, n), pa.int64()),
                 "input_ids": pa.array([r[0] for r in rows], pa.list_(pa.int32())),
                 "label": pa.array([r[1] for r in rows], pa.int64()),
             })
@@ -139,7 +140,7 @@ class SplitWriter:
             blocks, rest = allb[:n], allb[n:]
             self.pending = [rest] if len(rest) else []
             table = pa.table({
-                "sample_id": pa.array([sample_id(name, i) for i in range(n)], pa.int64()),
+                "sample_id": pa.array(sample_ids(name, n), pa.int64()),
                 "input_ids": pa.FixedSizeListArray.from_arrays(pa.array(blocks.reshape(-1), pa.int32()),
                                                                self.cfg.block_size),
             })
@@ -157,7 +158,11 @@ class UnitWorker:
     """Actor of the pool: holds the tokenizer; turns one unit into shards, rejects and a marker."""
 
     def __init__(self, cfg: DataConfig, tokenizer_dir: str, out_dir: str, task: str, dedup: list | None,
-                 validation_files: list[str] | None = None) -> None:
+                 validation_files: list[str] | None = None, threads: int = 1) -> None:
+        # The tokenizer's Rust pool would otherwise start a thread per core in every actor: N^2
+        # threads on N cores with the default pool of one actor per CPU. Set before its first use.
+        os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
+        os.environ["RAYON_NUM_THREADS"] = str(threads)
         self.cfg, self.out_dir, self.task = cfg, out_dir, task
         self.validation_files = set(validation_files or [])
         self.backend, self.eos = toks.load_backend(tokenizer_dir)  # without tokenizer.json's padding/truncation
@@ -185,9 +190,10 @@ class UnitWorker:
         for rows in _batched(read_unit(unit, cfg, notes), cfg.tokenize_batch_size):
             rows_in += len(rows)
             kept, hashes = self._clean(rows, seen, int(key, 16) >> 1, cfg)
-            claimed.append(hashes)
+            if cfg.dedup:
+                claimed.append(hashes)
             rejects.add([r for r in rows if r["reject"]])
-            self._tokenize(kept, writers)
+            self._tokenize(kept, hashes, writers)
         rejects.close()
         splits = {s: w.close() for s, w in writers.items()}
         marker = {"unit": unit.to_dict(), "role": role, "notes": notes, "rows_in": rows_in, "rejected": rejects.counts,
@@ -200,7 +206,8 @@ class UnitWorker:
                 "tokens_out": sum(s["tokens_out"] for s in splits.values()), "seconds": time.time() - t0}
 
     def _clean(self, rows: list[dict], seen: set[int], owner: int, cfg: DataConfig) -> tuple[list[dict], np.ndarray]:
-        """Normalise and filter in place (setting `reject`); returns kept rows and their hashes."""
+        """Normalise and filter in place (setting `reject`); returns kept rows and their text hashes
+        (one blake2b per document: dedup's key and the train/validation split's)."""
         classify = self.task == "sequence-classification"
         for r in rows:
             check_row(r, cfg)
@@ -214,9 +221,9 @@ class UnitWorker:
                     r["reject"] = "bad_label"
                     check_row(r, cfg)
         live = [r for r in rows if not r["reject"]]
+        hashes = text_hashes([r["text"] for r in live])
         if not cfg.dedup:
-            return live, np.empty(0, np.int64)
-        hashes = np.array([text_hash(r["text"]) for r in live], dtype=np.int64)
+            return live, hashes
         ok = np.ones(len(live), dtype=bool)
         for i, h in enumerate(hashes.tolist()):  # duplicates inside this unit
             ok[i] = h not in seen
@@ -228,23 +235,22 @@ class UnitWorker:
                 r["reject"] = "duplicate"
         return [r for r, good in zip(live, ok) if good], hashes[ok]
 
-    def split(self, row: dict) -> str:
-        """data.validation_source files are the validation split; else a hash of the (normalized)
-        text decides: copies of a document share a split (no train/validation leak when dedup is
-        off), and which copy dedup keeps - first come, first kept - cannot move it to the other."""
+    def validation(self, kept: list[dict], hashes: np.ndarray) -> np.ndarray:
+        """Which kept rows are validation: data.validation_source files are; else a hash of the
+        (normalized) text decides: copies of a document share a split (no train/validation leak
+        when dedup is off), and which copy dedup keeps - first come, first kept - cannot move it."""
         if self.validation_files:
-            return "validation" if row["source"] in self.validation_files else "train"
-        return split_of(row["text"], self.cfg.validation_fraction)
+            return np.array([r["source"] in self.validation_files for r in kept], dtype=bool)
+        return splits_of(hashes, self.cfg.validation_fraction)
 
-    def _tokenize(self, kept: list[dict], writers: dict[str, SplitWriter]) -> None:
+    def _tokenize(self, kept: list[dict], hashes: np.ndarray, writers: dict[str, SplitWriter]) -> None:
         if not kept:
             return
         texts = [r["text"] for r in kept]
         encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
         ids = [e.ids for e in encode(texts, add_special_tokens=False)]
-        by_split: dict[str, list[int]] = {s: [] for s in SPLITS}
-        for i, r in enumerate(kept):
-            by_split[self.split(r)].append(i)
+        val = self.validation(kept, hashes)
+        by_split = {"train": np.flatnonzero(~val).tolist(), "validation": np.flatnonzero(val).tolist()}
         for s, idx in by_split.items():
             if idx:
                 writers[s].add([ids[i] for i in idx], [texts[i] for i in idx], [kept[i].get("label_id") for i in idx])
@@ -271,51 +277,6 @@ def _batched(rows: Iterator[dict], n: int) -> Iterator[list[dict]]:
         yield batch
 
 
-# ---------------------------------------------------------------- tokenizer
-
-
-def sample_documents(cfg: DataConfig, source: str, n: int, max_files: int = 64) -> Iterator[str]:
-    """Up to n cleaned documents streamed from up to `max_files` files spread over the corpus
-    (never the whole corpus in memory). Bad rows stop it under on_error=fail."""
-    files = _fs.list_files(source)
-    step = max(1, len(files) // max_files)
-    picked = files[::step][:max_files]
-    quota = -(-n // len(picked))
-    for uri, size in picked:
-        from raylm.datasets.sources import file_format
-
-        got = 0
-        for row in read_unit(Unit(uri, file_format(uri, cfg.format), size), cfg):
-            check_row(row, cfg)
-            text = normalize(row["text"]) if not row["reject"] else ""
-            if text and not reject_reason(text, cfg):
-                yield text
-                got += 1
-                if got >= quota:
-                    break
-
-
-def ensure_tokenizer(cfg: DataConfig, task: str, source: str) -> str:
-    """Use the configured tokenizer, the one already trained for this corpus, or train one."""
-    tok_dir = toks.resolve_tokenizer_dir(cfg.prepared_dir, cfg.tokenizer.path)
-    if not Path(tok_dir, "tokenizer.json").is_file() and not cfg.tokenizer.path:
-        t0 = time.time()
-        try:
-            sample = sample_documents(cfg, source, cfg.tokenizer.sample_docs)
-            first = next(sample, None)  # raise here, not inside the Rust trainer
-            if first is None:
-                raise UserError("the corpus is empty: no document survived reading and cleaning",
-                                hint="check data.source, data.text_field and data.min_chars")
-            toks.train_bpe(itertools.chain([first], sample), tok_dir, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
-        except BadRowError as err:
-            raise UserError(f"{err} (data.on_error=fail)", hint="fix the file or set data.on_error=skip") from None
-        log.info("tokenizer: trained %s in %.1fs", tok_dir, time.time() - t0)
-    problems = toks.check_tokenizer(toks.load_tokenizer(tok_dir), task)
-    if problems:
-        raise UserError([f"tokenizer {tok_dir}: {p}" for p in problems])
-    return tok_dir
-
-
 # ---------------------------------------------------------------- driver
 
 
@@ -329,13 +290,6 @@ def _fingerprint_inputs(cfg: DataConfig, task: str, tok_fp: str, files: list[tup
     keys = cfg.model_dump(mode="json", exclude=_SPEED_KNOBS)
     # The schema version too: a prepared dir (or an interrupted one) from another layout is redone.
     return hashlib.sha256(json.dumps([keys, task, tok_fp, files, SCHEMA_VERSION], sort_keys=True).encode()).hexdigest()[:16]
-
-
-def load_manifest(prepared_dir: str) -> dict:
-    path = Path(prepared_dir, "manifest.json")
-    if not path.is_file():
-        raise UserError(f"no prepared data at '{prepared_dir}' (manifest.json missing)", hint="run `raylm prepare CONFIG` first")
-    return json.loads(path.read_text())
 
 
 def _start_fresh_if_changed(out: Path, inputs_fp: str, force: bool) -> None:
@@ -384,7 +338,7 @@ def prepare(cfg: DataConfig, task: str = "causal-lm", force: bool = False) -> di
             ray.kill(actor)
     markers = [json.loads((out / PROGRESS / f"{u.key}.json").read_text()) for u in units]
     _remove_orphans(out, markers)
-    manifest = _manifest(cfg, task, tok_dir, tok_fp, inputs_fp, markers)
+    manifest = build_manifest(cfg, task, tok_dir, tok_fp, inputs_fp, markers)
     manifest["seconds"] = round(time.time() - t0, 2)
     _atomic_json(manifest, str(mpath))
     return manifest
@@ -422,14 +376,15 @@ def _run_units(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: list[U
     from raylm.datasets.progress import Progress
 
     items = [{"unit": u.to_dict()} for u in todo]
+    actors = max(1, min(_pool_size(cfg), len(todo)))
+    threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)  # tokenizer threads per actor
     stats = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         UnitWorker,
-        fn_constructor_args=(cfg, tok_dir, str(out), task, dedup, validation_files),
+        fn_constructor_args=(cfg, tok_dir, str(out), task, dedup, validation_files, threads),
         batch_format="pyarrow",
         batch_size=1,
         # One unit at a time per actor: a queued unit would wait behind a long one while another actor idles.
-        compute=ray.data.ActorPoolStrategy(size=max(1, min(_pool_size(cfg), len(todo))),
-                                           max_tasks_in_flight_per_actor=1),
+        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
         runtime_env=_runtime_env(),
     )
     progress = Progress(total_bytes, total_bytes - sum(_unit_bytes(u) for u in todo), len(todo), cfg.progress_seconds)
@@ -482,76 +437,3 @@ def _remove_orphans(out: Path, markers: list[dict]) -> None:
             os.remove(path)
 
 
-def _sum_counts(counts: Any) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for c in counts:
-        for reason, n in c.items():
-            total[reason] = total.get(reason, 0) + n
-    return dict(sorted(total.items()))
-
-
-def _input_ledgers(markers: list[dict]) -> dict[str, dict]:
-    """rows in = kept + rejected, for each input role (train files, validation files)."""
-    out: dict[str, dict] = {}
-    for role in sorted({m.get("role", "train") for m in markers}):
-        ms = [m for m in markers if m.get("role", "train") == role]
-        rejected = _sum_counts(m["rejected"] for m in ms)
-        out[role] = {"rows_in": sum(m["rows_in"] for m in ms), "rows_rejected": sum(rejected.values()),
-                     "rejected": rejected}
-        out[role]["rows_kept"] = out[role]["rows_in"] - out[role]["rows_rejected"]
-    return out
-
-
-def _empty_validation(cfg: DataConfig, ledger: dict | None, notes: list[str]) -> UserError:
-    """data.validation_source was asked for and gave no document: say why, and what to set."""
-    ledger = ledger or {"rows_in": 0, "rejected": {}}
-    problems = [f"data.validation_source='{cfg.validation_source}': the validation split is empty "
-                f"({ledger['rows_in']} rows read, none kept; rejected: {ledger['rejected'] or 'none'})", *notes]
-    if any(r in ledger["rejected"] for r in ("missing_column", "missing_text", "bad_label")):
-        hint = ("name the validation files' own columns: data.validation_text_field=... "
-                "(and data.validation_label_field=...)")
-    else:
-        hint = f"check the files, or see {cfg.prepared_dir}/rejects/ (`raylm rejects CONFIG`)"
-    return UserError(problems, hint=hint)
-
-
-def _manifest(cfg: DataConfig, task: str, tok_dir: str, tok_fp: str, inputs_fp: str, markers: list[dict]) -> dict:
-    tok = toks.load_tokenizer(tok_dir)
-    splits: dict[str, Any] = {}
-    for split in SPLITS:
-        parts = [m["splits"][split] for m in markers]
-        splits[split] = {"files": [f for p in parts for f in p["files"]],
-                         **{k: sum(p[k] for p in parts) for k in COUNTS}}
-    inputs = _input_ledgers(markers)
-    rejected = _sum_counts(ledger["rejected"] for ledger in inputs.values())
-    rows_in = sum(m["rows_in"] for m in markers)
-    kept = sum(splits[s]["docs"] for s in SPLITS)
-    notes = [n for m in markers for n in m.get("notes", [])]
-    if kept == 0:
-        raise UserError([f"the corpus is empty: no document in '{cfg.source}' survived cleaning "
-                         f"(rejected: {rejected or 'none'})", *notes], hint=f"see {cfg.prepared_dir}/rejects/")
-    if cfg.validation_source and splits["validation"]["docs"] == 0:
-        raise _empty_validation(cfg, inputs.get("validation"), [n for m in markers if m.get("role") == "validation"
-                                                               for n in m.get("notes", [])])
-    if splits["train"]["rows"] == 0:
-        raise UserError(f"no training rows: the corpus is smaller than one block of {cfg.block_size} tokens",
-                        hint="add text or lower data.block_size")
-    classify = task == "sequence-classification"
-    return {
-        "schema_version": SCHEMA_VERSION, "task": task, "source": cfg.source,
-        "tokenizer_dir": os.path.abspath(tok_dir), "tokenizer_fingerprint": tok_fp,
-        "inputs_fingerprint": inputs_fp, "vocab_size": len(tok), "eos_id": tok.eos_token_id,
-        "pad_id": tok.pad_token_id, "mask_id": tok.mask_token_id,
-        "cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id,  # the trainer adds them at collate
-        "block_size": cfg.block_size, "max_length": cfg.max_length, "shard_rows": cfg.shard_rows,
-        "labels": cfg.labels if classify else None,
-        "num_labels": (len(cfg.labels) if cfg.labels else max(m["max_label"] for m in markers) + 1) if classify else None,
-        # The ledger: every row read is either kept or rejected under a reason.
-        "rows_in": rows_in, "rows_kept": kept, "rows_rejected": sum(rejected.values()),
-        "ledger_balanced": rows_in == kept + sum(rejected.values()), "rejected": dict(sorted(rejected.items())),
-        # The same ledger per input (data.source as 'train', data.validation_source as 'validation')
-        # and what is wrong with whole files (a missing column, an unreadable file).
-        "inputs": inputs, "notes": notes,
-        "units": len(markers), "splits": splits,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }

@@ -80,17 +80,66 @@ def load_backend(path: str | Path) -> tuple[Any, int | None]:
 
 def check_tokenizer(tok, task: str) -> list[str]:
     """Problems that make a tokenizer unusable for a task, one line each."""
+    return check_facts(_hf_facts(tok), task)
+
+
+def check_facts(facts: dict, task: str) -> list[str]:
+    """`check_tokenizer` on `tokenizer_facts`."""
     problems = []
-    if task in ("causal-lm",) and tok.eos_token_id is None:
+    if task in ("causal-lm",) and facts["eos_id"] is None:
         problems.append("tokenizer has no EOS token: causal LM packing needs one between documents")
-    if task == "masked-lm" and tok.mask_token_id is None:
+    if task == "masked-lm" and facts["mask_id"] is None:
         problems.append("tokenizer has no mask token: masked LM needs one")
-    if len(tok) <= len(set(tok.all_special_tokens)):
+    if facts["vocab_size"] <= len(facts["specials"]):
         problems.append(
-            f"tokenizer vocabulary ({len(tok)}) is no larger than its special tokens "
-            f"({len(set(tok.all_special_tokens))}): train it with a larger data.tokenizer.vocab_size"
+            f"tokenizer vocabulary ({facts['vocab_size']}) is no larger than its special tokens "
+            f"({len(facts['specials'])}): train it with a larger data.tokenizer.vocab_size"
         )
     return problems
+
+
+# What AutoTokenizer says about a tokenizer, read from its files when raylm wrote them (a plain
+# fast tokenizer, no class defaults, no extra special tokens): importing transformers costs the
+# prepare driver seconds of CPU (torch comes with it) before any worker starts. Anything else,
+# and any doubt, asks transformers.
+_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+_PLAIN_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+_ID_KEYS = {"eos_id": "eos_token", "pad_id": "pad_token", "mask_id": "mask_token", "cls_id": "cls_token",
+            "sep_id": "sep_token"}
+
+
+def tokenizer_facts(path: str | Path) -> dict:
+    """{vocab_size, eos_id, pad_id, mask_id, cls_id, sep_id, specials}: as AutoTokenizer gives them."""
+    return _plain_facts(Path(path)) or _hf_facts(load_tokenizer(path))
+
+
+def _hf_facts(tok) -> dict:
+    return {"vocab_size": len(tok), **{k: getattr(tok, f"{v}_id") for k, v in _ID_KEYS.items()},
+            "specials": sorted(set(tok.all_special_tokens))}
+
+
+def _plain_facts(p: Path) -> dict | None:
+    import json
+
+    from tokenizers import Tokenizer
+
+    conf_file, tok_file = p / "tokenizer_config.json", p / "tokenizer.json"
+    if not conf_file.is_file() or not tok_file.is_file() or (p / "special_tokens_map.json").exists():
+        return None
+    conf = json.loads(conf_file.read_text())
+    if conf.get("tokenizer_class") not in _PLAIN_CLASSES or set(conf) - {*_SPECIAL_KEYS, "tokenizer_class",
+                                                                          "backend", "model_max_length"}:
+        return None
+    specials = {k: conf.get(k) for k in _SPECIAL_KEYS}
+    if not all(v is None or isinstance(v, str) for v in specials.values()):
+        return None  # AddedToken dicts: their flags are transformers' business
+    backend = Tokenizer.from_file(str(tok_file))
+    ids = {k: backend.token_to_id(v) for k, v in specials.items() if v is not None}
+    if None in ids.values():
+        return None  # a special token outside the vocabulary: transformers maps it to <unk>
+    return {"vocab_size": backend.get_vocab_size(with_added_tokens=True),
+            **{k: ids.get(v) for k, v in _ID_KEYS.items()},
+            "specials": sorted({v for v in specials.values() if v is not None})}
 
 
 def fingerprint(path: str | Path) -> str:

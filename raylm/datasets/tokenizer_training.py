@@ -1,0 +1,61 @@
+"""The tokenizer `prepare` uses: the configured one, the one trained earlier for this corpus, or a
+byte-level BPE trained here on documents streamed from the corpus (cleaned as prepare cleans them)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from raylm.datasets import _fs
+from raylm.datasets import tokenizers as toks
+from raylm.datasets.clean import normalize, reject_reason
+from raylm.datasets.config import DataConfig
+from raylm.datasets.sources import BadRowError, Unit, check_row, file_format, read_unit
+from raylm.errors import UserError
+
+log = logging.getLogger("raylm.datasets.prepare")
+
+
+def sample_documents(cfg: DataConfig, source: str, n: int, max_files: int = 64) -> Iterator[str]:
+    """Up to n cleaned documents streamed from up to `max_files` files spread over the corpus
+    (never the whole corpus in memory). Bad rows stop it under on_error=fail."""
+    files = _fs.list_files(source)
+    step = max(1, len(files) // max_files)
+    picked = files[::step][:max_files]
+    quota = -(-n // len(picked))
+    for uri, size in picked:
+        got = 0
+        for row in read_unit(Unit(uri, file_format(uri, cfg.format), size), cfg):
+            check_row(row, cfg)
+            text = normalize(row["text"]) if not row["reject"] else ""
+            if text and not reject_reason(text, cfg):
+                yield text
+                got += 1
+                if got >= quota:
+                    break
+
+
+def ensure_tokenizer(cfg: DataConfig, task: str, source: str) -> str:
+    """Use the configured tokenizer, the one already trained for this corpus, or train one."""
+    tok_dir = toks.resolve_tokenizer_dir(cfg.prepared_dir, cfg.tokenizer.path)
+    if not Path(tok_dir, "tokenizer.json").is_file() and not cfg.tokenizer.path:
+        t0 = time.time()
+        try:
+            sample = sample_documents(cfg, source, cfg.tokenizer.sample_docs)
+            first = next(sample, None)  # raise here, not inside the Rust trainer
+            if first is None:
+                raise UserError("the corpus is empty: no document survived reading and cleaning",
+                                hint="check data.source, data.text_field and data.min_chars")
+            toks.train_bpe(itertools.chain([first], sample), tok_dir, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+        except BadRowError as err:
+            raise UserError(f"{err} (data.on_error=fail)", hint="fix the file or set data.on_error=skip") from None
+        log.info("tokenizer: trained %s in %.1fs", tok_dir, time.time() - t0)
+    problems = toks.check_facts(toks.tokenizer_facts(tok_dir), task)
+    if problems:
+        raise UserError([f"tokenizer {tok_dir}: {p}" for p in problems])
+    return tok_dir
+
+
