@@ -95,10 +95,17 @@ def rejects_cmd(config: str, overrides: list[str] = OVERRIDES, reason: str = typ
 @user_errors
 def eval_cmd(model_dir: str, config: str = typer.Option(None, "--config", help="Config whose prepared data to use."),
              prepared: str = typer.Option(None, "--prepared", help="Prepared data directory (overrides --config)."),
-             split: str = "validation", max_batches: int = typer.Option(None, help="Evaluate at most N batches.")) -> None:
+             split: str = "validation", max_batches: int = typer.Option(None, help="Evaluate at most N batches."),
+             input_file: str = typer.Option(None, "--input", help="NER/QA: score this raw labelled file instead "
+                                            "(featurized on the fly with the model's tokenizer).")) -> None:
     """Perplexity (language models) or accuracy/F1 (classifiers) of an HF directory on a prepared split."""
     from raylm.datasets.prepare import load_manifest
     from raylm.trainers.evaluation import classify, perplexity
+
+    if input_file:  # downstream tasks: raylm.trainers.downstream_eval
+        from raylm.trainers.downstream_eval import evaluate_file
+
+        return _echo_metrics(evaluate_file(model_dir, input_file))
 
     prepared_dir = prepared or (_load(config, []).data.prepared_dir if config else None)
     if not prepared_dir:
@@ -145,6 +152,11 @@ def run(config: str = typer.Argument("configs/demo.yaml"), overrides: list[str] 
     main(cfg, address=address, prompt=prompt)
 
 
+def _echo_metrics(res: dict) -> None:
+    for k, v in res.items():
+        typer.echo(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+
+
 def _register_optional() -> None:
     """Sub-commands owned by other components (cluster, tuning) when present."""
     try:
@@ -155,6 +167,9 @@ def _register_optional() -> None:
         app.command("submit")(user_errors(submit_cmd))
     except ImportError:
         pass
+    from raylm.trainers.downstream_cli import predict_cmd
+
+    app.command("predict")(user_errors(predict_cmd))
     try:
         from raylm.tuning.cli import tune_cmd
 

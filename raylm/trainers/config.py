@@ -32,7 +32,10 @@ class ModelConfig(BaseModel):
 class TrainerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task: Literal["causal-lm", "masked-lm", "sequence-classification"] = "causal-lm"
+    task: Literal["causal-lm", "masked-lm", "sequence-classification", "token-classification",
+                  "question-answering"] = Field(
+        "causal-lm", description="token-classification (NER, data.ner) and question-answering (extractive, "
+        "data.qa): see raylm.trainers.downstream.")
     run_name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (one process each).")
     use_gpu: bool | Literal["auto"] = Field("auto", description="Use GPUs when the cluster has them.")

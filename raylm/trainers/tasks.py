@@ -163,3 +163,6 @@ def with_special_tokens(ids: np.ndarray, meta: dict) -> np.ndarray:
         return ids
     body = np.asarray(ids)[: max(1, (meta.get("max_length") or len(ids) + 2) - 2)]
     return np.concatenate([[cls_id], body, [sep_id]])
+
+
+from raylm.trainers import downstream as _downstream  # noqa: E402,F401  registers NER and QA
