@@ -109,3 +109,51 @@ def test_token_classification_prepare_train_eval_predict(ray_session, tmp_path):
     strict = validate(raw_config(tmp_path, "token-classification", train_file, val_file, on_error="fail"))
     with pytest.raises(UserError, match=rf"{train_file}:{bad_line}: expected 4 columns"):
         prepare(strict.data, task="token-classification")
+
+
+def squad_file(path, n_paragraphs: int, seed: int, bad: bool = False) -> str:
+    """SQuAD v1.1 JSON: 'NAME lives in CITY and works for ORG .' with one question per fact; with
+    `bad`, one answer whose answer_start does not point at its text (a bad_answer reject)."""
+    rng, paras = random.Random(seed), []
+    for p in range(n_paragraphs):
+        name, city, org = rng.choice(PER), " ".join(rng.choice(LOC)), rng.choice(ORG)
+        ctx = f"{name} lives in {city} and works for {org} ."
+        qas = [{"id": f"{seed}-{p}-{k}", "question": q, "answers": [{"text": a, "answer_start": ctx.index(a)}]}
+               for k, (q, a) in enumerate([(f"where does {name} live ?", city), (f"who works for {org} ?", name)])]
+        if bad and p == 2:
+            qas[0]["answers"][0]["answer_start"] += 1
+        paras.append({"context": ctx, "qas": qas})
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paras}]}))
+    return str(path)
+
+
+def test_question_answering_prepare_train_eval_predict(ray_session, tmp_path):
+    from transformers import AutoModelForQuestionAnswering
+
+    from raylm.cli import app
+    from raylm.datasets.prepare import load_manifest
+    from raylm.trainers.driver import train
+
+    train_file = squad_file(tmp_path / "train.json", 60, 0, bad=True)
+    val_file = squad_file(tmp_path / "dev.json", 10, 1)
+    cfg = validate(raw_config(tmp_path, "question-answering", train_file, val_file, qa={"doc_stride": 8}))
+    summary = train(cfg)
+
+    m = load_manifest(cfg.data.prepared_dir)
+    assert m["rejected"] == {"bad_answer": 1} and m["ledger_balanced"] and m["rows_in"] == 140
+    assert m["splits"]["validation"]["docs"] == 20
+    metrics = summary["metrics"]
+    assert metrics["step"] == 6 and {"val_exact_match", "val_f1", "val_loss"} <= set(metrics)
+    assert AutoModelForQuestionAnswering.from_pretrained(summary["export_dir"]).config.num_hidden_layers == 2
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", summary["export_dir"], "--input", val_file])
+    assert res.exit_code == 0, res.output
+    assert "examples: 20" in res.output and "exact_match: " in res.output
+    out = tmp_path / "answers.jsonl"
+    res = runner.invoke(app, ["predict", summary["export_dir"], "--input", val_file, "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    contexts = {qa["id"]: p["context"] for p in json.loads(open(val_file).read())["data"][0]["paragraphs"]
+                for qa in p["qas"]}
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 20 and all(contexts[r["id"]][r["start"]:r["end"]] == r["answer"] for r in rows)
