@@ -111,6 +111,9 @@ def eval_cmd(model_dir: str, config: str = typer.Option(None, "--config", help="
     if not prepared_dir:
         raise UserError("eval needs prepared data: pass --config CONFIG or --prepared DIR")
     manifest = load_manifest(prepared_dir)
+    if manifest.get("task") in ("token-classification", "question-answering"):
+        raise UserError(f"{manifest['task']} models are scored on a raw labelled file",
+                        hint=f"raylm eval {model_dir} --input FILE (e.g. the config's data.validation_source)")
     if manifest.get("task") == "sequence-classification":
         res = classify(model_dir, prepared_dir, manifest, split, pad_id=manifest.get("pad_id") or 0)
     else:

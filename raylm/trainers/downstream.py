@@ -76,6 +76,16 @@ class EncoderTask(Task):
     def head_kwargs(self, meta: dict) -> dict:
         return {}
 
+    def fake_raw_batch(self, meta: dict, b: int, seq_len: int) -> dict[str, np.ndarray]:
+        """A full-length raw training batch (the batch_size=auto probe on a GPU)."""
+        def rows(value: int) -> np.ndarray:  # variable-length rows arrive as an object array of arrays
+            out = np.empty(b, dtype=object)
+            out[:] = [np.full(seq_len, value, np.int32) for _ in range(b)]
+            return out
+
+        return {"input_ids": rows(5), "labels": rows(0), "token_type_ids": rows(0), "sample_id": np.arange(b),
+                "start_positions": np.ones(b, np.int64), "end_positions": np.ones(b, np.int64)}
+
     def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
         import transformers
 

@@ -157,3 +157,28 @@ def test_question_answering_prepare_train_eval_predict(ray_session, tmp_path):
                 for qa in p["qas"]}
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 20 and all(contexts[r["id"]][r["start"]:r["end"]] == r["answer"] for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_tune_sweeps_ner_on_entity_f1(ray_session, tmp_path):
+    """A 2-trial grid over lr on NER: with no tuning.metric the sweep maximises the task's val_f1."""
+    from transformers import AutoModelForTokenClassification
+
+    from raylm.tuning.results import COMPLETED
+    from raylm.tuning.sweep import run_sweep
+
+    train_file, _ = write_conll(tmp_path / "train.conll", ner_sentences(80, 0))
+    val_file, _ = write_conll(tmp_path / "val.conll", ner_sentences(16, 1))
+    raw = raw_config(tmp_path, "token-classification", train_file, val_file)
+    raw["trainer"].update(max_steps=4, eval_every=2, checkpoint_every=2, log_every=2)
+    raw["tuning"] = {"name": "ner", "num_samples": 1, "max_concurrent_trials": 2, "scheduler": {"type": "fifo"},
+                     "space": {"trainer.lr": {"type": "grid", "values": [3e-3, 1e-6]}}}
+    cfg = validate(raw)
+    assert (cfg.tuning.metric, cfg.tuning.mode) == ("val_f1", "max")
+    summary = run_sweep(cfg)
+    assert summary.metric == "val_f1" and len(summary.rows) == 2
+    assert all(r.status == COMPLETED and r.step == 4 and r.best is not None for r in summary.rows)
+    best = max(summary.rows, key=lambda r: r.best)
+    assert summary.best_trial == best.trial_id
+    assert AutoModelForTokenClassification.from_pretrained(summary.best_model).config.num_labels == 7

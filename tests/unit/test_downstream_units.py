@@ -185,3 +185,12 @@ def test_predict_answers_are_spans_of_the_context(tok_dir, tmp_path):
     assert ans["id"] == "q1" and ctx[ans["start"]:ans["end"]] == ans["answer"] and ans["answer"]
     res = evaluate_file(model_dir, str(src))
     assert res["examples"] == 1 and {"exact_match", "f1"} <= set(res)
+
+
+def test_the_batch_size_probe_batch_feeds_collate_and_loss():
+    for task in (TokenClassification(), QuestionAnswering()):
+        meta = {"vocab_size": 40, "pad_id": 0, "max_length": 16, "labels": LABELS}
+        model = task.build_model(_cfg(task.name), meta)
+        inputs = task.collate(task.fake_raw_batch(meta, 3, 16), meta, 0)
+        assert inputs["input_ids"].shape == (3, 16)
+        assert torch.isfinite(task.loss(model, inputs))
