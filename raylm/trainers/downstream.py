@@ -148,7 +148,9 @@ class TokenClassification(EncoderTask):
                 golds.append([names[i] for i in g[keep].tolist()])
         parts = gather((loss_sum, n, preds, golds))
         loss_sum, n = sum(p[0] for p in parts), sum(p[1] for p in parts)
-        scores = entity_scores([s for p in parts for s in p[2]], [s for p in parts for s in p[3]])
+        preds, golds = [s for p in parts for s in p[2]], [s for p in parts for s in p[3]]
+        # An empty validation split scores 0 rather than failing the run at its first evaluation.
+        scores = entity_scores(preds, golds) if golds else dict.fromkeys(("f1", "precision", "recall", "accuracy"), 0.0)
         return {"val_loss": loss_sum / max(n, 1), "val_f1": scores["f1"], "val_precision": scores["precision"],
                 "val_recall": scores["recall"], "val_accuracy": scores["accuracy"]}
 
