@@ -236,7 +236,9 @@ def prepare_task(cfg: DataConfig, task: str, force: bool = False) -> dict:
         shutil.rmtree(out / sub, ignore_errors=True)
     mpath.unlink(missing_ok=True)
     t0 = time.time()
-    items = [{"path": f, "split": "validation" if s == "validation" else ""} for s in SPLITS for f in files[s]]
+    # With data.validation_source the split is the file's; otherwise a hash of each row's text decides.
+    fixed = {"train": "train" if cfg.validation_source else "", "validation": "validation"}
+    items = [{"path": f, "split": fixed[s]} for s in SPLITS for f in files[s]]
     rows = _consume(lambda: ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         functools.partial(_read_file, task=task, cfg=cfg), batch_size=1, batch_format="pyarrow").materialize())
     labels = _labels(cfg, task, rows)
