@@ -45,9 +45,8 @@ def model_dir() -> str:
 
 def subset(kind: str, src: str, n: int, out: str) -> str:
     """The first n sentences (CoNLL) or questions (SQuAD -> flat JSONL) of `src`, written to `out`."""
-    from raylm.datasets.task_prepare import read_rows
-
     from raylm.datasets.config import DataConfig
+    from raylm.datasets.task_prepare import read_rows
 
     rows = []
     for r in read_rows(src, TASK[kind], DataConfig(on_error="skip")):
@@ -66,8 +65,8 @@ def subset(kind: str, src: str, n: int, out: str) -> str:
 
 def features(kind: str, path: str, tok, max_length: int, doc_stride: int) -> tuple[list[dict], list[str] | None]:
     """raylm's training features for the HF side (labels from the training subset)."""
-    from raylm.datasets.conll import label_list
     from raylm.datasets.config import DataConfig
+    from raylm.datasets.conll import label_list
     from raylm.datasets.task_prepare import ner_features, qa_features, read_rows
 
     cfg = DataConfig(max_length=max_length, on_error="skip", qa={"doc_stride": doc_stride})
@@ -172,8 +171,8 @@ def run_task(kind: str, mdir: str, args: argparse.Namespace, root: str) -> dict:
 
 def markdown(res: dict) -> str:
     lines = [f"# raylm vs HF Trainer, downstream tasks ({res['date']})", "",
-             f"all-MiniLM-L6-v2, {res['train_rows']} train / {res['dev_rows']} dev examples, {res['max_steps']} steps, "
-             f"batch {res['batch']} x {res['workers']} worker(s), lr {res['lr']}, seed {SEED}", "",
+             (f"all-MiniLM-L6-v2, {res['train_rows']} train / {res['dev_rows']} dev examples, {res['max_steps']} steps, "
+             f"batch {res['batch']} x {res['workers']} worker(s), lr {res['lr']}, seed {SEED}"), "",
              "| task | metric | HF Trainer | raylm | delta (points) | HF wall s | raylm wall s (prepare) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in res["tasks"]:

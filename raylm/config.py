@@ -32,7 +32,7 @@ class RootConfig(BaseModel):
     k8s: K8sConfig = Field(default_factory=K8sConfig)
 
     @model_validator(mode="after")
-    def _tuning_metric_of_the_task(self) -> "RootConfig":
+    def _tuning_metric_of_the_task(self) -> RootConfig:
         """A sweep that names no `tuning.metric` optimises the task's own (val_f1 for NER and QA, ...)."""
         if self.tuning is not None and "metric" not in self.tuning.model_fields_set:
             from raylm.trainers.tasks import get_task

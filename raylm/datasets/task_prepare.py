@@ -165,7 +165,15 @@ class Featurizer:
 def train_wordpiece(texts: Iterator[str], out_dir: str, vocab_size: int, min_frequency: int) -> None:
     """A BERT-style uncased WordPiece tokenizer ([CLS] A [SEP] B [SEP]) saved where AutoTokenizer loads it:
     the encoders these tasks train read [CLS] and segment ids, as BERT does."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -241,16 +249,19 @@ def prepare_task(cfg: DataConfig, task: str, force: bool = False) -> dict:
     items = [{"path": f, "split": fixed[s]} for s in SPLITS for f in files[s]]
     rows = _consume(lambda: ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         functools.partial(_read_file, task=task, cfg=cfg), batch_size=1, batch_format="pyarrow").materialize())
-    labels = _labels(cfg, task, rows)
-    rows = _consume(lambda: _check_labels(rows, labels, cfg.on_error).materialize()) if cfg.labels else rows
-    rejected = _write_rejects(rows, out / "rejects")
+    if cfg.labels and task == "token-classification":
+        rows = _consume(lambda: _check_labels(rows, list(cfg.labels), cfg.on_error).materialize())
+    stats = rows.map_batches(_stats, batch_format="pyarrow").take_all()  # one small row per reason / tag
+    labels = _labels(cfg, task, {r["value"] for r in stats if r["kind"] == "tag"})
+    rejected = _write_rejects(rows, out / "rejects", stats)
     feats = _consume(lambda: rows.map_batches(
         Featurizer, fn_constructor_args=(task, cfg, tok_dir, {t: i for i, t in enumerate(labels or [])}),
         batch_format="pyarrow", batch_size=cfg.tokenize_batch_size,
         compute=ray.data.ActorPoolStrategy(size=_pool_size(cfg)),
     ).materialize())
     splits = {s: _write_split(feats, s, out, cfg.shard_rows) for s in SPLITS}
-    manifest = _manifest(cfg, task, tok_dir, fp, labels, rows.count(), rejected, splits)
+    rows_in = sum(r["count"] for r in stats if r["kind"] == "reason")
+    manifest = _manifest(cfg, task, tok_dir, fp, labels, rows_in, rejected, splits)
     manifest["seconds"] = round(time.time() - t0, 2)
     tmp = f"{mpath}.tmp"
     Path(tmp).write_text(json.dumps(manifest, indent=1))
@@ -281,21 +292,27 @@ def _find_user_error(err: BaseException) -> str | None:
     return lines[-1].split("UserError:", 1)[-1].strip() if lines else None
 
 
-def _labels(cfg: DataConfig, task: str, rows: Any) -> list[str] | None:
+def _labels(cfg: DataConfig, task: str, tags: set[str]) -> list[str] | None:
     """Tag names in id order: data.labels, else O then B-/I- of each type seen in the kept rows."""
     if task != "token-classification":
         return None
-    if cfg.labels:
-        return list(cfg.labels)
     from raylm.datasets.conll import label_list
 
-    seen = rows.map_batches(_tag_set, batch_format="pyarrow").take_all()
-    return label_list([[r["tag"] for r in seen]])
+    return list(cfg.labels) if cfg.labels else label_list([sorted(tags)])
 
 
-def _tag_set(batch: pa.Table) -> pa.Table:
-    tags = pc.unique(pc.list_flatten(batch.column("tags"))) if batch.num_rows else pa.array([], pa.string())
-    return pa.table({"tag": tags.cast(pa.string())})
+def _stats(batch: pa.Table) -> pa.Table:
+    """Rows per reject reason ("" = kept) and the tags of kept rows, for one block (a groupby would
+    shuffle through hundreds of partitions for a handful of keys)."""
+    kind, value, count = [], [], []
+    for vc in pc.value_counts(batch.column("reject")).to_pylist() if batch.num_rows else []:
+        kind, value, count = kind + ["reason"], value + [vc["values"]], count + [vc["counts"]]
+    if "tags" in batch.column_names and batch.num_rows:
+        kept = batch.filter(pc.equal(batch.column("reject"), ""))
+        tags = pc.unique(pc.list_flatten(kept.column("tags"))).to_pylist() if kept.num_rows else []
+        kind, value, count = kind + ["tag"] * len(tags), value + tags, count + [0] * len(tags)
+    return pa.table({"kind": pa.array(kind, pa.string()), "value": pa.array(value, pa.string()),
+                     "count": pa.array(count, pa.int64())})
 
 
 def _check_labels(rows: Any, labels: list[str], on_error: str) -> Any:
@@ -315,14 +332,17 @@ def _check_labels(rows: Any, labels: list[str], on_error: str) -> Any:
     return rows.map_batches(mark, batch_format="pyarrow")
 
 
-def _write_rejects(rows: Any, rdir: Path) -> dict[str, int]:
+def _write_rejects(rows: Any, rdir: Path, stats: list[dict]) -> dict[str, int]:
     """rejects/*.parquet (row_id, source, reason, text) and the count per reason."""
     def ledger(batch: pa.Table) -> pa.Table:
         bad = [r for r in batch.to_pylist() if r["reject"]]
         return pa.Table.from_pylist([{"row_id": r["row_id"], "source": r["source"], "reason": r["reject"],
                                       "text": row_text(r)[:2000]} for r in bad], schema=_LEDGER)
 
-    counts = {r["reject"]: r["count()"] for r in rows.groupby("reject").count().take_all() if r["reject"]}
+    counts: dict[str, int] = {}
+    for r in stats:
+        if r["kind"] == "reason" and r["value"]:
+            counts[r["value"]] = counts.get(r["value"], 0) + r["count"]
     if counts:
         rows.map_batches(ledger, batch_format="pyarrow").repartition(1).write_parquet(str(rdir))
     return dict(sorted(counts.items()))

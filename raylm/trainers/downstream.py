@@ -70,8 +70,8 @@ class EncoderTask(Task):
     def check_config(cls, cfg: RootConfig) -> list[str]:
         if cfg.model.init_from or cfg.model.arch in ENCODERS:
             return []
-        return [f"trainer.task={cls.name} builds an encoder: set model.arch to bert or roberta "
-                f"(got {cfg.model.arch}), or model.init_from to a pretrained encoder"]
+        return [(f"trainer.task={cls.name} builds an encoder: set model.arch to bert or roberta "
+                f"(got {cfg.model.arch}), or model.init_from to a pretrained encoder")]
 
     def head_kwargs(self, meta: dict) -> dict:
         return {}

@@ -32,7 +32,8 @@ def task_of(model_dir: str) -> str:
     if not os.path.isfile(path):
         raise UserError(f"'{model_dir}' is not a Hugging Face model directory (no config.json)",
                         hint="pass an exported model, e.g. runs/ner/export")
-    archs = json.load(open(path)).get("architectures") or []
+    with open(path) as f:
+        archs = json.load(f).get("architectures") or []
     for arch in archs:
         for suffix, task in ARCH_TASKS.items():
             if arch.endswith(suffix):
@@ -202,11 +203,9 @@ def predict_file(model_dir: str, input_path: str, output_path: str, batch_size: 
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     with open(output_path, "w") as f:
         if task == "token-classification":
-            for row, tags in zip(rows, tag_sentences(model, tok, rows, batch_size)):
-                f.write(json.dumps({"id": row.get("id") or row["row_id"], "tokens": row["tokens"], "tags": tags}) + "\n")
+            f.writelines(json.dumps({"id": row.get("id") or row["row_id"], "tokens": row["tokens"], "tags": tags}) + "\n" for row, tags in zip(rows, tag_sentences(model, tok, rows, batch_size)))
         else:
-            for row, ans in zip(rows, answer_questions(model, tok, rows, batch_size)):
-                f.write(json.dumps({"id": row["id"], "question": row["question"], **ans}) + "\n")
+            f.writelines(json.dumps({"id": row["id"], "question": row["question"], **ans}) + "\n" for row, ans in zip(rows, answer_questions(model, tok, rows, batch_size)))
     return {"task": task, "rows": len(rows), "output": output_path}
 
 

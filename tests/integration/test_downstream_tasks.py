@@ -5,8 +5,8 @@
 from __future__ import annotations
 
 import json
-import os
 import random
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -153,7 +153,7 @@ def test_question_answering_prepare_train_eval_predict(ray_session, tmp_path):
     out = tmp_path / "answers.jsonl"
     res = runner.invoke(app, ["predict", summary["export_dir"], "--input", val_file, "--output", str(out)])
     assert res.exit_code == 0, res.output
-    contexts = {qa["id"]: p["context"] for p in json.loads(open(val_file).read())["data"][0]["paragraphs"]
+    contexts = {qa["id"]: p["context"] for p in json.loads(Path(val_file).read_text())["data"][0]["paragraphs"]
                 for qa in p["qas"]}
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 20 and all(contexts[r["id"]][r["start"]:r["end"]] == r["answer"] for r in rows)

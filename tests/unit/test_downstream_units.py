@@ -12,9 +12,19 @@ import torch
 from raylm.config import validate
 from raylm.datasets.config import DataConfig
 from raylm.datasets.sources import BadRowError
-from raylm.datasets.task_prepare import Featurizer, ner_features, read_rows, train_wordpiece
+from raylm.datasets.task_prepare import (
+    Featurizer,
+    ner_features,
+    read_rows,
+    train_wordpiece,
+)
 from raylm.errors import UserError
-from raylm.trainers.downstream import QuestionAnswering, TokenClassification, _side, _unside, pad
+from raylm.trainers.downstream import (
+    QuestionAnswering,
+    TokenClassification,
+    _side,
+    _unside,
+)
 from raylm.trainers.step import to_batch
 
 pytestmark = pytest.mark.unit
