@@ -98,6 +98,10 @@ def test_token_classification_prepare_train_eval_predict(ray_session, tmp_path):
     res = runner.invoke(app, ["eval", summary["export_dir"], "--input", val_file])
     assert res.exit_code == 0, res.output
     assert "examples: 24" in res.output and "f1: " in res.output
+    # One window per sentence and the whole dev set in the loop's evaluation (2 ranks x 2 batches x 8):
+    # the exported model scores what the last checkpoint scored in training.
+    f1 = next(float(line.split(": ", 1)[1]) for line in res.output.splitlines() if line.startswith("f1: "))
+    assert f1 == pytest.approx(metrics["val_f1"], abs=1e-4)
     out = tmp_path / "tags.jsonl"
     res = runner.invoke(app, ["predict", summary["export_dir"], "--input", val_file, "--output", str(out)])
     assert res.exit_code == 0, res.output
