@@ -10,6 +10,7 @@ import typer
 from raylm._cli import command_started, setup_logging, user_errors
 from raylm.cluster.cli import jobs_app, k8s_app, submit_cmd
 from raylm.errors import UserError
+from raylm.trainers.downstream_cli import predict_cmd
 from raylm.tuning.cli import tune_cmd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -129,15 +130,25 @@ def export_cmd(run_dir: str,
 @user_errors
 def eval_cmd(model_dir: str, config: str = typer.Option(None, "--config", help="Config whose prepared data to use."),
              prepared: str = typer.Option(None, "--prepared", help="Prepared data directory (overrides --config)."),
-             split: str = "validation", max_batches: int = typer.Option(None, help="Evaluate at most N batches.")) -> None:
+             split: str = "validation", max_batches: int = typer.Option(None, help="Evaluate at most N batches."),
+             input_file: str = typer.Option(None, "--input", help="NER/QA: score this raw labelled file instead "
+                                            "(featurized on the fly with the model's tokenizer).")) -> None:
     """Perplexity (language models) or accuracy/F1 (classifiers) of an HF directory on a prepared split."""
     from raylm.datasets.prepare import load_manifest
     from raylm.trainers.evaluation import classify, perplexity
+
+    if input_file:  # downstream tasks: raylm.trainers.downstream_eval
+        from raylm.trainers.downstream_eval import evaluate_file
+
+        return _echo_metrics(evaluate_file(model_dir, input_file))
 
     prepared_dir = prepared or (_load(config, []).data.prepared_dir if config else None)
     if not prepared_dir:
         raise UserError("eval needs prepared data: pass --config CONFIG or --prepared DIR")
     manifest = load_manifest(prepared_dir)
+    if manifest.get("task") in ("token-classification", "question-answering"):
+        raise UserError(f"{manifest['task']} models are scored on a raw labelled file",
+                        hint=f"raylm eval {model_dir} --input FILE (e.g. the config's data.validation_source)")
     if manifest.get("task") == "sequence-classification":
         res = classify(model_dir, prepared_dir, manifest, split, pad_id=manifest.get("pad_id") or 0)
     else:
@@ -186,6 +197,12 @@ app.add_typer(k8s_app, name="k8s")
 app.add_typer(jobs_app, name="jobs")
 app.command("submit")(user_errors(submit_cmd))
 app.command("tune")(user_errors(tune_cmd))
+app.command("predict")(user_errors(predict_cmd))
+
+
+def _echo_metrics(res: dict) -> None:
+    for k, v in res.items():
+        typer.echo(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
 
 if __name__ == "__main__":
     app()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from raylm.cluster.config import ClusterConfig, K8sConfig
 from raylm.datasets.config import DataConfig
@@ -85,6 +85,17 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
     if conflicts:
         raise UserError(conflicts)
     return out
+
+    @model_validator(mode="after")
+    def _tuning_metric_of_the_task(self) -> RootConfig:
+        """A sweep that names no `tuning.metric` optimises the task's own (val_f1 for NER and QA, ...)."""
+        if self.tuning is not None and "metric" not in self.tuning.model_fields_set:
+            from raylm.trainers.tasks import get_task
+
+            task = get_task(self.trainer.task)
+            self.tuning.metric = task.metric
+            self.tuning.mode = self.tuning.mode if "mode" in self.tuning.model_fields_set else task.mode
+        return self
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

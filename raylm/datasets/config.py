@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from raylm.datasets.task_config import NERDataConfig, QADataConfig
+
 
 class TokenizerConfig(BaseModel):
     """The tokenizer: a local HF one, or a byte-level BPE trained on a sample of the corpus."""
@@ -80,6 +82,8 @@ class DataConfig(BaseModel):
         "data/prepared/demo", description="Where `raylm prepare` writes shards + manifest.json."
     )
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description=TokenizerConfig.__doc__)
+    ner: NERDataConfig = Field(default_factory=NERDataConfig, description="token-classification input files.")
+    qa: QADataConfig = Field(default_factory=QADataConfig, description="question-answering input files.")
     block_size: int = Field(64, ge=8, description="Tokens per packed training block.")
     max_length: int = Field(128, ge=8, description="Classification: truncate to this many tokens.")
     validation_fraction: float = Field(

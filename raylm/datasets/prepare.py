@@ -308,6 +308,11 @@ def prepare(cfg: DataConfig, task: str = "causal-lm", force: bool = False) -> di
     """Prepare shards (Ray must be initialised). Idempotent and resumable (see module doc)."""
     import ray
 
+    from raylm.datasets import task_prepare
+
+    if task in task_prepare.TASKS:  # labelled files (NER, QA): their own readers and features
+        return task_prepare.prepare_task(cfg, task, force)
+
     source = resolve_source(cfg)
     files = _fs.list_files(source) + (_fs.list_files(cfg.validation_source) if cfg.validation_source else [])
     tok_dir = ensure_tokenizer(cfg, task, source)

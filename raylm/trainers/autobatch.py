@@ -76,7 +76,9 @@ def cuda_probe(model: torch.nn.Module, task: Any, meta: dict, device: torch.devi
                seq_len: int) -> Callable[[int], float]:
     def probe(b: int) -> float:
         torch.cuda.reset_peak_memory_stats(device)
-        inputs = {k: v.to(device) for k, v in task.collate(fake_raw_batch(task.name, meta, b, seq_len), meta, 0).items()
+        fake = getattr(task, "fake_raw_batch", None)  # tasks whose shards hold more than input_ids (NER, QA)
+        raw = fake(meta, b, seq_len) if fake else fake_raw_batch(task.name, meta, b, seq_len)
+        inputs = {k: v.to(device) for k, v in task.collate(raw, meta, 0).items()
                   if k not in ("sample_id", "_n")}
         try:
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):

@@ -176,8 +176,10 @@ class TrainerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: Literal["causal-lm", "masked-lm", "sequence-classification"] = Field(
-        "causal-lm", description="What is trained: the model head, loss, collate and metrics (raylm.trainers.tasks)."
+    task: Literal["causal-lm", "masked-lm", "sequence-classification", "token-classification",
+                  "question-answering"] = Field(
+        "causal-lm", description="What is trained: the model head, loss, collate and metrics (raylm.trainers.tasks); "
+        "token-classification (NER, data.ner) and question-answering (extractive, data.qa): raylm.trainers.downstream.",
     )
     run_name: str = Field(
         "demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",

@@ -47,9 +47,16 @@ def model_meta(cfg: RootConfig, manifest: dict) -> dict:
                               or _labels_in_data(cfg.data.prepared_dir, manifest))
         if meta["cls_id"] is None and manifest.get("tokenizer_dir"):
             meta.update(_special_ids(manifest["tokenizer_dir"]))
+    meta |= {k: manifest.get(k) for k in getattr(_task(cfg), "meta_keys", ())}  # e.g. NER's tag names
     if meta["pad_id"] is None:
         meta["pad_id"] = meta["eos_id"]
     return meta
+
+
+def _task(cfg: RootConfig):
+    from raylm.trainers.tasks import get_task
+
+    return get_task(cfg.trainer.task)
 
 
 def _labels_in_data(prepared_dir: str, manifest: dict) -> int:
@@ -87,7 +94,7 @@ def best_checkpoint_rule(cfg: RootConfig) -> tuple[str, str]:
     return metric, mode
 
 
-_HIGHER_IS_BETTER = {"val_accuracy", "val_f1"}
+_HIGHER_IS_BETTER = {"val_accuracy", "val_f1", "val_exact_match", "val_precision", "val_recall"}
 
 
 def check_compatible(cfg: RootConfig, manifest: dict) -> None:
@@ -95,7 +102,8 @@ def check_compatible(cfg: RootConfig, manifest: dict) -> None:
     if manifest.get("task", "causal-lm") != cfg.trainer.task and cfg.trainer.task != "masked-lm":
         problems.append(f"data in {cfg.data.prepared_dir} was prepared for {manifest.get('task')}, "
                         f"not {cfg.trainer.task}: run `raylm prepare` with this config")
-    if manifest.get("block_size") != cfg.data.block_size and cfg.trainer.task != "sequence-classification":
+    problems += getattr(_task(cfg), "check_config", lambda _: [])(cfg)
+    if manifest.get("block_size") != cfg.data.block_size and cfg.trainer.task in ("causal-lm", "masked-lm"):
         problems.append(f"data.block_size is {cfg.data.block_size} but the shards hold blocks of "
                         f"{manifest.get('block_size')}: prepare again or set data.block_size")
     if problems:

@@ -237,7 +237,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         r.sink.log(metrics, st.step)
         save_now = save_now or last
         if save_now or eval_now:  # every checkpoint carries validation metrics: "best" ranks by them
-            metrics.update(evaluate(r.ctx.model, r.task.eval_step, r.val, r.ctx.device, r.ctx.amp,
+            task_eval = getattr(r.task, "evaluate", None)  # downstream tasks score decoded predictions
+            metrics.update(task_eval(r.ctx.model, r.val, r.ctx.device, r.ctx.amp, lc.meta) if task_eval else
+                           evaluate(r.ctx.model, r.task.eval_step, r.val, r.ctx.device, r.ctx.amp,
                                     lc.meta.get("num_labels") if r.task.name == "sequence-classification" else None))
             r.sink.log({k: v for k, v in metrics.items() if k.startswith("val_")}, st.step)
             r.progress.eval(st.step, metrics)

@@ -181,3 +181,6 @@ def with_special_tokens(ids: np.ndarray, meta: dict) -> np.ndarray:
         return body
     body = body[: max(1, (meta.get("max_length") or len(body) + 2) - 2)]
     return np.concatenate([[cls_id], body, [sep_id]])
+
+
+from raylm.trainers import downstream as _downstream  # noqa: F401  registers NER and QA

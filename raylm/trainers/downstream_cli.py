@@ -1,0 +1,17 @@
+"""`raylm predict`: registered by `raylm.cli`; the work is in `raylm.trainers.downstream_eval`."""
+
+from __future__ import annotations
+
+import typer
+
+
+def predict_cmd(model_dir: str,
+                input_file: str = typer.Option(..., "--input", help="Sentences (CoNLL, JSONL {tokens}|{text}) "
+                                               "or questions (SQuAD JSON, JSONL {id, question, context})."),
+                output: str = typer.Option(..., "--output", help="Where to write the predictions (JSONL)."),
+                batch_size: int = typer.Option(32, help="Feature windows per forward pass.")) -> None:
+    """Tags per token (NER) or answer text + character span (QA) from an exported model, one JSON line each."""
+    from raylm.trainers.downstream_eval import predict_file
+
+    res = predict_file(model_dir, input_file, output, batch_size)
+    typer.echo(f"[raylm] {res['task']}: {res['rows']} predictions -> {res['output']}")
