@@ -40,6 +40,17 @@ class RootConfig(BaseModel):
     tuning: TuningConfig | None = Field(None, description="Ray Tune sweep run by `raylm tune` (see raylm.tuning).")
     k8s: K8sConfig = Field(default_factory=K8sConfig, description=K8sConfig.__doc__)
 
+    @model_validator(mode="after")
+    def _tuning_metric_of_the_task(self) -> RootConfig:
+        """A sweep that names no `tuning.metric` optimises the task's own (val_f1 for NER and QA, ...)."""
+        if self.tuning is not None and "metric" not in self.tuning.model_fields_set:
+            from raylm.trainers.tasks import get_task
+
+            task = get_task(self.trainer.task)
+            self.tuning.metric = task.metric
+            self.tuning.mode = self.tuning.mode if "mode" in self.tuning.model_fields_set else task.mode
+        return self
+
 
 # ---------------------------------------------------------------- keys that moved (old configs keep working)
 
@@ -85,17 +96,6 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
     if conflicts:
         raise UserError(conflicts)
     return out
-
-    @model_validator(mode="after")
-    def _tuning_metric_of_the_task(self) -> RootConfig:
-        """A sweep that names no `tuning.metric` optimises the task's own (val_f1 for NER and QA, ...)."""
-        if self.tuning is not None and "metric" not in self.tuning.model_fields_set:
-            from raylm.trainers.tasks import get_task
-
-            task = get_task(self.trainer.task)
-            self.tuning.metric = task.metric
-            self.tuning.mode = self.tuning.mode if "mode" in self.tuning.model_fields_set else task.mode
-        return self
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -183,4 +183,4 @@ def with_special_tokens(ids: np.ndarray, meta: dict) -> np.ndarray:
     return np.concatenate([[cls_id], body, [sep_id]])
 
 
-from raylm.trainers import downstream as _downstream  # noqa: F401  registers NER and QA
+from raylm.trainers import downstream as _downstream  # noqa: E402, F401  registers NER and QA (after Task)

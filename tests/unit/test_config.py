@@ -105,7 +105,7 @@ def test_config_show_lists_each_key_with_value_default_and_description(tmp_path)
     assert ("trainer.schedule.type = cosine  (default)  Decay after warmup: cosine, linear, or constant "
             "(no decay).") in lines
     headers = [line.split("  ")[0] for line in lines if line.startswith("[")]
-    assert headers[:4] == ["[cluster]", "[data]", "[data.tokenizer]", "[model]"]
+    assert headers[:3] == ["[cluster]", "[data]", "[data.tokenizer]"] and headers.index("[model]") > 2
     assert {"[trainer.scaling]", "[trainer.optimizer]", "[trainer.schedule]", "[trainer.eval]",
             "[trainer.checkpoint]", "[trainer.export]", "[tuning]", "[k8s.worker_groups[0]]"} <= set(headers)
     # A narrow terminal: a long description wraps under its key, indented.

@@ -91,11 +91,11 @@ def _cls_corpus(root: Path) -> None:
     with open(root / "a.tsv", "w", newline="") as f:
         w = csv.writer(f, delimiter="\t")
         w.writerow(["sentence", "label"])
-        for i in range(80):
+        for _i in range(80):
             w.writerow([_doc(rng, int(rng.integers(1, 200))), int(rng.integers(0, 2))])
         w.writerow(["the good film", "7x"])
     with open(root / "b.jsonl", "w") as f:
-        for i in range(50):
+        for _i in range(50):
             f.write(json.dumps({"sentence": _doc(rng, int(rng.integers(1, 30))), "label": int(rng.integers(0, 3))}) + "\n")
         f.write(json.dumps({"sentence": "the plot", "label": None}) + "\n")
         f.write(json.dumps({"sentence": "the plot was dull", "label": "1"}) + "\n")
@@ -123,7 +123,7 @@ def _unit_summary(out: Path, key: str) -> dict:
             table = pq.read_table(path)
             f["content"] = hashlib.sha256(json.dumps(table.drop_columns(["sample_id"]).to_pydict()).encode()).hexdigest()
     for split in ("train", "validation"):
-        for i, f in enumerate(sorted(Path(out, split).glob(f"{key}-*.parquet"))):
+        for _i, f in enumerate(sorted(Path(out, split).glob(f"{key}-*.parquet"))):
             ids = pq.read_table(f, columns=["sample_id"]).column(0).to_pylist()
             assert ids == [sample_id(f"{split}/{f.name}", j) for j in range(len(ids))]
     rejects = out / "rejects" / f"rejects-{key}.parquet"
