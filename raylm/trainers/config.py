@@ -34,9 +34,22 @@ class TrainerConfig(BaseModel):
 
     task: Literal["causal-lm", "masked-lm", "sequence-classification"] = "causal-lm"
     run_name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    num_workers: int = Field(2, ge=1, description="Ray Train workers (one process each).")
+    num_workers: int | tuple[int, int] = Field(
+        2, description="Ray Train workers (one process each). [min, max]: elastic -- the run starts with as many "
+        "as the cluster fits (at least min), keeps training on fewer when a node is lost, and grows back "
+        "to max when nodes return (each change restarts from the latest checkpoint; data.sharding auto "
+        "becomes stride so every sample is still seen once).",
+    )
     use_gpu: bool | Literal["auto"] = Field("auto", description="Use GPUs when the cluster has them.")
+    elastic_resize_s: float = Field(
+        60.0, ge=0, description="Elastic runs: seconds between looks for room to grow back to max workers "
+        "(growing restarts the workers from the latest checkpoint).",
+    )
     cpus_per_worker: float = Field(1.0, gt=0)
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="Other Ray resources each worker reserves (custom ones too): "
+        "e.g. {trainslot: 1} with one trainslot per node puts one worker per node.",
+    )
     strategy: Literal["ddp", "fsdp"] = "ddp"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 autocast on a GPU that supports it, fp32 on CPU."
@@ -65,7 +78,14 @@ class TrainerConfig(BaseModel):
     eval_batches: int = Field(20, ge=1, description="Validation batches per worker per evaluation.")
     checkpoint_every: int = Field(50, ge=1, description="Checkpoint every N steps (and at the end).")
     num_to_keep: int = Field(2, ge=1)
-    max_failures: int = Field(2, ge=0, description="Worker-group restarts before the run fails.")
+    max_failures: int = Field(
+        2, ge=0, description="Restarts after failures of the run itself (a crash, a lost node) before it fails.",
+    )
+    max_preemptions: int = Field(
+        -1, ge=-1, description="Restarts after preemptions, counted apart from max_failures (-1: no limit). "
+        "A preemption is a node drain (`ray drain-node --reason PREEMPTION`, KubeRay, spot reclaims) or a "
+        "SIGTERM to a worker: the workers checkpoint at the next log step, then exit for a restart.",
+    )
     log_every: int = Field(10, ge=1)
     seed: int = 1337
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker (CPU).")
@@ -98,6 +118,11 @@ class TrainerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainerConfig":
+        if isinstance(self.num_workers, tuple) and not 1 <= self.num_workers[0] <= self.num_workers[1]:
+            raise ValueError(f"num_workers {list(self.num_workers)}: an elastic range is [min, max] with "
+                             "1 <= min <= max")
+        if isinstance(self.num_workers, int) and self.num_workers < 1:
+            raise ValueError(f"num_workers ({self.num_workers}) must be at least 1, or a [min, max] range")
         if isinstance(self.batch_size, int) and self.batch_size < 1:
             raise ValueError(f"batch_size ({self.batch_size}) must be at least 1, or 'auto'")
         if self.warmup_steps > self.max_steps:

@@ -116,8 +116,20 @@ def scaling_config(cfg: RootConfig) -> Any:
     from ray.train import ScalingConfig
 
     t = cfg.trainer
-    gpu = t.use_gpu if isinstance(t.use_gpu, bool) else ray.cluster_resources().get("GPU", 0) >= t.num_workers
-    return ScalingConfig(num_workers=t.num_workers, use_gpu=gpu, resources_per_worker={"CPU": t.cpus_per_worker})
+    low = t.num_workers if isinstance(t.num_workers, int) else t.num_workers[0]
+    gpu = t.use_gpu if isinstance(t.use_gpu, bool) else ray.cluster_resources().get("GPU", 0) >= low
+    elastic = {} if isinstance(t.num_workers, int) else {"elastic_resize_monitor_interval_s": t.elastic_resize_s}
+    return ScalingConfig(num_workers=t.num_workers, use_gpu=gpu,
+                         resources_per_worker={**t.resources_per_worker, "CPU": t.cpus_per_worker}, **elastic)
+
+
+def failure_config(cfg: RootConfig) -> Any:
+    """Failures of the run and preemptions have separate budgets (Ray charges a restart to
+    max_preemption_failures when a worker died with its node drained for preemption, or exited
+    with `raylm.trainers.preemption.Preempted`)."""
+    from ray.train import FailureConfig
+
+    return FailureConfig(max_failures=cfg.trainer.max_failures, max_preemption_failures=cfg.trainer.max_preemptions)
 
 
 def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: list | None = None,
@@ -125,7 +137,7 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
                   loop_overrides: dict | None = None) -> Any:
     """A TorchTrainer for this config (used by `raylm train` and by the Tune driver)."""
     from ray.data import ExecutionOptions
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
+    from ray.train import CheckpointConfig, DataConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from raylm.datasets.prepare import load_manifest
@@ -153,7 +165,7 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
         run_config=RunConfig(
             name=name,
             **run_storage(storage_root(cfg, storage_path)),
-            failure_config=FailureConfig(max_failures=t.max_failures),
+            failure_config=failure_config(cfg),
             # Ray ranks checkpoints by the metric but never deletes the latest: resume uses it.
             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep, checkpoint_score_attribute=metric,
                                                checkpoint_score_order=mode),

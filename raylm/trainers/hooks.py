@@ -12,8 +12,8 @@ class SampleLog:
     Lines are `epoch step id id ...` (step is 0-based, the update the batch went into). On a
     resume from step S the lines of steps >= S are cut: those updates were rolled back with the
     model, and their samples are trained again. So after any number of restarts the file lists
-    exactly what the final model was trained on. `# pid=... resumed_from=...` lines let a test
-    find (and kill) a worker process.
+    exactly what the final model was trained on. `# pid=... resumed_from=... node=...` lines let
+    a test find (and kill) a worker process, and see on which Ray node it ran.
     """
 
     def __init__(self, base: str | None, rank: int, resume_step: int) -> None:
@@ -26,7 +26,7 @@ class SampleLog:
             with open(path, "w") as f:
                 f.writelines(keep)
         self._f = open(path, "a", buffering=1)
-        self._f.write(f"# pid={os.getpid()} resumed_from={resume_step}\n")
+        self._f.write(f"# pid={os.getpid()} resumed_from={resume_step} node={_node_id()}\n")
 
     def write(self, epoch: int, step: int, sample_ids: Any) -> None:
         if self._f:
@@ -35,6 +35,15 @@ class SampleLog:
     def close(self) -> None:
         if self._f:
             self._f.close()
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() or "-"
+    except Exception:  # noqa: BLE001 -- outside Ray (unit tests)
+        return "-"
 
 
 def read_sample_log(base: str, world: int) -> dict[int, list[tuple[int, int, list[int]]]]:
