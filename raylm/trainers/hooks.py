@@ -16,15 +16,17 @@ class SampleLog:
     a test find (and kill) a worker process, and see on which Ray node it ran.
     """
 
-    def __init__(self, base: str | None, rank: int, resume_step: int) -> None:
+    def __init__(self, base: str | None, rank: int, resume_step: int, world: int = 1) -> None:
         self._f = None
         if not base:
             return
         path = f"{base}.rank{rank}"
-        if os.path.exists(path):
-            keep = [l for l in open(path) if l.startswith("#") or int(l.split()[1]) < resume_step]
-            with open(path, "w") as f:
-                f.writelines(keep)
+        _cut(path, resume_step)
+        if rank == 0:  # ranks a run resumed with fewer workers (elastic) no longer has: rank 0 cuts theirs
+            gone = world
+            while os.path.exists(f"{base}.rank{gone}"):
+                _cut(f"{base}.rank{gone}", resume_step)
+                gone += 1
         self._f = open(path, "a", buffering=1)
         self._f.write(f"# pid={os.getpid()} resumed_from={resume_step} node={_node_id()}\n")
 
@@ -35,6 +37,13 @@ class SampleLog:
     def close(self) -> None:
         if self._f:
             self._f.close()
+
+
+def _cut(path: str, resume_step: int) -> None:
+    if os.path.exists(path):
+        keep = [l for l in open(path) if l.startswith("#") or int(l.split()[1]) < resume_step]
+        with open(path, "w") as f:
+            f.writelines(keep)
 
 
 def _node_id() -> str:

@@ -149,7 +149,7 @@ def setup(lc: LoopConfig) -> Run:
                          group_by_length=d.group_by_length, length_group_batches=d.length_group_batches,
                          sharding=st.sharding, world=world, rank=rank)
     return Run(cfg, task, ctx, st, Feeder(stream, collate, device), val, sink,
-               SampleLog(lc.sample_log or os.environ.get("RAYLM_SAMPLE_LOG"), rank, st.step),
+               SampleLog(lc.sample_log or os.environ.get("RAYLM_SAMPLE_LOG"), rank, st.step, world),
                Progress(t.max_steps, st.step, cfg.tracking.progress_every_s, enabled=rank == 0),
                rank, world, batch_size, grad_accum, last_ckpt)
 

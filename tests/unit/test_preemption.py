@@ -108,3 +108,17 @@ def test_window_sync_counts_the_ranks_told_to_stop():
     assert stop_reason(0, False) is None
     assert stop_reason(1, True) == "SIGTERM to 1 worker(s)"
     assert stop_reason(0, True) == "a node is drained for preemption"
+
+
+def test_sample_log_of_a_run_resumed_with_fewer_workers_cuts_the_ranks_it_lost(tmp_path):
+    from raylm.trainers.hooks import SampleLog, read_sample_log
+
+    base = str(tmp_path / "ids")
+    for rank in (0, 1):
+        log = SampleLog(base, rank, 0, world=2)
+        for step in range(5):
+            log.write(0, step, torch.tensor([10 * rank + step]))
+        log.close()
+    SampleLog(base, 0, 3, world=1).close()  # a node lost after step 4; resumed from step 3 on one worker
+    logs = read_sample_log(base, 2)
+    assert [s for _, s, _ in logs[0]] == [0, 1, 2] and [s for _, s, _ in logs[1]] == [0, 1, 2]
