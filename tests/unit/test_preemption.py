@@ -122,3 +122,15 @@ def test_sample_log_of_a_run_resumed_with_fewer_workers_cuts_the_ranks_it_lost(t
     SampleLog(base, 0, 3, world=1).close()  # a node lost after step 4; resumed from step 3 on one worker
     logs = read_sample_log(base, 2)
     assert [s for _, s, _ in logs[0]] == [0, 1, 2] and [s for _, s, _ in logs[1]] == [0, 1, 2]
+
+
+def test_latest_checkpoint_is_read_from_the_runs_storage(tmp_path):
+    import json
+
+    from raylm.cluster.jobs import latest_checkpoint
+
+    assert latest_checkpoint(str(tmp_path), "run") is None
+    (tmp_path / "run").mkdir()
+    snap = {"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_00000012", "metrics": {"step": 12}}}
+    (tmp_path / "run" / "checkpoint_manager_snapshot.json").write_text(json.dumps(snap))
+    assert latest_checkpoint(str(tmp_path), "run") == ("checkpoint_00000012", 12)
