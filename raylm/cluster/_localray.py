@@ -70,15 +70,15 @@ class LocalRay:
         self._start(f"head-{attempt}", head, num_cpus, resources)
 
     def _retrying(self, start: Callable[[int], None]) -> None:
-        """Start a node and wait until it is alive; once more if it fails: a raylet gives up
-        after 30 s, which a loaded 2-core machine can exceed."""
-        for attempt in (1, 2):
+        """Start a node and wait until it is alive; up to three times: a raylet gives up after
+        30 s, which a loaded 2-core machine can exceed."""
+        for attempt in (1, 2, 3):
             start(attempt)
             try:
                 self.wait_nodes(len(self.procs))
                 return
             except RuntimeError:
-                if attempt == 2:
+                if attempt == 3:
                     raise
                 _kill_group(self.procs.pop())  # what it left behind; its log stays in temp_dir
 
