@@ -29,6 +29,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+# The synthetic data, tiny config and sample-ledger reader the tests use (tests/testkit.py).
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -39,12 +41,13 @@ GRACE_S = 30.0  # Kubernetes' default terminationGracePeriodSeconds
 
 
 def _cfg(data: str, runs: str, name: str, steps: int, every: int, model: list[str]):
-    from raylm.trainers.testing import tiny_config
+    from testkit import tiny_config
 
-    return tiny_config(data, runs, "causal-lm", model + ["trainer.resources_per_worker={trainslot: 1}"],
-                       run_name=name, num_workers=2, batch_size=BATCH, max_steps=steps, eval_every=every,
-                       checkpoint_every=every, eval_batches=4, log_every=1, torch_threads=1, lr=1e-3,
-                       warmup_steps=0, schedule="constant", max_failures=4, max_preemptions=4)
+    return tiny_config(data, runs, "causal-lm", model, run_name=name, batch_size=BATCH, max_steps=steps,
+                       log_every=1, torch_threads=1, optimizer={"lr": 1e-3}, schedule={"type": "constant"},
+                       scaling={"num_workers": 2, "resources_per_worker": {"trainslot": 1}, "max_failures": 4,
+                                "max_preemptions": 4},
+                       eval={"every": every, "batches": 4}, checkpoint={"every": every})
 
 
 def _metrics(run_dir: str) -> list[dict]:
@@ -92,7 +95,7 @@ def _lose_node(cluster, ids: str, run_dir: str, how: str) -> dict:
 
 
 def _ledger(ids: str, n_samples: int) -> dict:
-    from raylm.trainers.hooks import read_sample_log
+    from testkit import read_sample_log
 
     counts = [0] * n_samples
     for rows in read_sample_log(ids, 2).values():
@@ -137,7 +140,7 @@ def main() -> None:
     import ray
 
     from raylm.cluster._localray import LocalRay
-    from raylm.trainers.testing import write_synthetic
+    from testkit import write_synthetic
 
     model = TINY if args.tiny else DEMO
     with tempfile.TemporaryDirectory(prefix="raylm-bench-failures-") as root, LocalRay(num_cpus=2) as cluster:

@@ -27,9 +27,9 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _corpus import SST2  # noqa: E402
-
 from raylm.config import RootConfig, load_config  # noqa: E402
+
+from _corpus import SST2  # noqa: E402
 
 RECIPE = HERE.parent / "configs" / "sst2-cls.yaml"
 TARGET = 0.15
@@ -47,7 +47,7 @@ def recipe(args: argparse.Namespace, source: str, root: str) -> RootConfig:
     m = model_dir()
     return load_config(RECIPE, [f"data.source={source}", f"data.tokenizer.path={m}", f"model.init_from={m}",
                                 f"data.prepared_dir={root}/prepared", f"trainer.batch_size={args.batch_size}",
-                                f"trainer.num_workers={args.workers}",
+                                f"trainer.scaling.num_workers={args.workers}",
                                 f"data.length_group_batches={args.window}"])
 
 
@@ -81,7 +81,7 @@ def rank_epoch(split: Any, cfg: RootConfig, meta: dict, group: bool, out: list[d
 
 
 def measure(ds: Any, cfg: RootConfig, meta: dict, group: bool) -> dict:
-    splits = ds.streaming_split(cfg.trainer.num_workers, equal=True)
+    splits = ds.streaming_split(cfg.trainer.scaling.num_workers, equal=True)
     per_rank: list[list[dict]] = [[] for _ in splits]
     t0 = time.perf_counter()
     threads = [threading.Thread(target=rank_epoch, args=(s, cfg, meta, group, o)) for s, o in zip(splits, per_rank)]
@@ -97,6 +97,7 @@ def measure(ds: Any, cfg: RootConfig, meta: dict, group: bool) -> dict:
             "padding_fraction": round(1 - real / tensor, 4), "real_tokens": real, "tensor_tokens": tensor,
             "width_mean": round(sum(widths) / len(widths), 2), "width_median": widths[len(widths) // 2],
             "width_max": widths[-1], "epoch_seconds": round(seconds, 2)}
+
 
 
 def main() -> None:

@@ -68,12 +68,12 @@ def _encode(encode, batch: list[str], tokens: int, seconds: float) -> tuple[int,
 
 def run_raylm(corpus: Path, tok_dir: str, out: Path) -> dict:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one actor per core instead
+    import logging
+
     import ray
 
     from raylm.datasets.config import DataConfig
     from raylm.datasets.prepare import prepare
-
-    import logging
 
     logging.basicConfig(level=logging.INFO, format="[raylm] %(message)s")  # prepare's progress lines
     logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -43,10 +43,11 @@ def overrides(work: str, train: str, val: str, args: argparse.Namespace) -> list
         f"data.tokenizer.vocab_size={args.vocab}", "data.shuffle_buffer_rows=4096",
         f"cluster.storage_path={work}/runs", f"trainer.run_name=shakespeare-{int(time.time())}",
         "model.n_layer=4", "model.n_head=4", "model.n_embd=128", "model.dropout=0.0",
-        "trainer.num_workers=2", "trainer.torch_threads=1", f"trainer.batch_size={args.batch}",
+        "trainer.scaling.num_workers=2", "trainer.torch_threads=1", f"trainer.batch_size={args.batch}",
         f"trainer.max_steps={args.steps}", f"trainer.max_train_seconds={args.train_seconds}",
-        f"trainer.lr={args.lr}", "trainer.warmup_steps=50", "trainer.min_lr_ratio=0.1", "trainer.weight_decay=0.1",
-        "trainer.eval_every=250", "trainer.eval_batches=8", "trainer.checkpoint_every=100000",
+        f"trainer.optimizer.lr={args.lr}", "trainer.optimizer.weight_decay=0.1",
+        "trainer.schedule.warmup_steps=50", "trainer.schedule.min_lr_ratio=0.1",
+        "trainer.eval.every=250", "trainer.eval.batches=8", "trainer.checkpoint.every=100000",
         "trainer.log_every=25", "tracking.wandb.mode=disabled", "tracking.progress_every_s=30",
     ]
 

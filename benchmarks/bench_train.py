@@ -23,6 +23,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+# The synthetic data, tiny config and checkpoint registry reader the tests use (tests/testkit.py).
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -33,18 +35,19 @@ BATCH = 16
 
 
 def _data(root: str, rows: int) -> tuple[str, dict]:
-    from raylm.trainers.testing import write_synthetic
+    from testkit import write_synthetic
 
     d = os.path.join(root, "data")
     return d, write_synthetic(d, n_train=rows, n_val=64, files=8, block_size=128, vocab=4096)
 
 
 def _cfg(data: str, root: str, name: str, workers: int, steps: int, extra: list[str] | None = None):
-    from raylm.trainers.testing import tiny_config
+    from testkit import tiny_config
 
     return tiny_config(data, os.path.join(root, "runs"), "causal-lm", MODEL + (extra or []), run_name=name,
-                       num_workers=workers, batch_size=BATCH, max_steps=steps, eval_every=steps,
-                       checkpoint_every=steps, eval_batches=1, torch_threads=1, lr=1e-3, warmup_steps=0)
+                       scaling={"num_workers": workers}, batch_size=BATCH, max_steps=steps,
+                       eval={"every": steps, "batches": 1}, checkpoint={"every": steps}, torch_threads=1,
+                       optimizer={"lr": 1e-3}, schedule={"warmup_steps": 0})
 
 
 def _steady(rows: list[dict], warmup: int) -> float:
@@ -90,7 +93,7 @@ def bare_run(data: str, manifest: dict, root: str, steps: int, warmup: int) -> d
         x = ids[step * b:(step + 1) * b]
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.optimizer.grad_clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -128,11 +131,12 @@ def scaling(root: str, steps: int, warmup: int) -> dict:
 def recovery(root: str, steps: int = 60, every: int = 10) -> dict:
     """Kill rank 1 (SIGKILL) just after a checkpoint; time until the first step after the restart."""
     from raylm.trainers.driver import build_trainer
-    from raylm.trainers.state import is_registered
+
+    from testkit import is_registered
 
     data, manifest = _data(root, rows=BATCH * steps * 2)
-    cfg = _cfg(data, root, "rec", 2, steps, ["trainer.max_failures=2", f"trainer.checkpoint_every={every}",
-                                             f"trainer.eval_every={every}"])
+    cfg = _cfg(data, root, "rec", 2, steps, ["trainer.scaling.max_failures=2", f"trainer.checkpoint.every={every}",
+                                             f"trainer.eval.every={every}"])
     ids = os.path.join(root, "ids")
     trainer = build_trainer(cfg, manifest=manifest, loop_overrides={"sample_log": ids})
     out: list = []

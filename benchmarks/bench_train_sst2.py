@@ -68,8 +68,16 @@ def steady_state(step_ends: list[float]) -> dict:
 def hf_trainer(mdir: str, train: list, dev: list, epochs: int, steps: int, out: str) -> dict:
     import numpy as np
     import torch
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              Trainer, TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from raylm.trainers.evaluation import classification_metrics, confusion_counts
 
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
@@ -94,7 +102,8 @@ def hf_trainer(mdir: str, train: list, dev: list, epochs: int, steps: int, out: 
                       callbacks=[clock])
     trainer.train()
     pred = trainer.predict(dev_ds)
-    acc = float((np.argmax(pred.predictions, -1) == np.array([y for _, y in dev])).mean())
+    acc = classification_metrics(confusion_counts(torch.as_tensor(np.argmax(pred.predictions, -1)),
+                                                  torch.tensor([y for _, y in dev]), 2))["accuracy"]
     return {"accuracy": acc, "steps": trainer.state.global_step, "first_step_at": clock.ends[0],
             "train_s": clock.ends[-1] - clock.ends[0], **steady_state(clock.ends)}
 
@@ -116,12 +125,13 @@ def raylm_finetune(mdir: str, train_tsv: str, dev_tsv: str, steps: int, root: st
     cfg = validate({
         "cluster": {"storage_path": f"{root}/runs"}, "data": data(train_tsv, f"{root}/train"),
         "model": {"init_from": mdir, "n_layer": 6, "n_embd": 384, "n_head": 12},
-        "trainer": {"task": "sequence-classification", "run_name": "sst2", "num_workers": 1,
-                    "cpus_per_worker": 2, "torch_threads": HP["threads"], "batch_size": HP["batch_size"],
-                    "max_steps": steps, "lr": HP["lr"], "warmup_steps": 0, "schedule": "linear",
-                    "min_lr_ratio": 0.0, "weight_decay": HP["weight_decay"], "betas": [0.9, 0.999],
-                    "grad_clip": HP["grad_clip"], "eval_every": steps, "checkpoint_every": steps,
-                    "eval_batches": 1 + 872 // HP["batch_size"], "log_every": 1},  # every step's time
+        "trainer": {"task": "sequence-classification", "run_name": "sst2", "torch_threads": HP["threads"],
+                    "batch_size": HP["batch_size"], "max_steps": steps, "log_every": 1,  # every step's time
+                    "scaling": {"num_workers": 1, "cpus_per_worker": 2},
+                    "optimizer": {"lr": HP["lr"], "weight_decay": HP["weight_decay"], "betas": [0.9, 0.999],
+                                  "grad_clip": HP["grad_clip"]},
+                    "schedule": {"type": "linear", "warmup_steps": 0, "min_lr_ratio": 0.0},
+                    "eval": {"every": steps, "batches": 1 + 872 // HP["batch_size"]}, "checkpoint": {"every": steps}},
         "tracking": {"wandb": {"mode": "disabled"}}})
     manifest = prepare(cfg.data, task="sequence-classification")
     # Validation = all of dev.tsv (absolute shard paths: os.path.join keeps them as they are).

@@ -68,10 +68,11 @@ def sweep_raw(args: argparse.Namespace, work: str, train: str, dev: str, schedul
                  "tokenizer": {"path": minilm_dir()}, "max_length": 64, "dedup": False,
                  "tokenize_actors": 1},
         "model": model,
-        "trainer": {"task": "sequence-classification", "num_workers": 1, "batch_size": 32,
-                    "max_steps": args.steps, "eval_every": args.steps // 9, "checkpoint_every": args.steps // 9,
-                    "eval_batches": 28, "warmup_steps": 0, "num_to_keep": 1, "log_every": 50,
-                    "torch_threads": 1, "run_name": f"bench-{scheduler}"},
+        "trainer": {"task": "sequence-classification", "batch_size": 32, "max_steps": args.steps,
+                    "log_every": 50, "torch_threads": 1, "run_name": f"bench-{scheduler}",
+                    "scaling": {"num_workers": 1}, "schedule": {"warmup_steps": 0},
+                    "eval": {"every": args.steps // 9, "batches": 28},
+                    "checkpoint": {"every": args.steps // 9, "num_to_keep": 1}},
         "tracking": {"wandb": {"mode": "disabled"}, "progress_every_s": 60},
         # ASHA decides on dev loss: dev accuracy of an untrained classifier is the majority class
         # (0.5092) for most configs, and ties at a rung all pass its cutoff (measured: 61% of
@@ -79,8 +80,8 @@ def sweep_raw(args: argparse.Namespace, work: str, train: str, dev: str, schedul
         "tuning": {"name": f"bench-{scheduler}", "metric": "val_loss", "mode": "min",
                    "num_samples": args.samples, "max_concurrent_trials": args.concurrency,
                    "resume": False, "export_best": False,
-                   "space": {"trainer.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-2},
-                             "trainer.weight_decay": {"type": "choice", "values": [0.0, 0.01, 0.1]}},
+                   "space": {"trainer.optimizer.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-2},
+                             "trainer.optimizer.weight_decay": {"type": "choice", "values": [0.0, 0.01, 0.1]}},
                    # rungs at T/9, T/3, T
                    "scheduler": {"type": scheduler, "grace_period": args.steps // 9, "reduction_factor": 3},
                    "searcher": {"type": "random", "seed": 0}},

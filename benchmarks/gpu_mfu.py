@@ -44,10 +44,10 @@ def overrides(size: str, batch: str, steps: int, compile_: str, work: str) -> li
     return [f"model.arch={arch}", f"model.n_layer={n_layer}", f"model.n_embd={n_embd}", f"model.n_head={n_head}",
             "data.block_size=1024", "data.tokenizer.vocab_size=32000", f"data.prepared_dir={work}/prepared",
             f"cluster.storage_path={work}/runs", "cluster.include_dashboard=false", f"trainer.run_name=mfu-{size}",
-            "trainer.num_workers=1", f"trainer.batch_size={default_batch if batch == 'default' else batch}",
-            f"trainer.max_steps={steps}", "trainer.warmup_steps=5", f"trainer.compile={compile_}",
-            f"trainer.eval_every={steps}", f"trainer.checkpoint_every={steps}", "trainer.eval_batches=2",
-            "trainer.log_every=1", "trainer.lr=3e-4", "tracking.wandb.mode=disabled", "tracking.progress_every_s=15"]
+            "trainer.scaling.num_workers=1", f"trainer.batch_size={default_batch if batch == 'default' else batch}",
+            f"trainer.max_steps={steps}", "trainer.schedule.warmup_steps=5", f"trainer.compile={compile_}",
+            f"trainer.eval.every={steps}", f"trainer.checkpoint.every={steps}", "trainer.eval.batches=2",
+            "trainer.log_every=1", "trainer.optimizer.lr=3e-4", "tracking.wandb.mode=disabled", "tracking.progress_every_s=15"]
 
 
 def run_raylm(size: str, args: argparse.Namespace) -> dict:

@@ -23,11 +23,15 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except UserError as err:
             for line in err.lines():
-                typer.echo(line, err=True)
+                typer.echo(line, file=terminal())
             raise typer.Exit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted: run the same command again to resume from the last checkpoint", err=True)
+            typer.echo("interrupted: run the same command again to resume from the last checkpoint", file=terminal())
             raise typer.Exit(130) from None
+        except Exception as err:
+            if _TERMINAL is not None:  # the traceback goes to the log file with the rest of stderr: say where
+                typer.echo(f"[raylm] failed: {type(err).__name__}: {err} (traceback: {_LOG_FILE})", file=terminal())
+            raise
 
     return wrapper
 
@@ -42,6 +46,13 @@ LIBRARY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "transformers", "
 QUIET_WORKER_ENV = {"RAY_DATA_LOG_LEVEL": "WARNING", "TRANSFORMERS_VERBOSITY": "error"}
 
 
+def command_started() -> float:
+    """When this command's process started (time.time() scale): start-up is measured from here."""
+    import psutil
+
+    return psutil.Process().create_time()
+
+
 def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV) == "1"
 
@@ -51,6 +62,34 @@ class _ConsoleFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.name.split(".")[0] == "raylm" or record.levelno >= logging.ERROR
+
+
+_TERMINAL: Any = None  # the terminal's stderr once the process's own stderr goes to the log file
+_LOG_FILE: str | None = None
+
+
+def terminal() -> Any:
+    """Where raylm's error lines go: the terminal, also when stderr was captured into the log file."""
+    return _TERMINAL or sys.stderr
+
+
+def capture_stderr(log_file: str) -> None:
+    """Quiet console: the process's stderr (file descriptor 2) goes to the log file. That is where
+    Ray's C++ and Python warnings, the worker stderr lines Ray forwards (Ray Train's INFO, tqdm bars,
+    transformers' warnings) and library tracebacks land; raylm's lines (stdout) and errors (the saved
+    terminal) still reach the terminal. Not done for in-process callers whose stderr is no file."""
+    global _TERMINAL, _LOG_FILE
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):
+        return
+    if _TERMINAL is None:
+        _TERMINAL = os.fdopen(os.dup(fd), "w", buffering=1)
+    sys.stderr.flush()
+    log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, fd)
+    os.close(log)
+    _LOG_FILE = log_file
 
 
 def setup_logging(verbose_flag: bool = False, log_file: str | None = None) -> None:
@@ -77,6 +116,8 @@ def setup_logging(verbose_flag: bool = False, log_file: str | None = None) -> No
         _add(root, handler)
         logging.getLogger("raylm").info("log: %s (Ray and library messages%s)", log_file,
                                         "" if verbose_flag else "; --verbose shows them here")
+        if not verbose_flag:
+            capture_stderr(log_file)
     route_library_logs()
 
 

@@ -7,31 +7,30 @@ from typing import Any
 
 import typer
 
-from raylm._cli import user_errors
+from raylm._cli import command_started, setup_logging, user_errors
+from raylm.cluster.cli import jobs_app, k8s_app, submit_cmd
 from raylm.errors import UserError
+from raylm.tuning.cli import tune_cmd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train language models on Ray: embedded locally or on a cluster.")
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Train or inspect tokenizers.")
 app.add_typer(tokenizer_app, name="tokenizer")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect configs: every key, its value, default and description.")
+app.add_typer(config_app, name="config")
 
-OVERRIDES = typer.Argument(None, help="Dotted overrides, e.g. trainer.max_steps=20 trainer.lr=1e-3")
+OVERRIDES = typer.Argument(None, help="Dotted overrides, e.g. trainer.max_steps=20 trainer.optimizer.lr=1e-3")
 ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded Ray).")
 
 
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Show Ray's and transformers' messages on the console too.")
 
 
-def _setup_logging(cfg: Any = None, verbose: bool = False) -> None:
-    """raylm's lines on the console; everything else in <run dir>/ray.log (see raylm._cli)."""
-    from raylm._cli import setup_logging
+def _run_log(cfg: Any) -> str:
+    """<run dir>/ray.log: Ray's and the libraries' messages (raylm._cli.setup_logging)."""
+    from raylm.trainers.driver import local_run_dir
 
-    log_file = None
-    if cfg is not None:
-        from raylm.trainers.driver import local_run_dir
-
-        log_file = os.path.join(local_run_dir(cfg), "ray.log")
-    setup_logging(verbose, log_file)
+    return os.path.join(local_run_dir(cfg), "ray.log")
 
 
 def _load(config: str, overrides: list[str] | None, command: str | None = None):
@@ -56,7 +55,7 @@ def prepare(config: str, overrides: list[str] = OVERRIDES, force: bool = typer.O
     from raylm.datasets.report import print_manifest
 
     cfg = _load(config, overrides, command="prepare")
-    _setup_logging(cfg, verbose)
+    setup_logging(verbose, _run_log(cfg))
     with connect(cfg.cluster, address):
         print_manifest(run_prepare(cfg.data, task=cfg.trainer.task, force=force), cfg.data.prepared_dir)
 
@@ -69,7 +68,7 @@ def tokenizer_train(config: str, overrides: list[str] = OVERRIDES, address: str 
     from raylm.datasets.prepare import ensure_tokenizer, resolve_source
 
     cfg = _load(config, overrides, command="tokenizer")
-    _setup_logging(cfg, verbose)
+    setup_logging(verbose, _run_log(cfg))
     with connect(cfg.cluster, address):
         typer.echo(f"tokenizer: {ensure_tokenizer(cfg.data, cfg.trainer.task, resolve_source(cfg.data))}")
 
@@ -82,9 +81,9 @@ def train(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS,
     from raylm.trainers.driver import train as run_train
 
     cfg = _load(config, overrides, command="train")
-    _setup_logging(cfg, verbose)
+    setup_logging(verbose, _run_log(cfg))
     with connect(cfg.cluster, address):
-        summary = run_train(cfg)
+        summary = run_train(cfg, started_at=command_started())
     typer.echo(f"[raylm] run: {summary['run_dir']}\n[raylm] exported model: {summary['export_dir']}")
 
 
@@ -96,6 +95,34 @@ def rejects_cmd(config: str, overrides: list[str] = OVERRIDES, reason: str = typ
     from raylm.datasets.report import print_rejects
 
     print_rejects(_load(config, overrides).data.prepared_dir, reason, limit)
+
+
+@config_app.command("show")
+@user_errors
+def config_show(config: str = typer.Argument(None, help="A YAML recipe (omit it to see the defaults)."),
+                overrides: list[str] = OVERRIDES) -> None:
+    """The resolved config, section by section: each key with its value, default and description."""
+    from raylm.config import describe_config, load_config
+
+    if config and "=" in config and not os.path.exists(config):  # `raylm config show trainer.max_steps=5`
+        config, overrides = None, [config, *(overrides or [])]
+    typer.echo(describe_config(load_config(config, overrides or [])))
+
+
+@app.command("export")
+@user_errors
+def export_cmd(run_dir: str,
+               checkpoint: str = typer.Option("last", "--checkpoint", help="last, best (by the run's metric) or a "
+                                              "checkpoint path."),
+               dtype: str = typer.Option(None, "--dtype", help="Cast floating weights: fp32, bf16 or fp16."),
+               out: str = typer.Option(None, "--out", help="Output directory (default: RUN_DIR/export)."),
+               max_shard_gb: float = typer.Option(5.0, "--max-shard-gb", help="Largest safetensors file; bigger "
+                                                  "models get several files and an index.")) -> None:
+    """Consolidate a checkpoint (sharded FSDP or full) into a `from_pretrained` directory + tokenizer."""
+    from raylm.trainers.export import main as run_export
+
+    res = run_export(run_dir, checkpoint, dtype, out, max_shard_gb)
+    typer.echo(f"[raylm] {res['checkpoint']} -> {res['export_dir']}")
 
 
 @app.command("eval")
@@ -149,29 +176,16 @@ def run(config: str = typer.Argument("configs/demo.yaml"), overrides: list[str] 
     from raylm.main import main
 
     cfg = _load(config, overrides, command="run")
-    _setup_logging(cfg, verbose)
+    setup_logging(verbose, _run_log(cfg))
     main(cfg, address=address, prompt=prompt)
 
 
-def _register_optional() -> None:
-    """Sub-commands owned by other components (cluster, tuning) when present."""
-    try:
-        from raylm.cluster.cli import jobs_app, k8s_app, submit_cmd
-
-        app.add_typer(k8s_app, name="k8s")
-        app.add_typer(jobs_app, name="jobs")
-        app.command("submit")(user_errors(submit_cmd))
-    except ImportError:
-        pass
-    try:
-        from raylm.tuning.cli import tune_cmd
-
-        app.command("tune")(user_errors(tune_cmd))
-    except ImportError:
-        pass
-
-
-_register_optional()
+# Sub-commands owned by other components, registered explicitly: an import error fails loudly
+# instead of making a command vanish.
+app.add_typer(k8s_app, name="k8s")
+app.add_typer(jobs_app, name="jobs")
+app.command("submit")(user_errors(submit_cmd))
+app.command("tune")(user_errors(tune_cmd))
 
 if __name__ == "__main__":
     app()

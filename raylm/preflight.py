@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from raylm.cluster.storage import is_remote
 from raylm.config import RootConfig
 from raylm.errors import UserError
 
@@ -16,7 +17,7 @@ from raylm.errors import UserError
 def _corpus(cfg: RootConfig) -> list[str]:
     d, problems = cfg.data, []
     for key, source in (("data.source", d.source), ("data.validation_source", d.validation_source)):
-        if not source or source == "demo" or "://" in source:
+        if not source or source == "demo" or is_remote(source):
             continue
         from raylm.datasets.sources import list_files
 

@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[test]"
+ruff check .  # the [tool.ruff] rules in pyproject.toml; fails fast, before ~21 min of tests
 exec python -m pytest -p no:cacheprovider --timeout=1200 --durations=15 "$@"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,20 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+TESTS = Path(__file__).resolve().parent
+# A test's tier is its folder: tests/unit -> unit (no Ray), tests/integration -> ray (a real local
+# Ray), tests/e2e -> e2e (the CLI as a user runs it). `slow` and `gpu` stay explicit on the test.
+FOLDER_MARKS = {"unit": "unit", "integration": "ray", "e2e": "e2e"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.path)).resolve()
+        if TESTS in path.parents:
+            mark = FOLDER_MARKS.get(path.relative_to(TESTS).parts[0])
+            if mark:
+                item.add_marker(getattr(pytest.mark, mark))
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +57,19 @@ def shared_dir():
     if not os.path.isdir(path):
         pytest.skip(f"../shared not found at {path} (set RAYLM_SHARED)")
     return path
+
+
+@pytest.fixture(scope="module")
+def crds() -> Path:
+    """The KubeRay v1.7 CRDs in ../shared (RAYLM_SHARED); tests that need them skip without them."""
+    path = Path(os.environ.get("RAYLM_SHARED", SHARED)) / "kuberay" / "crds"
+    if not path.is_dir():
+        pytest.skip(f"KubeRay CRDs not found at {path} (set RAYLM_SHARED to the shared/ folder)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def schemas(crds: Path) -> dict:
+    from raylm.cluster._schema import load_crds
+
+    return load_crds(crds)

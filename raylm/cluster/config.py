@@ -8,6 +8,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 
 
 class ClusterConfig(BaseModel):
+    """Where Ray runs (embedded or an existing cluster) and where runs are stored."""
+
     model_config = ConfigDict(extra="forbid")
 
     address: str | None = Field(
@@ -170,15 +172,19 @@ class K8sConfig(BaseModel):
     ray_version: str = Field(
         RAY_VERSION, pattern=r"^\d+\.\d+\.\d+$", description="rayVersion; must match the image's Ray."
     )
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    image_pull_secrets: list[str] = Field(default_factory=list)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="imagePullPolicy of every Ray container."
+    )
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, description="Names of Secrets for a private registry (imagePullSecrets)."
+    )
     service_account: str | None = Field(None, description="Pod serviceAccountName (workload identity).")
-    head: HeadConfig = Field(default_factory=HeadConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig, description=HeadConfig.__doc__)
     worker_groups: list[WorkerGroupConfig] = Field(
         default_factory=lambda: [WorkerGroupConfig()], description="Worker groups (at least one)."
     )
     gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of a GPU.")
-    storage: StorageConfig = Field(default_factory=StorageConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig, description=StorageConfig.__doc__)
     wandb_secret: str | None = Field(
         None, description="Secret with key WANDB_API_KEY, exposed to every pod through secretKeyRef."
     )

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from raylm.cluster.storage import is_remote
 from raylm.errors import UserError
 
 if TYPE_CHECKING:  # raylm.config imports this package: no runtime import
@@ -188,7 +189,7 @@ def _warn_relative_paths(cfg: RootConfig) -> None:
     # A relative path resolves inside the job's working dir on the cluster: a temporary copy
     # that Ray may clean up, and one that other nodes do not see.
     for key, path in (("cluster.storage_path", cfg.cluster.storage_path), ("data.prepared_dir", cfg.data.prepared_dir)):
-        if "://" not in path and not Path(path).is_absolute():
+        if not is_remote(path) and not Path(path).is_absolute():
             print(f"warning: {key} '{path}' is relative: on the cluster it lands in the job's temporary "
                   "working dir; use shared storage (an absolute path on a shared volume, s3://, gs://)",
                   file=sys.stderr)

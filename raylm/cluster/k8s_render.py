@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from raylm.cluster.config import HeadConfig, K8sConfig, PodResources, WorkerGroupConfig
+from raylm.cluster.storage import is_remote
 from raylm.errors import UserError
 
 if TYPE_CHECKING:  # raylm.config imports this package: no runtime import
@@ -77,7 +78,7 @@ def _check_runnable(cfg: RootConfig) -> None:
         )
     # Ray Data reads the shards from whichever pod runs the task: they must be shared too.
     prepared = cfg.data.prepared_dir
-    if k8s.storage.type == "pvc" and "://" not in prepared and not _under(prepared, mount):
+    if k8s.storage.type == "pvc" and not is_remote(prepared) and not _under(prepared, mount):
         problems.append(
             f"data.prepared_dir '{prepared}' is not on the shared volume: use a path under {mount}, "
             f"e.g. {mount}/data/prepared"

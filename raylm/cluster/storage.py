@@ -17,12 +17,17 @@ from raylm.errors import UserError
 _SECRET_PARAMS = ("access_key", "secret_key", "session_token", "access_token", "credentials")
 
 
+def is_remote(path: str) -> bool:
+    """An object store URI (s3://, gs://, ...) rather than a path on this machine."""
+    return "://" in path
+
+
 def _endpoint() -> tuple[str | None, str]:
     """(host[:port], scheme) of an S3-compatible endpoint from AWS_ENDPOINT_URL(_S3)."""
     url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if not url:
         return None, "https"
-    parsed = urlparse(url if "://" in url else f"https://{url}")
+    parsed = urlparse(url if is_remote(url) else f"https://{url}")
     return parsed.netloc, parsed.scheme or "https"
 
 

@@ -11,16 +11,13 @@ import os
 
 import pyarrow.fs as pafs
 
+from raylm.cluster.storage import is_remote
 from raylm.errors import UserError
 
 # Environment a worker needs to reach the same object store as the driver.
 OBJECT_STORE_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                     "AWS_REGION", "AWS_DEFAULT_REGION", "GOOGLE_APPLICATION_CREDENTIALS")
 _WILDCARDS = "*?["
-
-
-def is_remote(uri: str) -> bool:
-    return "://" in uri
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:

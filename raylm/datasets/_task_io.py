@@ -41,7 +41,7 @@ def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
 def count_lines(path: str) -> int:
     """Lines as `numbered_lines` yields them (a last line without a newline counts)."""
     n = 0
-    for n, _ in numbered_lines(path):
+    for n, _ in numbered_lines(path):  # noqa: B007 -- n is read after the loop: the last number
         pass
     return n
 

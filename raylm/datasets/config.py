@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TokenizerConfig(BaseModel):
+    """The tokenizer: a local HF one, or a byte-level BPE trained on a sample of the corpus."""
+
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = Field(
@@ -19,10 +21,12 @@ class TokenizerConfig(BaseModel):
     sample_docs: int = Field(
         20000, ge=1, description="Documents streamed from the corpus to train the tokenizer."
     )
-    min_frequency: int = Field(2, ge=1)
+    min_frequency: int = Field(2, ge=1, description="A trained tokenizer's merges need this many occurrences.")
 
 
 class DataConfig(BaseModel):
+    """The corpus: sources, cleaning, tokenizer, packing and the prepared Parquet shards."""
+
     model_config = ConfigDict(extra="forbid")
 
     source: str = Field(
@@ -75,7 +79,7 @@ class DataConfig(BaseModel):
     prepared_dir: str = Field(
         "data/prepared/demo", description="Where `raylm prepare` writes shards + manifest.json."
     )
-    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description=TokenizerConfig.__doc__)
     block_size: int = Field(64, ge=8, description="Tokens per packed training block.")
     max_length: int = Field(128, ge=8, description="Classification: truncate to this many tokens.")
     validation_fraction: float = Field(
@@ -99,7 +103,7 @@ class DataConfig(BaseModel):
         "once, by one worker; a resume needs the same worker count. stride: every worker reads the split "
         "in one global order and takes every N-th micro-batch; the position counts global batches, so a "
         "run resumes exactly with another worker count (N x the reads). auto: stride for elastic "
-        "trainer.num_workers ([min, max]), else split.",
+        "trainer.scaling.num_workers ([min, max]), else split.",
     )
     group_by_length: bool | Literal["auto"] = Field(
         "auto",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+from raylm._fmt import duration
+
 log = logging.getLogger("raylm.datasets.prepare")
 
 
@@ -29,15 +31,10 @@ class Progress:
     def line(self, now: float | None = None) -> str:
         dt = max(1e-6, (now or time.time()) - self.t0)
         left = self.total - self.base - self.bytes
-        eta = f", ETA {_duration(left / (self.bytes / dt))}" if self.bytes and left > 0 else ""
+        eta = f", ETA {duration(left / (self.bytes / dt))}" if self.bytes and left > 0 else ""
         return (f"{self.finished}/{self.units} units, {(self.base + self.bytes) / 2**20:,.0f}/{self.total / 2**20:,.0f} MiB, "
                 f"{self.rows / dt:,.0f} rows/s, {self.tokens / dt:,.0f} tokens/s{eta}")
 
     def finish(self) -> None:
         if self.every:
             log.info("prepare: done, %s", self.line())
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -11,7 +11,7 @@ Two ways (`data.sharding`):
   trained and shares the rest M ways: every sample of the epoch exactly once. The price: each worker
   reads the whole split (cheap for a materialized split in the object store, N x the reads when
   streaming from storage).
-`auto` is `stride` for elastic runs (`trainer.num_workers: [min, max]`) and `split` otherwise.
+`auto` is `stride` for elastic runs (`trainer.scaling.num_workers: [min, max]`) and `split` otherwise.
 """
 
 from __future__ import annotations
@@ -52,5 +52,5 @@ def check_resume(saved_sharding: str, saved_world: int | None, sharding: str, wo
     if sharding == "split" and saved_world and saved_world != world:
         raise UserError(f"this run's checkpoint was written by {saved_world} workers and its data position "
                         f"is per worker (data.sharding=split); it cannot resume with {world}",
-                        hint=f"resume with trainer.num_workers={saved_world}, or start the run with "
+                        hint=f"resume with trainer.scaling.num_workers={saved_world}, or start the run with "
                         "data.sharding=stride (a position that holds at any worker count)")

@@ -15,7 +15,15 @@ import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 
-from raylm.datasets._task_io import base_row, check_on_error, encoder, numbered_lines, plain_tokenizer, read_text, reject
+from raylm.datasets._task_io import (
+    base_row,
+    check_on_error,
+    encoder,
+    numbered_lines,
+    plain_tokenizer,
+    read_text,
+    reject,
+)
 from raylm.datasets.sources import BadRowError
 
 __all__ = ["CLS_INDEX", "NO_OFFSET", "answer_problem", "answer_tokens", "best_answers", "plain_tokenizer",

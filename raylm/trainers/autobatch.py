@@ -18,13 +18,14 @@ import torch
 log = logging.getLogger(__name__)
 CPU_DEFAULT = 16  # no memory wall to find on a CPU: a batch that keeps a core busy
 HEADROOM = 0.90
+MAX_BATCH = 1024  # the largest micro-batch the probe tries
 
 
-def find_max_batch(fits: Callable[[int], bool], cap: int = 1024) -> int:
+def find_max_batch(fits: Callable[[int], bool], cap: int = MAX_BATCH) -> int:
     """Largest b in [1, cap] with fits(b), for a monotone `fits`: doubling, then bisection."""
     if not fits(1):
         raise RuntimeError("a micro-batch of 1 does not fit on the device: use a smaller model, "
-                           "trainer.gradient_checkpointing=true, or trainer.strategy=fsdp")
+                           "trainer.gradient_checkpointing=true, or trainer.scaling.strategy=fsdp")
     lo, hi = 1, cap + 1
     b = 2
     while b <= cap:

@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ModelConfig(BaseModel):
+    """The model: built from a config (arch + sizes) or loaded from `init_from`."""
+
     model_config = ConfigDict(extra="forbid")
 
     arch: Literal["gpt2", "llama", "bert", "roberta"] = Field(
@@ -16,11 +18,13 @@ class ModelConfig(BaseModel):
     init_from: str | None = Field(
         None, description="A local HF model directory (or raylm checkpoint) to start from."
     )
-    n_layer: int = Field(4, ge=1)
-    n_embd: int = Field(128, ge=8)
-    n_head: int = Field(4, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    n_layer: int = Field(4, ge=1, description="Transformer blocks (with init_from: used for MFU only).")
+    n_embd: int = Field(128, ge=8, description="Hidden size (with init_from: used for MFU only).")
+    n_head: int = Field(4, ge=1, description="Attention heads; must divide n_embd.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout of a model built from a config.")
+    attn_implementation: Literal["sdpa", "eager"] = Field(
+        "sdpa", description="Attention kernel: sdpa (torch scaled_dot_product_attention) or eager."
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":
@@ -29,30 +33,189 @@ class ModelConfig(BaseModel):
         return self
 
 
-class TrainerConfig(BaseModel):
+class FsdpConfig(BaseModel):
+    """`trainer.fsdp`: how FSDP2 (`trainer.scaling.strategy: fsdp`) shards, casts, offloads and checkpoints."""
+
     model_config = ConfigDict(extra="forbid")
 
-    task: Literal["causal-lm", "masked-lm", "sequence-classification"] = "causal-lm"
-    run_name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    param_dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Dtype of the gathered parameters in forward/backward (MixedPrecisionPolicy). "
+        "The sharded master weights and the optimizer stay fp32. auto: bf16 on CUDA, fp32 (off) on CPU.",
+    )
+    reduce_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32", description="Dtype of the gradient reduce-scatter (fp32 keeps the sum exact across many ranks)."
+    )
+    cpu_offload: bool = Field(
+        False, description="Keep sharded parameters, gradients and the optimizer step on the CPU "
+        "(CPUOffloadPolicy): fits larger models on the GPU at the cost of host-device copies.",
+    )
+    activation_checkpointing: bool = Field(
+        False, description="Recompute each transformer block's activations in backward (per-block checkpoint "
+        "wrapper, non-reentrant): memory per block falls to its inputs.",
+    )
+    replicate: int = Field(
+        1, ge=1, description="HSDP: replica groups. Workers are split into `replicate` groups of "
+        "num_workers/replicate; parameters are sharded inside a group (e.g. a node) and replicated across groups "
+        "(a 2-D DeviceMesh). 1: plain FSDP over all workers.",
+    )
+    reshard_after_forward: bool = Field(
+        True, description="Free gathered parameters after each block's forward (ZeRO-3); False keeps them until "
+        "backward (ZeRO-2: less communication, more memory).",
+    )
+    checkpoint: Literal["sharded", "full"] = Field(
+        "sharded", description="sharded: every rank writes its own shard with torch.distributed.checkpoint (DCP), "
+        "nobody gathers the model; `raylm export` consolidates. full: gather an HF `model/` dir + optimizer on "
+        "rank 0 (the DDP format).",
+    )
+    async_checkpoint: bool = Field(
+        True, description="sharded only: stage the shard to CPU memory, then write it in the background "
+        "(dcp.async_save) while training goes on; Ray Train registers the checkpoint once the write completes.",
+    )
+
+
+# --- `trainer` sections (torchtitan / Ray Train V2 layout: scaling, optimizer, schedule, eval, ...)
+
+
+class ScalingSection(BaseModel):
+    """How many Ray Train workers, on what, and how they share the model (ray.train.ScalingConfig)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     num_workers: int | tuple[int, int] = Field(
         2, description="Ray Train workers (one process each). [min, max]: elastic -- the run starts with as many "
         "as the cluster fits (at least min), keeps training on fewer when a node is lost, and grows back "
         "to max when nodes return (each change restarts from the latest checkpoint; data.sharding auto "
         "becomes stride so every sample is still seen once).",
     )
-    use_gpu: bool | Literal["auto"] = Field("auto", description="Use GPUs when the cluster has them.")
     elastic_resize_s: float = Field(
         60.0, ge=0, description="Elastic runs: seconds between looks for room to grow back to max workers "
         "(growing restarts the workers from the latest checkpoint).",
     )
-    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool | Literal["auto"] = Field(
+        "auto", description="One GPU per worker. auto: when the cluster has a GPU for every worker."
+    )
+    cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs each worker reserves.")
     resources_per_worker: dict[str, float] = Field(
         default_factory=dict, description="Other Ray resources each worker reserves (custom ones too): "
         "e.g. {trainslot: 1} with one trainslot per node puts one worker per node.",
     )
-    strategy: Literal["ddp", "fsdp"] = "ddp"
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="auto: bf16 autocast on a GPU that supports it, fp32 on CPU."
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: every worker holds the model (DistributedDataParallel). fsdp: FSDP2, each worker "
+        "holds a shard; the model is built on the meta device and materialised shard by shard (see trainer.fsdp).",
+    )
+    max_failures: int = Field(
+        2, ge=0, description="Restarts after failures of the run itself (a crash, a lost node) before it fails.",
+    )
+    max_preemptions: int = Field(
+        -1, ge=-1, description="Restarts after preemptions, counted apart from max_failures (-1: no limit). "
+        "A preemption is a node drain (`ray drain-node --reason PREEMPTION`, KubeRay, spot reclaims) or a "
+        "SIGTERM to a worker: the workers checkpoint at the next log step, then exit for a restart.",
+    )
+
+    @model_validator(mode="after")
+    def _workers(self) -> "ScalingSection":
+        n = self.num_workers
+        if isinstance(n, tuple) and not 1 <= n[0] <= n[1]:
+            raise ValueError(f"num_workers {list(n)}: an elastic range is [min, max] with 1 <= min <= max")
+        if isinstance(n, int) and n < 1:
+            raise ValueError(f"num_workers ({n}) must be at least 1, or a [min, max] range")
+        return self
+
+
+class OptimizerSection(BaseModel):
+    """AdamW, with weight decay on matrices only (raylm.trainers.optim)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay of the 2-D (matrix) parameters.")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW (beta1, beta2).")
+    grad_clip: float = Field(1.0, ge=0, description="Clip the global grad norm (0: off).")
+
+
+class ScheduleSection(BaseModel):
+    """The learning-rate schedule: linear warmup, then a decay to `min_lr_ratio` at trainer.max_steps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Decay after warmup: cosine, linear, or constant (no decay)."
+    )
+    warmup_steps: int = Field(10, ge=0, description="Optimizer steps of linear warmup from 0 to the peak lr.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final lr as a share of the peak.")
+
+
+class EvalSection(BaseModel):
+    """Validation cadence, and the metric that ranks checkpoints."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    every: int = Field(50, ge=1, description="Evaluate on validation every N steps.")
+    batches: int = Field(20, ge=1, description="Validation batches per worker per evaluation.")
+    best_metric: str | None = Field(
+        None, description="Metric that ranks checkpoints (default: the task's, val_loss or val_accuracy)."
+    )
+    best_mode: Literal["auto", "min", "max"] = Field("auto", description="auto: the task's direction.")
+
+
+class CheckpointSection(BaseModel):
+    """Checkpoint cadence and retention (ray.train.CheckpointConfig)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    every: int = Field(50, ge=1, description="Checkpoint every N steps (and at the end).")
+    num_to_keep: int = Field(
+        2, ge=1, description="Checkpoints kept, ranked by eval.best_metric; the latest is always kept."
+    )
+
+
+class ExportSection(BaseModel):
+    """The HF model `raylm train` writes at the end."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: Literal["last", "best"] = Field(
+        "last", description="Which checkpoint is exported (resume always uses the latest)."
+    )
+    dir: str | None = Field(None, description="Where the final HF model is exported (default: <run>/export).")
+
+
+# Keys that moved from the flat `trainer` section into a sub-section (issue 14): old name -> new
+# path under `trainer`. raylm.config moves them (files, overrides, search spaces) before validation.
+MOVED_TRAINER_KEYS: dict[str, str] = {
+    **{k: f"scaling.{k}" for k in ScalingSection.model_fields},
+    **{k: f"optimizer.{k}" for k in OptimizerSection.model_fields},
+    "schedule": "schedule.type",
+    "warmup_steps": "schedule.warmup_steps",
+    "min_lr_ratio": "schedule.min_lr_ratio",
+    "eval_every": "eval.every",
+    "eval_batches": "eval.batches",
+    "best_metric": "eval.best_metric",
+    "best_mode": "eval.best_mode",
+    "checkpoint_every": "checkpoint.every",
+    "num_to_keep": "checkpoint.num_to_keep",
+    "export_checkpoint": "export.checkpoint",
+    "export_dir": "export.dir",
+}
+
+
+class TrainerConfig(BaseModel):
+    """The training run: task, length, batch, numerics; scaling, optimizer, schedule, eval,
+    checkpoint and export in their own sections."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal["causal-lm", "masked-lm", "sequence-classification"] = Field(
+        "causal-lm", description="What is trained: the model head, loss, collate and metrics (raylm.trainers.tasks)."
+    )
+    run_name: str = Field(
+        "demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Run directory under cluster.storage_path; the same name resumes the run.",
+    )
+    seed: int = Field(1337, description="Seed of the initial weights (the same on every rank) and of dropout.")
+    max_steps: int = Field(200, ge=1, description="Optimizer steps (the lr schedule's horizon).")
+    max_train_seconds: float | None = Field(
+        None, gt=0, description="Stop (eval + checkpoint) once training time, start-up excluded, reaches this."
     )
     batch_size: int | Literal["auto"] = Field(
         16, description="Examples (blocks) per worker per micro-step. auto: on a GPU, the largest that fits "
@@ -63,34 +226,8 @@ class TrainerConfig(BaseModel):
         None, gt=0, description="Tokens per optimizer step over all workers: sets grad_accum from the "
         "micro-batch and the worker count, so one recipe fits a 24 GB and a 141 GB card.",
     )
-    max_steps: int = Field(200, ge=1, description="Optimizer steps (the lr schedule's horizon).")
-    max_train_seconds: float | None = Field(
-        None, gt=0, description="Stop (eval + checkpoint) once training time, start-up excluded, reaches this."
-    )
-    lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final lr as a share of the peak.")
-    warmup_steps: int = Field(10, ge=0)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    weight_decay: float = Field(0.1, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = Field(1.0, ge=0, description="Clip the global grad norm (0: off).")
-    eval_every: int = Field(50, ge=1, description="Evaluate on validation every N steps.")
-    eval_batches: int = Field(20, ge=1, description="Validation batches per worker per evaluation.")
-    checkpoint_every: int = Field(50, ge=1, description="Checkpoint every N steps (and at the end).")
-    num_to_keep: int = Field(2, ge=1)
-    max_failures: int = Field(
-        2, ge=0, description="Restarts after failures of the run itself (a crash, a lost node) before it fails.",
-    )
-    max_preemptions: int = Field(
-        -1, ge=-1, description="Restarts after preemptions, counted apart from max_failures (-1: no limit). "
-        "A preemption is a node drain (`ray drain-node --reason PREEMPTION`, KubeRay, spot reclaims) or a "
-        "SIGTERM to a worker: the workers checkpoint at the next log step, then exit for a restart.",
-    )
-    log_every: int = Field(10, ge=1)
-    seed: int = 1337
-    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker (CPU).")
-    nan_policy: Literal["stop", "skip"] = Field(
-        "stop", description="A non-finite loss or grad norm: stop the run, or skip that step's update."
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast on a GPU that supports it, fp32 on CPU."
     )
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile each transformer block (regional compilation: compile time stays "
@@ -102,38 +239,41 @@ class TrainerConfig(BaseModel):
         "materialises the full fp32 logits. auto: on for CUDA; on: also on CPU (chunked loss only).",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
-    best_metric: str | None = Field(
-        None, description="Metric that ranks checkpoints (default: the task's, val_loss or val_accuracy)."
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker (CPU).")
+    nan_policy: Literal["stop", "skip"] = Field(
+        "stop", description="A non-finite loss or grad norm: stop the run, or skip that step's update."
     )
-    best_mode: Literal["auto", "min", "max"] = Field("auto", description="auto: the task's direction.")
-    export_checkpoint: Literal["last", "best"] = Field(
-        "last", description="Which checkpoint `raylm train` exports (resume always uses the latest)."
-    )
-    export_dir: str | None = Field(
-        None, description="Where the final HF model is exported (default: <run>/export)."
-    )
+    log_every: int = Field(10, ge=1, description="Log training metrics every N steps.")
     peak_flops: float | None = Field(
         None, gt=0, description="Peak FLOP/s per device for MFU (CPU or unknown GPU)."
     )
+    scaling: ScalingSection = Field(default_factory=ScalingSection, description=ScalingSection.__doc__)
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection, description=OptimizerSection.__doc__)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection, description=ScheduleSection.__doc__)
+    eval: EvalSection = Field(default_factory=EvalSection, description=EvalSection.__doc__)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection, description=CheckpointSection.__doc__)
+    fsdp: FsdpConfig = Field(default_factory=FsdpConfig, description="FSDP2 options (scaling.strategy: fsdp).")
+    export: ExportSection = Field(default_factory=ExportSection, description=ExportSection.__doc__)
 
     @model_validator(mode="after")
     def _check(self) -> "TrainerConfig":
-        if isinstance(self.num_workers, tuple) and not 1 <= self.num_workers[0] <= self.num_workers[1]:
-            raise ValueError(f"num_workers {list(self.num_workers)}: an elastic range is [min, max] with "
-                             "1 <= min <= max")
-        if isinstance(self.num_workers, int) and self.num_workers < 1:
-            raise ValueError(f"num_workers ({self.num_workers}) must be at least 1, or a [min, max] range")
         if isinstance(self.batch_size, int) and self.batch_size < 1:
             raise ValueError(f"batch_size ({self.batch_size}) must be at least 1, or 'auto'")
-        if self.warmup_steps > self.max_steps:
+        s = self.scaling
+        if s.strategy == "fsdp" and isinstance(s.num_workers, int) and s.num_workers % self.fsdp.replicate:
+            raise ValueError(f"trainer.fsdp.replicate ({self.fsdp.replicate}) must divide scaling.num_workers "
+                             f"({s.num_workers}): HSDP shards inside equal groups")
+        if self.schedule.warmup_steps > self.max_steps:
             raise ValueError(
-                f"warmup_steps ({self.warmup_steps}) is above max_steps ({self.max_steps}): "
-                "lower trainer.warmup_steps"
+                f"schedule.warmup_steps ({self.schedule.warmup_steps}) is above max_steps ({self.max_steps}): "
+                "lower trainer.schedule.warmup_steps"
             )
         return self
 
 
 class WandbConfig(BaseModel):
+    """Weights & Biases sink (rank 0; metrics.jsonl is always written)."""
+
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["disabled", "offline", "online"] = Field(
@@ -141,14 +281,16 @@ class WandbConfig(BaseModel):
         description="offline: runs stay on disk (wandb sync later). online needs WANDB_API_KEY "
         "in the environment; the key is never read from a config file.",
     )
-    project: str = "raylm"
-    entity: str | None = None
-    group: str | None = None
-    tags: list[str] = Field(default_factory=list)
+    project: str = Field("raylm", description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (user or team); unset: the key's default.")
+    group: str | None = Field(None, description="W&B run group (a sweep sets it to the sweep's name).")
+    tags: list[str] = Field(default_factory=list, description="W&B run tags.")
 
 
 class TrackingConfig(BaseModel):
+    """Where metrics go besides the run's metrics.jsonl, and how often progress is printed."""
+
     model_config = ConfigDict(extra="forbid")
 
-    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig, description=WandbConfig.__doc__)
     progress_every_s: float = Field(10.0, gt=0, description="Seconds between progress lines.")

@@ -6,16 +6,14 @@ import json
 import logging
 import os
 import shutil
+import time
 from typing import Any
 
+from raylm.cluster.storage import is_remote
 from raylm.config import RootConfig, save_config
 from raylm.errors import UserError
 
 log = logging.getLogger(__name__)
-
-
-def is_remote(path: str) -> bool:
-    return "://" in path
 
 
 def storage_root(cfg: RootConfig, storage_path: str | None = None) -> str:
@@ -82,8 +80,8 @@ def best_checkpoint_rule(cfg: RootConfig) -> tuple[str, str]:
     from raylm.trainers.tasks import get_task
 
     task = get_task(cfg.trainer.task)
-    metric = cfg.trainer.best_metric or task.metric
-    mode = cfg.trainer.best_mode
+    metric = cfg.trainer.eval.best_metric or task.metric
+    mode = cfg.trainer.eval.best_mode
     if mode == "auto":
         mode = task.mode if metric == task.metric else ("max" if metric in _HIGHER_IS_BETTER else "min")
     return metric, mode
@@ -108,19 +106,19 @@ def sharding(cfg: RootConfig) -> str:
     """`data.sharding` resolved: auto is stride for elastic worker counts."""
     from raylm.datasets.sharding import resolve_sharding
 
-    return resolve_sharding(cfg.data.sharding, elastic=not isinstance(cfg.trainer.num_workers, int))
+    return resolve_sharding(cfg.data.sharding, elastic=not isinstance(cfg.trainer.scaling.num_workers, int))
 
 
 def scaling_config(cfg: RootConfig) -> Any:
     import ray
     from ray.train import ScalingConfig
 
-    t = cfg.trainer
-    low = t.num_workers if isinstance(t.num_workers, int) else t.num_workers[0]
-    gpu = t.use_gpu if isinstance(t.use_gpu, bool) else ray.cluster_resources().get("GPU", 0) >= low
-    elastic = {} if isinstance(t.num_workers, int) else {"elastic_resize_monitor_interval_s": t.elastic_resize_s}
-    return ScalingConfig(num_workers=t.num_workers, use_gpu=gpu,
-                         resources_per_worker={**t.resources_per_worker, "CPU": t.cpus_per_worker}, **elastic)
+    s = cfg.trainer.scaling
+    low = s.num_workers if isinstance(s.num_workers, int) else s.num_workers[0]
+    gpu = s.use_gpu if isinstance(s.use_gpu, bool) else ray.cluster_resources().get("GPU", 0) >= low
+    elastic = {} if isinstance(s.num_workers, int) else {"elastic_resize_monitor_interval_s": s.elastic_resize_s}
+    return ScalingConfig(num_workers=s.num_workers, use_gpu=gpu,
+                         resources_per_worker={**s.resources_per_worker, "CPU": s.cpus_per_worker}, **elastic)
 
 
 def failure_config(cfg: RootConfig) -> Any:
@@ -129,19 +127,19 @@ def failure_config(cfg: RootConfig) -> Any:
     with `raylm.trainers.preemption.Preempted`)."""
     from ray.train import FailureConfig
 
-    return FailureConfig(max_failures=cfg.trainer.max_failures, max_preemption_failures=cfg.trainer.max_preemptions)
+    s = cfg.trainer.scaling
+    return FailureConfig(max_failures=s.max_failures, max_preemption_failures=s.max_preemptions)
 
 
 def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: list | None = None,
                   name: str | None = None, storage_path: str | None = None,
                   loop_overrides: dict | None = None) -> Any:
     """A TorchTrainer for this config (used by `raylm train` and by the Tune driver)."""
-    from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    from raylm.datasets.prepare import load_manifest
     from raylm.cluster.storage import run_storage
+    from raylm.datasets.prepare import load_manifest
     from raylm.datasets.streaming import open_split
     from raylm.trainers.loop import LoopConfig, train_loop_per_worker
 
@@ -153,6 +151,9 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
                              **(loop_overrides or {}))
     metric, mode = best_checkpoint_rule(cfg)
     datasets = {s: open_split(cfg.data.prepared_dir, s, manifest) for s in ("train", "validation")}
+    # Workers evaluate on the first eval_batches x batch x workers rows only: read those once here, so
+    # that no worker starts a Ray Data execution of the whole split before its first step (start-up).
+    datasets["validation"] = datasets["validation"].limit(eval_rows(cfg)).materialize()
     train_mb = manifest["splits"]["train"].get("tokens_out", 0) * 4 / 2**20
     if train_mb <= cfg.data.materialize_max_mb:  # small corpus: skip the per-epoch re-read (~seconds each)
         datasets["train"] = datasets["train"].materialize()
@@ -167,7 +168,7 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
             **run_storage(storage_root(cfg, storage_path)),
             failure_config=failure_config(cfg),
             # Ray ranks checkpoints by the metric but never deletes the latest: resume uses it.
-            checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep, checkpoint_score_attribute=metric,
+            checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint.num_to_keep, checkpoint_score_attribute=metric,
                                                checkpoint_score_order=mode),
             callbacks=callbacks,
             logging_config=_train_logging(),
@@ -179,37 +180,42 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
     )
 
 
-def export_model(checkpoint_dir: str, tokenizer_dir: str, out_dir: str) -> str:
-    """Copy the checkpoint's HF model and the tokenizer into one directory transformers loads."""
-    from transformers import AutoTokenizer
+def export_model(checkpoint_dir: str, tokenizer_dir: str | None, out_dir: str, dtype: str | None = None) -> str:
+    """A checkpoint (sharded or hf) and the tokenizer in one directory transformers loads (`raylm export`)."""
+    from raylm.trainers.export import export_checkpoint
 
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(os.path.join(checkpoint_dir, "model"), tmp)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return out_dir
+    return export_checkpoint(checkpoint_dir, out_dir, tokenizer_dir, dtype)
 
 
-def train(cfg: RootConfig) -> dict:
+def eval_rows(cfg: RootConfig) -> int:
+    """Validation rows the workers read (see streaming.eval_batches): an upper bound when batch_size is auto."""
+    from raylm.trainers.autobatch import MAX_BATCH
+
+    t = cfg.trainer
+    n = t.scaling.num_workers
+    workers = n if isinstance(n, int) else max(n)
+    return t.eval.batches * (t.batch_size if isinstance(t.batch_size, int) else MAX_BATCH) * workers
+
+
+def train(cfg: RootConfig, started_at: float | None = None) -> dict:
     """Fit (resuming the run of the same name if it has checkpoints), export, summarise."""
-    from raylm.datasets.prepare import load_manifest, prepare
+    from raylm.datasets.prepare import prepare
 
     manifest = prepare(cfg.data, task=cfg.trainer.task)  # no-op when the shards are up to date
     check_compatible(cfg, manifest)
     run_dir = local_run_dir(cfg)
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.yaml"))
-    trainer = build_trainer(cfg, manifest=manifest)
+    # started_at: when the command started (the CLI's process), for the start-up time the loop reports.
+    trainer = build_trainer(cfg, manifest=manifest, loop_overrides={"started_at": started_at or time.time()})
     result = trainer.fit()
     if result.error:
         raise result.error
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
-    export_dir = cfg.trainer.export_dir or os.path.join(run_dir, "export")
+    export_dir = cfg.trainer.export.dir or os.path.join(run_dir, "export")
     chosen = result.checkpoint
-    if cfg.trainer.export_checkpoint == "best" and result.best_checkpoints:
+    if cfg.trainer.export.checkpoint == "best" and result.best_checkpoints:
         metric, mode = best_checkpoint_rule(cfg)
         pick = max if mode == "max" else min
         chosen = pick(result.best_checkpoints, key=lambda cm: cm[1].get(metric, float("nan")))[0]

@@ -96,7 +96,7 @@ def classification_metrics(confusion: np.ndarray | list[float]) -> dict[str, flo
 def classify(model_dir: str, prepared_dir: str, manifest: dict, split: str = "validation",
              batch_size: int = 64, pad_id: int = 0) -> dict:
     from raylm.trainers.driver import _special_ids
-    from raylm.trainers.tasks import with_special_tokens
+    from raylm.trainers.tasks import pad_batch, with_special_tokens
 
     model = _load("AutoModelForSequenceClassification", model_dir)
     # As in training: [CLS] ... [SEP] around the shard ids when the tokenizer defines them.
@@ -105,11 +105,8 @@ def classify(model_dir: str, prepared_dir: str, manifest: dict, split: str = "va
     confusion = np.zeros(k * k)
     for batch in split_batches(prepared_dir, manifest, split, batch_size, None):
         seqs, y = [with_special_tokens(s, meta) for s in batch["input_ids"]], torch.tensor(batch["label"])
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-        pred = model(input_ids=ids, attention_mask=ids.ne(pad_id).long()).logits.argmax(-1)
+        ids, mask = pad_batch(seqs, pad_id)
+        pred = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
         confusion += confusion_counts(pred, y, k)
     if not confusion.sum():
         # An accuracy of 0.0 over nothing reads like a result; it is a missing split.

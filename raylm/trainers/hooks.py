@@ -55,19 +55,6 @@ def _node_id() -> str:
         return "-"
 
 
-def read_sample_log(base: str, world: int) -> dict[int, list[tuple[int, int, list[int]]]]:
-    """{rank: [(epoch, step, ids)]} from the per-rank files written by SampleLog."""
-    out: dict[int, list[tuple[int, int, list[int]]]] = {}
-    for r in range(world):
-        rows = []
-        for line in open(f"{base}.rank{r}"):
-            if not line.startswith("#"):
-                e, s, *ids = line.split()
-                rows.append((int(e), int(s), [int(i) for i in ids]))
-        out[r] = rows
-    return out
-
-
 def check_nonfinite(first_bad_step: int, loss: float, grad_norm: float, policy: str,
                     last_checkpoint: str | None) -> None:
     """Called at a sync step whose window saw a non-finite loss or grad norm (at `first_bad_step`).
@@ -82,4 +69,4 @@ def check_nonfinite(first_bad_step: int, loss: float, grad_norm: float, policy: 
     where = last_checkpoint or "none yet (the run would start from scratch)"
     raise FloatingPointError(f"non-finite loss or grad norm at step {first_bad_step} (window mean loss {loss}, "
                              f"grad norm {grad_norm}); last good checkpoint: {where}. "
-                             "Lower trainer.lr, or set trainer.nan_policy=skip to skip such steps.")
+                             "Lower trainer.optimizer.lr, or set trainer.nan_policy=skip to skip such steps.")

@@ -9,11 +9,11 @@ channel for metrics and checkpoints). The step itself and its device-side bookke
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,15 +24,16 @@ import torch
 from raylm.config import RootConfig, validate
 from raylm.datasets.sharding import check_resume
 from raylm.datasets.streaming import TrainStream, eval_batches
-from raylm.trainers import preemption
+from raylm.trainers import checkpoint, preemption
 from raylm.trainers import state as ckpt
 from raylm.trainers.autobatch import resolve_batch_size
 from raylm.trainers.driver import sharding
 from raylm.trainers.hooks import SampleLog, check_nonfinite
 from raylm.trainers.kernels import apply_fused_kernels, loss_fn_for
+from raylm.trainers.materialize import build_on_meta, init_weights, materialize
 from raylm.trainers.metrics import device_peak_flops, non_embedding_params, peak_memory_mb
 from raylm.trainers.optim import build_optimizer, build_scheduler
-from raylm.trainers.parallel import autocast_dtype, compile_enabled, full_state, wrap_model
+from raylm.trainers.parallel import autocast_dtype, compile_enabled, is_meta, wrap_model
 from raylm.trainers.progress import Progress, say
 from raylm.trainers.step import Feeder, StepContext, Window, evaluate, to_batch, train_step
 from raylm.trainers.tasks import Task, get_task
@@ -50,6 +51,8 @@ class LoopConfig:
     run_id: str
     sample_log: str | None = None  # per-rank sample-id ledger (tests, benchmarks)
     resume_from: str | None = None  # a checkpoint path to start from (a PBT exploit)
+    started_at: float | None = None  # when the command started (time.time()): start-up is reported from it
+    checkpoint_hold_s: float = 0.0  # tests: hold each sharded checkpoint write open this long (a crash window)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -83,6 +86,7 @@ class Run:
     batch_size: int
     grad_accum: int
     last_ckpt: str | None
+    checkpointer: checkpoint.Checkpointer
 
 
 # ---------------------------------------------------------------- setup
@@ -98,35 +102,42 @@ def setup(lc: LoopConfig) -> Run:
     torch.set_num_threads(t.torch_threads)
     device, task, meta = ray.train.torch.get_device(), get_task(t.task), lc.meta
 
-    seed_everything(t.seed)  # the same initial weights on every rank
-    model = task.build_model(cfg, meta)
+    seed_everything(t.seed)
     restored = ray.train.get_checkpoint()
     exploit = restored is None and bool(lc.resume_from)
     if exploit:  # PBT: start from another trial's state
         restored = ray.train.Checkpoint(lc.resume_from)
-    if restored:  # weights go in before wrapping, so every rank starts from the same values
-        with restored.as_directory() as d:
-            ckpt.load_model_weights(model, os.path.join(d, "model"))
-    amp = autocast_dtype(t.precision, device)
-    batch_size = resolve_batch_size(t.batch_size, model, task, meta, device, amp, rank)
-    grad_accum = grad_accum_for(t.global_batch_tokens, t.grad_accum, batch_size, _seq_len(meta, t.task), world)
-    # The fused loss reads the lm head's weight outside the model's forward: not under FSDP's sharding.
-    kernels = t.fused_kernels if t.strategy == "ddp" else "off"
-    fused = apply_fused_kernels(model, t.task, kernels, device, say if rank == 0 else lambda _: None)
-    if compile_enabled(t, device) and rank == 0:
-        say("[raylm] compiling the transformer blocks (torch.compile, regional) during the first step...")
-    model = wrap_model(model, t, device)
-    opt = build_optimizer(model, t, device)
-    sched = build_scheduler(opt, t)
-    seed_everything(t.seed + 1 + rank)  # dropout etc. differ per rank
-    st, last_ckpt = ckpt.TrainState(world=world, sharding=sharding(cfg)), None
-    if restored:
-        with restored.as_directory() as d:
-            st = ckpt.restore(d, model, opt, sched, rank, load_weights=False)
-        check_resume(st.sharding, st.world, sharding(cfg), world)
-        st.world, last_ckpt = world, restored.path
-        if exploit:
-            apply_hyperparameters(opt, sched, t, st.step)
+    with contextlib.ExitStack() as stack:  # a remote checkpoint stays downloaded until restored
+        d = stack.enter_context(restored.as_directory()) if restored else None
+        hf_weights = os.path.join(d, "model") if d and not checkpoint.is_sharded(d) else None
+        # DDP: built whole (hf checkpoint weights go in before wrapping: every rank starts equal).
+        # FSDP: built on the meta device, sharded, then materialised shard by shard.
+        model = build_model(task, cfg, meta, hf_weights, say if rank == 0 else lambda _: None)
+        amp = autocast_dtype(t.precision, device)
+        if t.scaling.strategy == "ddp":
+            batch_size = resolve_batch_size(t.batch_size, model, task, meta, device, amp, rank)
+        # The fused loss reads the lm head's weight outside the model's forward: not under FSDP's sharding.
+        kernels = t.fused_kernels if t.scaling.strategy == "ddp" else "off"
+        fused = apply_fused_kernels(model, t.task, kernels, device, say if rank == 0 else lambda _: None)
+        if compile_enabled(t, device) and rank == 0:
+            say("[raylm] compiling the transformer blocks (torch.compile, regional) during the first step...")
+        model = wrap_model(model, t, device)
+        if is_meta(model):
+            materialize(model, torch.device("cpu") if t.fsdp.cpu_offload else device, t.seed,
+                        hf_weights or cfg.model.init_from, say if rank == 0 else lambda _: None)
+        if t.scaling.strategy == "fsdp":  # probes the sharded model (auto on a GPU); an int otherwise
+            batch_size = resolve_batch_size(t.batch_size, model, task, meta, device, amp, rank)
+        grad_accum = grad_accum_for(t.global_batch_tokens, t.grad_accum, batch_size, _seq_len(meta, t.task), world)
+        opt = build_optimizer(model, t, device)
+        sched = build_scheduler(opt, t)
+        seed_everything(t.seed + 1 + rank)  # dropout etc. differ per rank
+        st, last_ckpt = ckpt.TrainState(world=world, sharding=sharding(cfg)), None
+        if restored:
+            st = checkpoint.restore(d, model, opt, sched, rank, weights_loaded=hf_weights is not None)
+            check_resume(st.sharding, st.world, sharding(cfg), world)
+            st.world, last_ckpt = world, restored.path
+            if exploit:
+                apply_hyperparameters(opt, sched, t, st.step)
     sink = make_sink(cfg, lc, rank, resume_step=st.step)
     if restored:
         sink.log({"resumed_from": st.step, **({"restored_from": lc.resume_from} if exploit else {})}, st.step)
@@ -138,10 +149,10 @@ def setup(lc: LoopConfig) -> Run:
         return task.collate(raw, meta, seed)
 
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    ctx = StepContext(model, opt, sched, scaler, loss_fn_for(task, fused), device, amp, t.grad_clip,
+    ctx = StepContext(model, opt, sched, scaler, loss_fn_for(task, fused), device, amp, t.optimizer.grad_clip,
                       skip_nonfinite=t.nan_policy == "skip")
     # Validation batches are collated once (a fixed seed per batch: MLM masks are the same every eval).
-    val_raw = eval_batches(ray.train.get_dataset_shard("validation"), batch_size, rank, world, t.eval_batches)
+    val_raw = eval_batches(ray.train.get_dataset_shard("validation"), batch_size, rank, world, t.eval.batches)
     val = [to_batch(collate(raw, i * 31 + rank), device) for i, raw in enumerate(val_raw)]
     d = cfg.data
     stream = TrainStream(ray.train.get_dataset_shard("train"), batch_size, d.seed, d.shuffle_buffer_rows,
@@ -151,7 +162,25 @@ def setup(lc: LoopConfig) -> Run:
     return Run(cfg, task, ctx, st, Feeder(stream, collate, device), val, sink,
                SampleLog(lc.sample_log or os.environ.get("RAYLM_SAMPLE_LOG"), rank, st.step, world),
                Progress(t.max_steps, st.step, cfg.tracking.progress_every_s, enabled=rank == 0),
-               rank, world, batch_size, grad_accum, last_ckpt)
+               rank, world, batch_size, grad_accum, last_ckpt,
+               checkpoint.Checkpointer(t, lc.run_dir, lc.checkpoint_hold_s))
+
+
+def build_model(task: Task, cfg: RootConfig, meta: dict, hf_weights: str | None,
+                log: Any) -> torch.nn.Module:
+    """The task's model: whole for DDP, on the meta device for FSDP (whole when the task cannot build
+    there). From config, weights come from raylm's seeded init, the same for both strategies."""
+    if cfg.trainer.scaling.strategy == "fsdp":
+        model = build_on_meta(task, cfg, meta)
+        if model is not None:
+            return model
+        log(f"[raylm] {task.name} with model.init_from: built whole on every rank, then sharded")
+    model = task.build_model(cfg, meta)
+    if not cfg.model.init_from:
+        init_weights(model, cfg.trainer.seed)
+    if hf_weights:
+        ckpt.load_model_weights(model, hf_weights)
+    return model
 
 
 def _seq_len(meta: dict, task: str) -> int:
@@ -193,8 +222,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         r.feeder.prefetch(r.grad_accum)  # the next batches are prepared while the device computes
         train_s += time.perf_counter() - t0
         st.extra["train_s"] = train_s
-        eval_now = st.step % t.eval_every == 0
-        save_now = st.step % t.checkpoint_every == 0 or st.step == t.max_steps
+        eval_now = st.step % t.eval.every == 0
+        save_now = st.step % t.checkpoint.every == 0 or st.step == t.max_steps
         if not (st.step % t.log_every == 0 or eval_now or save_now or st.step == first_step):
             continue
         # ---- a sync step: the host reads the window (one all-reduce); a bad step never reaches a checkpoint
@@ -206,8 +235,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         check_nonfinite(synced["first_bad_step"], synced["train_loss"], synced["grad_norm"], t.nan_policy, r.last_ckpt)
         metrics = window_metrics(window, synced, dt, r.feeder.wait_s - wait0, r, n_params, peak, train_s, st)
         window = Window(r.ctx.device)
-        if st.step == first_step and compile_enabled(t, r.ctx.device) and r.rank == 0:
-            say(f"[raylm] first step (compile included) took {dt:.1f}s")
+        if st.step == first_step:
+            metrics.update(first_step_metrics(lc, r, t0, dt))
         r.progress.update(st.step, metrics)
         r.sink.log(metrics, st.step)
         save_now = save_now or last
@@ -216,11 +245,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                     lc.meta.get("num_labels") if r.task.name == "sequence-classification" else None))
             r.sink.log({k: v for k, v in metrics.items() if k.startswith("val_")}, st.step)
             r.progress.eval(st.step, metrics)
-            saved = report(metrics, st, r.ctx, r.rank, save_now, r.sink)
+            saved = report(metrics, st, r.ctx, r.rank, save_now, r.sink, r.checkpointer)
             r.last_ckpt = os.path.join(lc.run_dir, saved) if saved else r.last_ckpt
     r.samples.close()
     r.sink.close()
-    if stop and st.step < t.max_steps:  # the checkpoint of this step is registered: restart from it
+    if stop and st.step < t.max_steps:  # restart from this step's checkpoint
+        r.checkpointer.flush()
         if r.rank == 0:
             say(f"[raylm] {stop}: checkpointed step {st.step}, exiting for a restart")
         raise preemption.Preempted(f"{stop}: checkpointed step {st.step} ({r.last_ckpt})")
@@ -231,6 +261,16 @@ def stop_reason(sigterm_ranks: int, drained: bool) -> str | None:
     if sigterm_ranks:
         return f"SIGTERM to {sigterm_ranks} worker(s)"
     return "a node is drained for preemption" if drained else None
+
+
+def first_step_metrics(lc: LoopConfig, r: Run, t0: float, dt: float) -> dict[str, float]:
+    """Start-up (command to the first step's start) and the first step's own time (compile included)."""
+    startup = time.time() - (time.perf_counter() - t0) - lc.started_at if lc.started_at else None
+    if r.rank == 0:
+        since = f"began {startup:.1f}s after the command started and " if startup is not None else ""
+        say(f"[raylm] first step {since}took {dt:.1f}s"
+            f"{' (torch.compile included)' if compile_enabled(r.cfg.trainer, r.ctx.device) else ''}")
+    return {"first_step_s": dt, **({"startup_s": startup} if startup is not None else {})}
 
 
 def window_metrics(w: Window, synced: dict, dt: float, wait: float, r: Run, n_params: int, peak: float | None,
@@ -256,31 +296,30 @@ def apply_hyperparameters(opt: torch.optim.Optimizer, sched: Any, t: Any, step: 
     """After a PBT exploit: the donor's weights and moments, but this trial's (perturbed) lr and decay."""
     from raylm.trainers.optim import lr_factor
 
-    sched.base_lrs = [t.lr for _ in opt.param_groups]
+    sched.base_lrs = [t.optimizer.lr for _ in opt.param_groups]
     for group in opt.param_groups:
-        group["lr"] = t.lr * lr_factor(step, t)
+        group["lr"] = t.optimizer.lr * lr_factor(step, t)
         if group.get("weight_decay", 0.0) > 0.0:
-            group["weight_decay"] = t.weight_decay
+            group["weight_decay"] = t.optimizer.weight_decay
 
 
 # ---------------------------------------------------------------- report / checkpoint
 
 
-def report(metrics: dict, st: ckpt.TrainState, ctx: StepContext, rank: int, save: bool, sink: Any) -> str | None:
+def report(metrics: dict, st: ckpt.TrainState, ctx: StepContext, rank: int, save: bool, sink: Any,
+           checkpointer: checkpoint.Checkpointer) -> str | None:
     """The one channel for metrics + checkpoints; every rank calls it at the same steps.
 
-    Ray persists the directory to storage before it registers the checkpoint, so a crash
-    mid-write leaves the previous checkpoint as the latest.
+    Ray registers a checkpoint only once it is complete in storage (for an asynchronous sharded write,
+    once the write has finished), so a crash mid-write leaves the previous checkpoint as the latest.
     """
-    import ray.train
-
     clean = {k: v for k, v in metrics.items() if v is not None} | {"step": st.step}
     if not save:
-        ray.train.report(clean)
+        checkpointer.report_metrics(clean)
         return None
-    model_state, optim_state = full_state(ctx.model, ctx.opt)  # a collective under FSDP
     name = f"checkpoint_{st.step:08d}"
-    with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as d:
-        ckpt.save(d, ctx.model, ctx.sched, st, rank, model_state, optim_state, getattr(sink, "jsonl_path", None))
-        ray.train.report(clean, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
+    stalled = checkpointer.stall_s
+    checkpointer.report(clean, name, st, ctx, rank, getattr(sink, "jsonl_path", None))
+    # Seconds this save held the training thread (gather or staging; the background write excluded).
+    sink.log({"checkpoint_stall_s": checkpointer.stall_s - stalled}, st.step)
     return name

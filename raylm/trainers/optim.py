@@ -20,22 +20,24 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: torch.nn.Module, t: TrainerConfig, device: torch.device) -> torch.optim.Optimizer:
     fused = device.type == "cuda"
-    return torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=t.betas, fused=fused)
+    o = t.optimizer
+    return torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, fused=fused)
 
 
 def lr_factor(step: int, t: TrainerConfig) -> float:
     """Multiplier of the peak lr at `step` (0-based, before the optimizer step)."""
-    if t.warmup_steps and step < t.warmup_steps:
-        return (step + 1) / t.warmup_steps
-    if t.schedule == "constant":
+    s = t.schedule
+    if s.warmup_steps and step < s.warmup_steps:
+        return (step + 1) / s.warmup_steps
+    if s.type == "constant":
         return 1.0
-    span = max(1, t.max_steps - t.warmup_steps)
-    progress = min(1.0, (step - t.warmup_steps) / span)
-    if t.schedule == "linear":
+    span = max(1, t.max_steps - s.warmup_steps)
+    progress = min(1.0, (step - s.warmup_steps) / span)
+    if s.type == "linear":
         shape = 1.0 - progress
     else:
         shape = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return t.min_lr_ratio + (1.0 - t.min_lr_ratio) * shape
+    return s.min_lr_ratio + (1.0 - s.min_lr_ratio) * shape
 
 
 def build_scheduler(opt: torch.optim.Optimizer, t: TrainerConfig) -> torch.optim.lr_scheduler.LambdaLR:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from raylm.trainers.config import TrainerConfig
+from raylm.trainers.config import FsdpConfig, TrainerConfig
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -27,7 +27,23 @@ def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated blocks of an HF model, found by its own `_no_split_modules` (e.g. GPT2Block,
     LlamaDecoderLayer, BertLayer): the unit of regional compilation and of FSDP sharding."""
     names = set(getattr(model, "_no_split_modules", None) or []) or _BLOCKS
-    return [m for m in model.modules() if type(m).__name__ in names]
+    return [m for m in model.modules() if type(m).__name__ in names and m is not model]
+
+
+def shardable_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Blocks that can be their own FSDP unit: none of their parameters is tied to one outside them
+    (BERT lists BertEmbeddings in `_no_split_modules`, but its word embeddings are the MLM decoder's
+    weight: a parameter shared by two units cannot be sharded by both). Innermost first."""
+    owners: dict[int, set[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), set()).add(name)
+    names = {m: n for n, m in model.named_modules()}
+    keep = []
+    for block in transformer_blocks(model):
+        prefix = names[block] + "."
+        if all(n.startswith(prefix) for p in block.parameters() for n in owners[id(p)]):
+            keep.append(block)
+    return keep[::-1]
 
 
 def compile_blocks(model: torch.nn.Module) -> int:
@@ -58,28 +74,66 @@ def wrap_model(model: torch.nn.Module, t: TrainerConfig, device: torch.device) -
     import ray.train.torch
 
     model = prepare_module(model, t, device)
-    if t.strategy == "fsdp":
-        return _fsdp2(model, device)
+    if t.scaling.strategy == "fsdp":
+        return _fsdp2(model, t.fsdp, device)
     return ray.train.torch.prepare_model(model, parallel_strategy="ddp")
 
 
-def _fsdp2(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """FSDP2: shard each transformer block, then the root (torch >= 2.6 `fully_shard`)."""
+def is_meta(model: torch.nn.Module) -> bool:
+    return any(p.is_meta for p in model.parameters())
+
+
+def fsdp_mesh(f: FsdpConfig, device: torch.device) -> Any:
+    """1-D mesh (plain FSDP) or, with `replicate` > 1, a 2-D (replicate, shard) mesh: HSDP shards inside
+    a group of world/replicate ranks (a node) and all-reduces across groups (the FSDP2 HSDP recipe)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    world = dist.get_world_size()
+    if f.replicate > 1 and world % f.replicate == 0 and world > f.replicate:
+        return init_device_mesh(device.type, (f.replicate, world // f.replicate), mesh_dim_names=("replicate", "shard"))
+    return init_device_mesh(device.type, (world,), mesh_dim_names=("shard",))
+
+
+def fsdp_policies(f: FsdpConfig, device: torch.device) -> dict[str, Any]:
+    """`fully_shard` keyword arguments from `trainer.fsdp`: mixed precision and CPU offload."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
+
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    param = f.param_dtype if f.param_dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    kw: dict[str, Any] = {"reshard_after_forward": f.reshard_after_forward,
+                          "offload_policy": CPUOffloadPolicy(pin_memory=device.type == "cuda") if f.cpu_offload
+                          else OffloadPolicy()}
+    if param != "fp32" or f.reduce_dtype != "fp32":
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtypes[param], reduce_dtype=dtypes[f.reduce_dtype])
+    return kw
+
+
+def _fsdp2(model: torch.nn.Module, f: FsdpConfig, device: torch.device) -> torch.nn.Module:
+    """FSDP2: optional activation checkpointing and `fully_shard` per transformer block, then the root.
+
+    A model built on the meta device stays there: `materialize` allocates each rank's shards after.
+    Without a process group (one worker, no Ray) the model is only moved to the device.
+    """
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
-    model.to(device)
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return model
-    for module in model.modules():
-        if type(module).__name__ in _BLOCKS:
-            fully_shard(module)
-    fully_shard(model)
-    model._raylm_fsdp = True
+    blocks = shardable_blocks(model)
+    if f.activation_checkpointing:
+        from torch.distributed._composable import checkpoint
+
+        for block in blocks:  # composable: parameter names stay as they are (no wrapper module)
+            checkpoint(block)
+    if not dist.is_initialized():
+        return model if is_meta(model) else model.to(device)
+    mesh, kw = fsdp_mesh(f, device), fsdp_policies(f, device)
+    for block in blocks:
+        fully_shard(block, mesh=mesh, **kw)
+    fully_shard(model, mesh=mesh, **kw)
     return model
 
 
-# Transformer block classes sharded one by one (HF names).
+# Transformer block classes sharded one by one when a model does not name its own (HF names).
 _BLOCKS = {"GPT2Block", "LlamaDecoderLayer", "BertLayer", "RobertaLayer"}
 
 

@@ -1,5 +1,5 @@
 """Preemption: a worker told to stop writes a checkpoint at the next sync step, then every rank exits
-for a restart that Ray charges to `trainer.max_preemptions`, not to `trainer.max_failures`.
+for a restart that Ray charges to `trainer.scaling.max_preemptions`, not to `max_failures`.
 
 Two signals tell a run to stop:
 - a node drain for preemption (Ray Core's DrainNode: KubeRay's autoscaler, spot-reclaim handlers,

@@ -6,6 +6,8 @@ import sys
 import time
 from typing import Any
 
+from raylm._fmt import duration
+
 
 def say(line: str) -> None:
     """One line on the worker's stdout, which Ray forwards to the driver once. Not print():
@@ -13,11 +15,6 @@ def say(line: str) -> None:
     wrapped (as it is in Ray workers), so every progress line reached the terminal twice."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
-
-
-def _fmt_s(s: float) -> str:
-    s = int(max(s, 0))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 class Progress:
@@ -35,7 +32,7 @@ class Progress:
         self.last = now
         done = step - self.start - 1
         rate = done / max(now - self.t0, 1e-9)
-        pace = f"{rate:.2f} steps/s | ETA {_fmt_s((self.total - step) / rate)}" if done > 0 and rate > 0 else "ETA --"
+        pace = f"{rate:.2f} steps/s | ETA {duration((self.total - step) / rate)}" if done > 0 and rate > 0 else "ETA --"
         mfu = f" | mfu {m['mfu'] * 100:.1f}%" if m.get("mfu") else ""
         say(f"[raylm] step {step}/{self.total} | loss {m['train_loss']:.4f} | lr {m['lr']:.2e} | "
             f"{m['tokens_per_s']:,.0f} tok/s{mfu} | {pace}")

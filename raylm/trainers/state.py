@@ -1,6 +1,7 @@
 """Checkpoint state: HF model directory (safetensors) + a small, explicit training state.
 
-Layout of a checkpoint directory:
+This is the hf format (DDP); `raylm.trainers.checkpoint` adds the sharded one and restores both.
+Layout of an hf checkpoint directory:
   model/            save_pretrained (safetensors), loadable by transformers as is
   state.pt          optimizer, scheduler, step, data position, metrics so far
   rng_rank{r}.pt    torch RNG state of each rank
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -27,8 +28,13 @@ class TrainState:
     world: int = 0  # the worker count that wrote it (0: before raylm recorded it)
     sharding: str = "split"  # how the position counts (raylm.datasets.sharding)
     tokens_seen: int = 0
-    best_metric: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainState":
+        """The state saved by `save`; keys this version no longer has (e.g. `best_metric`, in
+        checkpoints written before it was dropped) are ignored."""
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -43,9 +49,7 @@ def save(dirpath: str, model: torch.nn.Module, sched: Any, state: TrainState, ra
     `parallel.full_state`), so DDP and FSDP checkpoints have one format.
     """
     os.makedirs(dirpath, exist_ok=True)
-    torch.save({"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-               os.path.join(dirpath, f"rng_rank{rank}.pt"))
+    save_rng(dirpath, rank)
     if rank != 0:
         return
     unwrap(model).save_pretrained(os.path.join(dirpath, "model"), state_dict=model_state, safe_serialization=True)
@@ -53,6 +57,23 @@ def save(dirpath: str, model: torch.nn.Module, sched: Any, state: TrainState, ra
                os.path.join(dirpath, "state.pt"))
     if metrics_file and os.path.exists(metrics_file):
         shutil.copy(metrics_file, os.path.join(dirpath, "metrics.jsonl"))
+
+
+def save_rng(dirpath: str, rank: int) -> None:
+    torch.save({"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+               os.path.join(dirpath, f"rng_rank{rank}.pt"))
+
+
+def load_rng(dirpath: str, rank: int) -> None:
+    """This rank's RNG as saved; a rank the checkpoint has no file for (more workers now) keeps its own."""
+    rng_path = os.path.join(dirpath, f"rng_rank{rank}.pt")
+    if os.path.exists(rng_path):
+        rng = torch.load(rng_path, weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        random.setstate((3, tuple(rng["python"]), None))
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def load_model_weights(model: torch.nn.Module, model_dir: str) -> None:
@@ -69,36 +90,3 @@ def load_model_weights(model: torch.nn.Module, model_dir: str) -> None:
         raise RuntimeError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def restore(dirpath: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, rank: int,
-            load_weights: bool = True) -> TrainState:
-    from raylm.trainers.parallel import load_optimizer
-
-    if load_weights:
-        load_model_weights(model, os.path.join(dirpath, "model"))
-    blob = torch.load(os.path.join(dirpath, "state.pt"), map_location="cpu", weights_only=True)
-    load_optimizer(model, opt, blob["optimizer"])
-    sched.load_state_dict(blob["scheduler"])
-    rng_path = os.path.join(dirpath, f"rng_rank{rank}.pt")
-    if os.path.exists(rng_path):
-        rng = torch.load(rng_path, weights_only=True)
-        torch.set_rng_state(rng["torch"])
-        random.setstate((3, tuple(rng["python"]), None))
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-    return TrainState(**blob["state"])
-
-
-def is_registered(run_dir: str, name: str) -> bool:
-    """Ray Train has registered checkpoint `name` of a run (a directory alone may still be in flight)."""
-    import json
-
-    try:
-        snap = json.load(open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")))
-    except (OSError, ValueError):
-        return False
-    return any(c["checkpoint_dir_name"] == name for c in snap["checkpoint_results"])
-
-
-def read_state(dirpath: str) -> TrainState:
-    blob = torch.load(os.path.join(dirpath, "state.pt"), map_location="cpu", weights_only=True)
-    return TrainState(**blob["state"])

@@ -142,12 +142,7 @@ class SequenceClassification(Task):
 
     def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
         seqs = [with_special_tokens(s, meta) for s in batch["input_ids"]]
-        width = max(len(s) for s in seqs)  # pad once per batch, to its longest example
-        ids = torch.full((len(seqs), width), meta["pad_id"], dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-            mask[i, : len(s)] = 1  # by length: a real token may share the pad id (GPT-style pad = EOS)
+        ids, mask = pad_batch(seqs, meta["pad_id"])
         return {"input_ids": ids, "attention_mask": mask,
                 "labels": torch.from_numpy(batch["label"].astype(np.int64)),
                 "sample_id": torch.from_numpy(np.array(batch["sample_id"])), "_n": torch.tensor(len(seqs))}
@@ -155,6 +150,18 @@ class SequenceClassification(Task):
     def eval_step(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = model(**inputs)
         return out.loss, out.logits.argmax(-1)
+
+
+def pad_batch(seqs: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) right-padded to the longest sequence of the batch (not to
+    max_length: length-bucketed batches then carry little padding). Used by training and `raylm eval`."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1  # by length: a real token may share the pad id (GPT-style pad = EOS)
+    return ids, mask
 
 
 def with_special_tokens(ids: np.ndarray, meta: dict) -> np.ndarray:

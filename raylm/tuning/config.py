@@ -8,7 +8,7 @@ base training config that each trial overrides with its sampled values.
       mode: min
       num_samples: 8
       space:
-        trainer.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}
+        trainer.optimizer.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}
         trainer.batch_size: {type: choice, values: [8, 16, 32]}
       scheduler: {type: asha, grace_period: 20}
 """
@@ -23,7 +23,7 @@ ParamType = Literal["uniform", "loguniform", "choice", "randint", "grid"]
 
 
 class ParamSpec(BaseModel):
-    """One dimension of the search space, keyed by a dotted config key (`trainer.lr`)."""
+    """One dimension of the search space, keyed by a dotted config key (`trainer.optimizer.lr`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -85,14 +85,16 @@ class ResourcesConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     workers_per_trial: int = Field(1, ge=1, description="Ray Train workers in each trial.")
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs each worker of a trial reserves.")
     gpus_per_worker: int = Field(
         0, ge=0, le=1,
-        description="0 or 1: with 1, each worker of a trial takes a whole GPU (trainer.use_gpu=true).",
+        description="0 or 1: with 1, each worker of a trial takes a whole GPU (trainer.scaling.use_gpu=true).",
     )
 
 
 class TuningConfig(BaseModel):
+    """A Ray Tune sweep run by `raylm tune`: each trial trains the other sections plus its sample."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
@@ -111,9 +113,9 @@ class TuningConfig(BaseModel):
     space: dict[str, ParamSpec] = Field(
         default_factory=dict, description="Dotted config key -> distribution."
     )
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    searcher: SearcherConfig = Field(default_factory=SearcherConfig)
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description=SchedulerConfig.__doc__)
+    searcher: SearcherConfig = Field(default_factory=SearcherConfig, description=SearcherConfig.__doc__)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description=ResourcesConfig.__doc__)
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="Default: as many trials as the cluster's CPUs/GPUs hold at once."
     )

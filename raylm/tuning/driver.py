@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raylm.cluster.storage import is_remote
 from raylm.config import RootConfig, validate
 from raylm.tuning.config import TuningConfig
 from raylm.tuning.space import apply_dotted, overrides_of
@@ -48,7 +49,7 @@ def sweep_paths(cfg: RootConfig) -> SweepPaths:
     t = cfg.tuning or TuningConfig()
     root = t.storage_path or os.path.join(cfg.cluster.storage_path, "tune")
     # Tune needs an absolute path (or a URI) for its storage.
-    if "://" not in root:
+    if not is_remote(root):
         root = os.path.abspath(root)
     return SweepPaths(root=root, name=t.name)
 
@@ -59,12 +60,12 @@ def trial_raw(base_raw: dict[str, Any], overrides: dict[str, Any], tuning: Tunin
     res = tuning.resources
     raw = apply_dotted(base_raw, overrides)
     raw = apply_dotted(raw, {
-        "trainer.num_workers": res.workers_per_trial,
-        "trainer.cpus_per_worker": res.cpus_per_worker,
-        "trainer.use_gpu": res.gpus_per_worker > 0,
+        "trainer.scaling.num_workers": res.workers_per_trial,
+        "trainer.scaling.cpus_per_worker": res.cpus_per_worker,
+        "trainer.scaling.use_gpu": res.gpus_per_worker > 0,
         "trainer.run_name": trial_name,
         # Retrying a diverged run repeats it; Tune's trial_max_failures owns retries.
-        "trainer.max_failures": 0,
+        "trainer.scaling.max_failures": 0,
         # W&B: one run per trial, grouped by sweep (mode stays what the base config says).
         "tracking.wandb.group": tuning.name,
     })
@@ -74,7 +75,7 @@ def trial_raw(base_raw: dict[str, Any], overrides: dict[str, Any], tuning: Tunin
     return raw
 
 
-_PATH_KEYS = ("data.source", "data.prepared_dir", "data.tokenizer.path", "model.init_from", "trainer.export_dir")
+_PATH_KEYS = ("data.source", "data.prepared_dir", "data.tokenizer.path", "model.init_from", "trainer.export.dir")
 
 
 def absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:
         node: Any = raw
         for p in key.split("."):
             node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, str) and "://" not in node and (key != "data.source" or os.path.exists(node)):
+        if isinstance(node, str) and not is_remote(node) and (key != "data.source" or os.path.exists(node)):
             found[key] = os.path.abspath(node)
     return apply_dotted(raw, found)
 
@@ -147,7 +148,7 @@ def _write_exploit(config: dict[str, Any], paths: SweepPaths, run_name: str) -> 
     record (`resumed_from`) says which step the loop restored."""
     from raylm.tuning.schedulers import EXPLOIT_KEY
 
-    if config.get(EXPLOIT_KEY) and "://" not in paths.train_storage:
+    if config.get(EXPLOIT_KEY) and not is_remote(paths.train_storage):
         run_dir = os.path.join(paths.train_storage, run_name)
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "exploit.json"), "w") as f:

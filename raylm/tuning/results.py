@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raylm.cluster.storage import is_remote
 from raylm.config import RootConfig, dump_config, validate
 from raylm.tuning.config import TuningConfig
 from raylm.tuning.driver import SweepPaths, is_bad_metric
@@ -161,7 +162,7 @@ def _write_best_config(cfg: RootConfig, best: TrialRow, sweep_dir: Path) -> str:
 
 
 def _export_model(best: TrialRow, sweep_dir: Path) -> str | None:
-    if not best.checkpoint or "://" in best.checkpoint:
+    if not best.checkpoint or is_remote(best.checkpoint):
         return None
     src = Path(best.checkpoint) / "model"
     src = src if src.is_dir() else Path(best.checkpoint)
@@ -248,7 +249,3 @@ def read_exploits(sweep_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def load_summary(sweep_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(sweep_dir) / "summary.json").read_text())

@@ -1,6 +1,6 @@
 """Search space: YAML specs over dotted config keys -> validated Ray Tune domains.
 
-Trials see their sample as `{"train_loop_config": {"trainer.lr": 0.001, ...}}` (the Train V2
+Trials see their sample as `{"train_loop_config": {"trainer.optimizer.lr": 0.001, ...}}` (the Train V2
 pattern, `Tuner(driver_fn, param_space={"train_loop_config": ...})`); the driver applies those
 dotted keys on top of the base config.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from raylm.config import RootConfig, validate
+from raylm.config import RootConfig, moved_key, section_model, validate
 from raylm.errors import UserError
 from raylm.tuning.config import ParamSpec, TuningConfig
 
@@ -33,19 +33,10 @@ def _field_annotation(key: str) -> tuple[Any, str | None]:
             where = ".".join(parts[:i]) or "the root config"
             return None, f"'{part}' is not a key of {where}"
         annotation = model.model_fields[part].annotation
-        model = _model_in(annotation)
+        model = section_model(annotation)
     if model is not None:
         return None, f"'{key}' is a section, not a value: name one of its keys"
     return annotation, None
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside `annotation` (also through `X | None`), if any."""
-    candidates = typing.get_args(annotation) or (annotation,)
-    for c in candidates:
-        if isinstance(c, type) and issubclass(c, BaseModel):
-            return c
-    return None
 
 
 def _is_int_field(annotation: Any) -> bool:
@@ -90,11 +81,12 @@ def _value_problem(base_raw: dict[str, Any], key: str, value: Any) -> str | None
 
 
 def apply_dotted(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set typed values at dotted keys (apply_overrides parses strings; these are already typed)."""
+    """Set typed values at dotted keys (apply_overrides parses strings; these are already typed).
+    A key that moved (`trainer.lr`, e.g. in an older sweep's results) is set at its new place."""
     out = copy.deepcopy(raw)
     for key, value in overrides.items():
         node = out
-        parts = key.split(".")
+        parts = moved_key(key, value).split(".")
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
                 node[p] = {}
@@ -106,7 +98,7 @@ def apply_dotted(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
 def space_problems(tuning: TuningConfig, base_raw: dict[str, Any]) -> list[str]:
     """One line per problem in the search space; empty when it is valid."""
     if not tuning.space:
-        return ["tuning.space: empty; name at least one key, e.g. trainer.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}"]
+        return ["tuning.space: empty; name at least one key, e.g. trainer.optimizer.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}"]
     out: list[str] = []
     for key, spec in tuning.space.items():
         where = f"tuning.space.{key}"

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.e2e
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DEMO = os.path.join(REPO, "configs", "demo.yaml")
 
@@ -27,18 +26,28 @@ def assert_user_error(res: subprocess.CompletedProcess, *needles: str) -> None:
 
 
 @pytest.mark.parametrize("override,needle", [
-    ("trainer.lrr=1", "unknown key 'trainer.lrr'"),
+    ("trainer.lrr=1", f"unknown key 'trainer.lrr': did you mean 'trainer.optimizer.lr'? remove it or check the "
+                      f"spelling (see `raylm config show {DEMO}` for the keys)"),
     ("trainer.max_steps=many", "trainer.max_steps"),
-    ("trainer.lr=-0.1", "trainer.lr: Input should be greater than 0"),
+    ("trainer.optimizer.lr=-0.1", "trainer.optimizer.lr: Input should be greater than 0"),
     ("data.source=/nonexistent/corpus/*.txt", "no files match '/nonexistent/corpus/*.txt'"),
 ])
 def test_bad_input_exits_2_with_one_clear_line(tmp_path, override, needle):
     assert_user_error(raylm("train", DEMO, override, cwd=str(tmp_path)), needle)
 
 
+def test_config_show_prints_the_resolved_config_and_says_where_old_keys_moved(tmp_path):
+    res = raylm("config", "show", DEMO, "trainer.lr=1e-3", "trainer.max_steps=300", cwd=str(tmp_path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert "trainer.optimizer.lr = 0.001  (default 0.003)  Peak learning rate." in lines
+    assert "[trainer.schedule]" in [line.split("  ")[0] for line in lines]
+    assert res.stderr.count("trainer.lr moved to trainer.optimizer.lr") == 1
+
+
 def test_several_problems_are_all_listed(tmp_path):
-    res = raylm("train", DEMO, "trainer.lr=-1", "model.n_head=0", "data.blocksize=3", cwd=str(tmp_path))
-    assert_user_error(res, "trainer.lr", "model.n_head", "data.blocksize")
+    res = raylm("train", DEMO, "trainer.optimizer.lr=-1", "model.n_head=0", "data.blocksize=3", cwd=str(tmp_path))
+    assert_user_error(res, "trainer.optimizer.lr", "model.n_head", "data.blocksize")
     assert len([l for l in res.stderr.splitlines() if l.startswith("error:")]) == 3
 
 
@@ -62,7 +71,7 @@ def test_bad_input_never_touches_an_existing_run(tmp_path):
     run = tmp_path / "runs" / "demo"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("precious: true\n")
-    assert_user_error(raylm("train", DEMO, "trainer.lr=-1", cwd=str(tmp_path)), "trainer.lr")
+    assert_user_error(raylm("train", DEMO, "trainer.optimizer.lr=-1", cwd=str(tmp_path)), "trainer.optimizer.lr")
     assert (run / "config.yaml").read_text() == "precious: true\n"
     assert sorted(os.listdir(run)) == ["config.yaml"]
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 WORDS = ["good", "bad", "film", "plot", "actor", "dull", "great", "long", "fun", "sad", "the", "a", "was"]
 N_TRAIN, N_TEST = 60, 12

@@ -9,14 +9,14 @@ import sys
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.ray]
+pytestmark = pytest.mark.ray
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
 def test_demo_job_end_to_end(tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO, RAY_ADDRESS="")
     cmd = [sys.executable, "-m", "raylm", "run", os.path.join(REPO, "configs", "demo.yaml"),
-           "trainer.max_steps=6", "trainer.eval_every=3", "trainer.checkpoint_every=3", "trainer.warmup_steps=1",
+           "trainer.max_steps=6", "trainer.eval.every=3", "trainer.checkpoint.every=3", "trainer.schedule.warmup_steps=1",
            "data.tokenizer.sample_docs=2000", "tracking.wandb.mode=disabled"]
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -46,8 +46,8 @@ def test_killed_train_resumes_from_last_checkpoint(tmp_path):
     cmd = [sys.executable, "-m", "raylm", "train", os.path.join(REPO, "configs", "demo.yaml"),
            f"data.source={tmp_path}/corpus.jsonl", "data.prepared_dir=prepared", "data.block_size=32",
            "data.tokenizer.vocab_size=320", "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
-           "trainer.batch_size=4", "trainer.max_steps=40", "trainer.warmup_steps=2", "trainer.checkpoint_every=10",
-           "trainer.eval_every=10", "trainer.eval_batches=1", "trainer.log_every=1", "tracking.wandb.mode=disabled"]
+           "trainer.batch_size=4", "trainer.max_steps=40", "trainer.schedule.warmup_steps=2", "trainer.checkpoint.every=10",
+           "trainer.eval.every=10", "trainer.eval.batches=1", "trainer.log_every=1", "tracking.wandb.mode=disabled"]
     run_dir = tmp_path / "runs" / "demo"
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from raylm.cluster import jobs
 from raylm.cluster._localray import LocalRay
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 DASHBOARD_MODULES = "import aiohttp_cors, opencensus, prometheus_client, colorful"
 # The job: reads the shipped config from its working_dir, joins the cluster through RAY_ADDRESS
 # (set by Ray Jobs for the driver) and runs one task there.
@@ -117,8 +117,8 @@ def test_submit_raylm_train_job(ray_head: str, tmp_path: Path, capfd) -> None:
         f"data: {{source: {tmp_path}/corpus.txt, prepared_dir: {tmp_path}/prepared, block_size: 32, "
         "tokenizer: {vocab_size: 320}}\n"
         "model: {n_layer: 1, n_embd: 32, n_head: 2}\n"
-        "trainer: {run_name: jobs-train, num_workers: 2, batch_size: 4, max_steps: 4, warmup_steps: 1, "
-        "eval_every: 4, checkpoint_every: 4, eval_batches: 1, log_every: 1}\n"
+        "trainer: {run_name: jobs-train, batch_size: 4, max_steps: 4, log_every: 1, scaling: {num_workers: 2}, "
+        "schedule: {warmup_steps: 1}, eval: {every: 4, batches: 1}, checkpoint: {every: 4}}\n"
         "tracking: {wandb: {mode: disabled}}\n"
     )
     code = jobs.submit(cfg, address=ray_head, follow_logs=True, command="python -m raylm train",

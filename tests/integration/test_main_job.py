@@ -11,7 +11,6 @@ import pytest
 
 from raylm.config import load_config
 
-pytestmark = pytest.mark.ray
 WORDS = ("the model reads tokens and predicts the next one while the optimizer lowers the loss "
          "on every step of training with data from many documents").split()
 
@@ -32,8 +31,8 @@ def job(tmp_path_factory, ray_session):
         f"data.source={root}/corpus.jsonl", f"data.prepared_dir={root}/prepared", "data.block_size=32",
         "data.tokenizer.vocab_size=320", f"cluster.storage_path={root}/runs", "trainer.run_name=tiny",
         "model.n_layer=2", "model.n_embd=32", "model.n_head=2", "trainer.batch_size=8", "trainer.max_steps=8",
-        "trainer.warmup_steps=2", "trainer.lr=3e-3", "trainer.eval_every=4", "trainer.checkpoint_every=4",
-        "trainer.eval_batches=2", "trainer.log_every=1", "tracking.wandb.mode=disabled",
+        "trainer.schedule.warmup_steps=2", "trainer.optimizer.lr=3e-3", "trainer.eval.every=4", "trainer.checkpoint.every=4",
+        "trainer.eval.batches=2", "trainer.log_every=1", "tracking.wandb.mode=disabled",
     ]
     return root, overrides
 
@@ -46,7 +45,8 @@ def test_train_checkpoint_export_resume(job):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from raylm.trainers.driver import train
-    from raylm.trainers.state import read_state
+
+    from testkit import read_state
 
     root, overrides = job
     summary = train(load_config(None, overrides))
@@ -66,7 +66,7 @@ def test_train_checkpoint_export_resume(job):
     assert out.shape[1] > 3
     # The saved config is the resolved one, with the overrides in it.
     saved = load_config(os.path.join(summary["run_dir"], "config.yaml"))
-    assert saved.trainer.max_steps == 8 and saved.trainer.lr == 3e-3
+    assert saved.trainer.max_steps == 8 and saved.trainer.optimizer.lr == 3e-3
 
     # Resume: same run name, more steps -> continues at step 9 from the step-8 checkpoint.
     summary2 = train(load_config(None, overrides + ["trainer.max_steps=12"]))

@@ -21,7 +21,7 @@ import pytest
 
 from raylm.cluster._localray import LocalRay
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(1500)]
+pytestmark = pytest.mark.timeout(1500)
 
 
 def _loop(config: dict) -> None:
@@ -129,9 +129,9 @@ def _write_job(tmp: Path, shared: Path) -> Path:
         f"data: {{source: {tmp}/corpus.txt, prepared_dir: {shared}/prepared, block_size: 32, "
         "tokenizer: {vocab_size: 320}}\n"
         "model: {n_layer: 1, n_embd: 32, n_head: 2}\n"
-        "trainer: {run_name: across, num_workers: 2, resources_per_worker: {trainslot: 1}, batch_size: 4, "
-        "max_steps: 8, warmup_steps: 1, eval_every: 4, checkpoint_every: 4, eval_batches: 1, log_every: 1, "
-        "schedule: constant}\n"
+        "trainer: {run_name: across, batch_size: 4, max_steps: 8, log_every: 1, schedule: {type: constant}, "
+        "scaling: {num_workers: 2, resources_per_worker: {trainslot: 1}}, eval: {every: 4, batches: 1}, "
+        "checkpoint: {every: 4}}\n"
         "tracking: {wandb: {mode: disabled}}\n"
     )
     return cfg
@@ -165,7 +165,7 @@ def test_raylm_job_across_nodes_survives_a_dead_driver_and_a_lost_node(three_nod
 
     from raylm.cli import app
     from raylm.cluster import jobs
-    from raylm.trainers.state import is_registered
+    from testkit import is_registered
 
     cluster, shared = three_nodes
     cfg = _write_job(tmp_path, shared)
@@ -189,8 +189,8 @@ def test_raylm_job_across_nodes_survives_a_dead_driver_and_a_lost_node(three_nod
                        .column("sample_id").to_pylist())
     steps = len(train_ids) // 4 + 2  # past the end of epoch 0 even on one worker
     ids, run_dir = shared / "ids-elastic", shared / "runs" / "elastic"
-    overrides = ["trainer.run_name=elastic", "trainer.num_workers=[1, 2]", f"trainer.max_steps={steps}",
-                 "trainer.checkpoint_every=3", "trainer.eval_every=3"]
+    overrides = ["trainer.run_name=elastic", "trainer.scaling.num_workers=[1, 2]", f"trainer.max_steps={steps}",
+                 "trainer.checkpoint.every=3", "trainer.eval.every=3"]
     submit = dict(address=cluster.dashboard_url, command="python -m raylm train",
                   env={"PYTHONPATH": str(REPO), "RAYLM_SAMPLE_LOG": str(ids)})
     assert jobs.submit(cfg, overrides, **submit) == 0

@@ -1,5 +1,5 @@
 """Preemption on a real local Ray: a SIGTERM to one worker makes every rank checkpoint at the next
-sync step and exit; the restart is charged to trainer.max_preemptions (the run has max_failures=0)
+sync step and exit; the restart is charged to trainer.scaling.max_preemptions (the run has max_failures=0)
 and resumes from that checkpoint sample for sample. A run whose code fails stops after max_failures."""
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import time
 import pytest
 
 from raylm.trainers.driver import build_trainer
-from raylm.trainers.hooks import read_sample_log
-from raylm.trainers.testing import tiny_config, write_synthetic
+from testkit import read_sample_log, tiny_config, write_synthetic
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)
 
 
 def _headers(path: str) -> list[dict[str, str]]:
@@ -31,8 +30,9 @@ def test_sigterm_checkpoints_at_that_step_and_the_resumed_run_loses_nothing(ray_
     manifest = write_synthetic(data, n_train=320, n_val=16, files=4)  # one epoch = 40 steps x 2 workers x 4
     # Checkpoints only every 20 steps: one written at the SIGTERM's step is the preemption's. No failure budget:
     # the restart must be charged to the preemption budget.
-    cfg = tiny_config(data, runs, max_steps=40, checkpoint_every=20, eval_every=20, eval_batches=1, log_every=1,
-                      max_failures=0, max_preemptions=1, num_to_keep=5, schedule="constant")
+    cfg = tiny_config(data, runs, max_steps=40, checkpoint={"every": 20, "num_to_keep": 5},
+                      eval={"every": 20, "batches": 1}, scaling={"max_failures": 0, "max_preemptions": 1},
+                      schedule={"type": "constant"})
     ids = f"{runs}/ids"
     trainer = build_trainer(cfg, manifest=manifest, loop_overrides={"sample_log": ids})
     out: list = []
@@ -62,8 +62,8 @@ def test_failing_code_stops_after_max_failures(ray_session, tmp_path):
     """lr=1e30 makes step 2's loss non-finite on every attempt (nan_policy=stop raises): 1 + max_failures attempts."""
     data, runs = str(tmp_path / "data"), str(tmp_path / "runs")
     manifest = write_synthetic(data, n_train=64, n_val=16)
-    cfg = tiny_config(data, runs, max_steps=6, lr=1e30, log_every=1, eval_batches=1, max_failures=1,
-                      max_preemptions=-1)
+    cfg = tiny_config(data, runs, max_steps=6, optimizer={"lr": 1e30}, eval={"batches": 1},
+                      scaling={"max_failures": 1, "max_preemptions": -1})
     ids = f"{runs}/ids"
     from ray.train import TrainingFailedError
 

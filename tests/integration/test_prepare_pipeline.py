@@ -18,11 +18,9 @@ from raylm.datasets.config import DataConfig
 from raylm.datasets.prepare import PROGRESS, prepare
 from raylm.datasets.sources import read_corpus
 from raylm.datasets.tokenizers import train_bpe
-
-from prep_checks import assert_same_splits  # tests/integration/prep_checks.py
 from raylm.errors import UserError
 
-pytestmark = pytest.mark.ray
+from prep_checks import assert_same_splits  # tests/integration/prep_checks.py
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wise owls sing of rivers and stone".split()
 

@@ -11,15 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from raylm.datasets.config import DataConfig
 from raylm.datasets.prepare import PROGRESS, prepare
 from raylm.datasets.tokenizers import train_bpe
 
 from prep_checks import assert_same_splits  # tests/integration/prep_checks.py
 
-pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -12,11 +12,8 @@ import pytest
 import torch
 
 from raylm.trainers.driver import build_trainer
-from raylm.trainers.hooks import read_sample_log
-from raylm.trainers.state import is_registered
-from raylm.trainers.testing import tiny_config, write_synthetic
 
-pytestmark = pytest.mark.ray
+from testkit import is_registered, read_sample_log, tiny_config, write_synthetic
 
 
 def _losses(run_dir: str) -> dict[int, float]:
@@ -48,7 +45,7 @@ def test_train_split_keeps_file_order_when_read_tasks_finish_out_of_order(ray_se
 def test_resume_continues_step_optimizer_state_and_data_position(ray_session, tmp_path):
     data, runs = str(tmp_path / "data"), str(tmp_path / "runs")
     manifest = write_synthetic(data, n_train=256)
-    common = dict(schedule="constant", lr=1e-2, eval_every=3, checkpoint_every=3)
+    common = dict(schedule={"type": "constant"}, optimizer={"lr": 1e-2}, eval={"every": 3}, checkpoint={"every": 3})
 
     def fit(name: str, steps: int) -> None:
         cfg = tiny_config(data, runs, run_name=name, max_steps=steps, **common)
@@ -73,8 +70,8 @@ def test_resume_continues_step_optimizer_state_and_data_position(ray_session, tm
 def test_sigkilled_worker_restarts_from_checkpoint_and_every_sample_is_trained_once(ray_session, tmp_path):
     data, runs = str(tmp_path / "data"), str(tmp_path / "runs")
     manifest = write_synthetic(data, n_train=320, n_val=16, files=4)  # one epoch = 40 steps x 2 workers x 4
-    cfg = tiny_config(data, runs, max_steps=40, checkpoint_every=5, eval_every=5, eval_batches=1,
-                      max_failures=2, schedule="constant")
+    cfg = tiny_config(data, runs, max_steps=40, checkpoint={"every": 5}, eval={"every": 5, "batches": 1},
+                      scaling={"max_failures": 2}, schedule={"type": "constant"})
     ids = f"{runs}/ids"
     trainer = build_trainer(cfg, manifest=manifest, loop_overrides={"sample_log": ids})
     out: list = []
@@ -105,8 +102,9 @@ def test_stride_position_resumes_with_another_worker_count_and_every_sample_once
     ids = f"{runs}/ids"
 
     def fit(workers: int, steps: int) -> None:
-        cfg = tiny_config(data, runs, overrides=["data.sharding=stride"], num_workers=workers, max_steps=steps,
-                          checkpoint_every=6, eval_every=6, eval_batches=1, schedule="constant")
+        cfg = tiny_config(data, runs, overrides=["data.sharding=stride"], scaling={"num_workers": workers},
+                          max_steps=steps, checkpoint={"every": 6}, eval={"every": 6, "batches": 1},
+                          schedule={"type": "constant"})
         result = build_trainer(cfg, manifest=manifest, loop_overrides={"sample_log": ids}).fit()
         assert result.error is None, result.error
 

@@ -17,8 +17,6 @@ from raylm.datasets.prepare import prepare
 from raylm.datasets.sources import plan_units, read_unit
 from raylm.errors import UserError
 
-pytestmark = pytest.mark.ray
-
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):

@@ -10,9 +10,8 @@ import struct
 import pytest
 
 from raylm.trainers.driver import build_trainer
-from raylm.trainers.testing import tiny_config, write_synthetic
 
-pytestmark = pytest.mark.ray
+from testkit import tiny_config, write_synthetic
 
 
 def _fit(tmp_path, task: str, manifest: dict | None = None, overrides: list[str] | None = None, **trainer):
@@ -52,7 +51,7 @@ def test_causal_lm_trains_exports_and_logs_to_wandb_offline(ray_session, tmp_pat
     from transformers import AutoModelForCausalLM
 
     result, rows = _fit(tmp_path, "causal-lm", overrides=["tracking.wandb.mode=offline"], max_steps=8,
-                        eval_every=4, checkpoint_every=4, lr=1e-2)
+                        eval={"every": 4}, checkpoint={"every": 4}, optimizer={"lr": 1e-2})
     assert result.metrics["step"] == 8 and "val_ppl" in result.metrics
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.3  # the motifs are learnable
     for key in ("lr", "grad_norm", "tokens_per_s", "tokens_per_s_per_worker", "data_wait_s", "compute_s",
@@ -74,7 +73,7 @@ def test_masked_lm_trains_with_dynamic_masking_bf16_and_gradient_checkpointing(r
 
     # bf16 autocast and activation recomputation under DDP on gloo: recomputed backward passes
     # must still mark each parameter's gradient ready once per step.
-    result, rows = _fit(tmp_path, "masked-lm", max_steps=6, lr=1e-2, precision="bf16",
+    result, rows = _fit(tmp_path, "masked-lm", max_steps=6, optimizer={"lr": 1e-2}, precision="bf16",
                         gradient_checkpointing=True)
     assert result.metrics["step"] == 6
     # Cross-entropy over the ~15% masked targets of a fresh model: about ln(vocab) = 4.16 (a
@@ -97,8 +96,8 @@ def test_sequence_classification_from_a_pretrained_dir(ray_session, tmp_path):
     from raylm.trainers.driver import model_meta
 
     result, rows = _fit(tmp_path, "sequence-classification", manifest=manifest,
-                        overrides=[f"model.init_from={pretrained}"], max_steps=48, eval_every=24,
-                        checkpoint_every=24, lr=3e-3, eval_batches=8)
+                        overrides=[f"model.init_from={pretrained}"], max_steps=48,
+                        eval={"every": 24, "batches": 8}, checkpoint={"every": 24}, optimizer={"lr": 3e-3})
     assert model_meta(tiny_config(data, "x", "sequence-classification"), manifest)["num_labels"] == 2
     m = result.metrics
     assert m["step"] == 48 and {"val_accuracy", "val_f1", "val_loss"} <= set(m)

@@ -17,7 +17,7 @@ from raylm.config import load_config, validate
 from raylm.tuning.results import COMPLETED, FAILED, STOPPED, SweepSummary
 from raylm.tuning.sweep import run_sweep
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 WORDS = ["the", "cat", "dog", "sat", "on", "a", "mat", "ran", "fast", "slow", "red", "blue", "green", "king", "queen", "river", "stone", "tree"]
 MAX_STEPS, EVERY = 12, 4
@@ -40,9 +40,9 @@ def tiny_raw(corpus: Path, out: Path, name: str, space: dict, **tuning: Any) -> 
                  "block_size": 32, "tokenizer": {"vocab_size": 300, "sample_docs": 400},
                  "tokenize_actors": 1, "validation_fraction": 0.1},
         "model": {"arch": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2},
-        "trainer": {"num_workers": 1, "max_steps": MAX_STEPS, "eval_every": EVERY, "checkpoint_every": EVERY,
-                    "warmup_steps": 0, "batch_size": 8, "eval_batches": 2, "log_every": EVERY,
-                    "num_to_keep": 4},
+        "trainer": {"max_steps": MAX_STEPS, "batch_size": 8, "log_every": EVERY, "scaling": {"num_workers": 1},
+                    "schedule": {"warmup_steps": 0}, "eval": {"every": EVERY, "batches": 2},
+                    "checkpoint": {"every": EVERY, "num_to_keep": 4}},
         "tracking": {"wandb": {"mode": "disabled"}},
         "tuning": {"name": name, "num_samples": 1, "max_concurrent_trials": 2, "space": space, **tuning},
     }
@@ -92,7 +92,7 @@ def test_pbt_exploit_restores_the_donor_checkpoint(ray_session: Any, corpus: Pat
     after the workers reported them, so which steps get exploited varies; what holds does not.
     Synchronous PBT: asynchronous, a trial that started late under load may find the other one
     finished (never a donor) and no exploit happens at all."""
-    raw = tiny_raw(corpus, tmp_path, "pbt", {"trainer.lr": {"type": "grid", "values": [3e-3, 1e-6]}},
+    raw = tiny_raw(corpus, tmp_path, "pbt", {"trainer.optimizer.lr": {"type": "grid", "values": [3e-3, 1e-6]}},
                    scheduler={"type": "pbt", "perturbation_interval": EVERY, "quantile_fraction": 0.5,
                               "resample_probability": 0.0, "synch": True})
     raw["trainer"]["max_steps"] = 16  # three perturbation points (4, 8, 12)
@@ -116,14 +116,16 @@ def test_pbt_plumbing_with_the_standin_trainer(ray_session: Any, tmp_path: Path)
     """Tune side of PBT (exploit -> clone restarts from the donor's Train checkpoint path) with a
     loop that honours `resume_from` and reports the step it restored (`restored_step`)."""
     import ray.cloudpickle
+
     import tune_standin
 
     ray.cloudpickle.register_pickle_by_value(tune_standin)  # workers cannot import tests/
     raw = {"cluster": {"storage_path": str(tmp_path)},
-           "trainer": {"num_workers": 1, "max_steps": 20, "eval_every": 5, "checkpoint_every": 5,
-                       "warmup_steps": 0, "batch_size": 32, "num_to_keep": 4},
+           "trainer": {"max_steps": 20, "batch_size": 32, "scaling": {"num_workers": 1},
+                       "schedule": {"warmup_steps": 0}, "eval": {"every": 5},
+                       "checkpoint": {"every": 5, "num_to_keep": 4}},
            "tuning": {"name": "pbt-standin", "num_samples": 1, "max_concurrent_trials": 2,
-                      "space": {"trainer.lr": {"type": "grid", "values": [0.1, 1e-6]}},
+                      "space": {"trainer.optimizer.lr": {"type": "grid", "values": [0.1, 1e-6]}},
                       "scheduler": {"type": "pbt", "perturbation_interval": 5, "quantile_fraction": 0.5,
                                     "resample_probability": 0.0}}}
     summary = run_sweep(validate(raw), factory=tune_standin.build_trainer)
@@ -144,14 +146,14 @@ def asha(ray_session: Any, corpus: Path, tmp_path_factory: pytest.TempPathFactor
     # Grid order is trial order: the strong lrs reach the first rung first, so the weak one
     # (1e-6) arrives below the cutoff and is stopped; lr=1e9 diverges to NaN at step 2.
     out = tmp_path_factory.mktemp("asha")
-    raw = tiny_raw(corpus, out, "asha", {"trainer.lr": {"type": "grid", "values": [3e-3, 1e-3, 1e-6, 1e9]}},
+    raw = tiny_raw(corpus, out, "asha", {"trainer.optimizer.lr": {"type": "grid", "values": [3e-3, 1e-3, 1e-6, 1e9]}},
                    scheduler={"type": "asha", "grace_period": EVERY, "reduction_factor": 2})
     cfg = validate(raw)
     return run_sweep(cfg), cfg
 
 
 def _by_lr(summary: SweepSummary) -> dict[float, Any]:
-    return {r.params["trainer.lr"]: r for r in summary.rows}
+    return {r.params["trainer.optimizer.lr"]: r for r in summary.rows}
 
 
 def test_asha_sweep_stops_at_least_one_trial_early(asha: tuple[SweepSummary, Any]) -> None:
@@ -183,7 +185,7 @@ def test_failing_trial_is_reported_and_the_sweep_completes(asha: tuple[SweepSumm
     table = Path(summary.sweep_dir, "results.md").read_text()
     assert "failed" in table and "FloatingPointError" in table
     csv_rows = Path(summary.sweep_dir, "results.csv").read_text().strip().splitlines()
-    assert len(csv_rows) == 5 and csv_rows[0].startswith("trial,status,trainer.lr")
+    assert len(csv_rows) == 5 and csv_rows[0].startswith("trial,status,trainer.optimizer.lr")
 
 
 def test_sweep_outputs_plots_and_best_hf_model(asha: tuple[SweepSummary, Any]) -> None:
@@ -201,7 +203,7 @@ def test_best_config_trains_with_raylm_train(asha: tuple[SweepSummary, Any], tmp
 
     summary, _ = asha
     cfg = load_config(summary.best_config, [f"cluster.storage_path={tmp_path}"])
-    assert cfg.tuning is None and cfg.trainer.lr == 3e-3 and cfg.trainer.run_name == "asha-best"
+    assert cfg.tuning is None and cfg.trainer.optimizer.lr == 3e-3 and cfg.trainer.run_name == "asha-best"
     result = train(cfg)
     assert result["metrics"]["step"] == MAX_STEPS
     assert os.path.isfile(os.path.join(result["export_dir"], "config.json"))
@@ -226,7 +228,7 @@ class _InterruptOnce:
 
 
 def test_interrupted_sweep_resumes(ray_session: Any, corpus: Path, tmp_path: Path) -> None:
-    raw = tiny_raw(corpus, tmp_path, "resume", {"trainer.lr": {"type": "grid", "values": [3e-3, 1e-3]}},
+    raw = tiny_raw(corpus, tmp_path, "resume", {"trainer.optimizer.lr": {"type": "grid", "values": [3e-3, 1e-3]}},
                    scheduler={"type": "fifo"}, max_concurrent_trials=1, plots=False, export_best=False)
     cfg = validate(raw)
     first = run_sweep(cfg, callbacks=[_InterruptOnce(str(tmp_path / "interrupted"))])

@@ -31,14 +31,14 @@ def build_trainer(cfg: RootConfig, *, callbacks: list | None = None, name: str |
         _loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), **(loop_overrides or {})},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=t.num_workers, use_gpu=False, resources_per_worker={"CPU": t.cpus_per_worker}
+            num_workers=t.scaling.num_workers, use_gpu=False, resources_per_worker={"CPU": t.scaling.cpus_per_worker}
         ),
         run_config=ray.train.RunConfig(
             name=name or t.run_name,
             storage_path=storage_path or os.path.abspath(cfg.cluster.storage_path),
             callbacks=callbacks or [],
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.num_to_keep),
-            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.checkpoint.num_to_keep),
+            failure_config=ray.train.FailureConfig(max_failures=t.scaling.max_failures),
         ),
     )
 
@@ -58,7 +58,7 @@ def _loop(loop_config: dict[str, Any]) -> None:
     t = cfg.trainer
     torch.manual_seed(t.seed)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=t.lr)
+    opt = torch.optim.SGD(model.parameters(), lr=t.optimizer.lr)
     xtr, ytr, xva, yva = _data(0)
     step, restored = 0, -1
     ckpt = ray.train.get_checkpoint() or (
@@ -70,7 +70,7 @@ def _loop(loop_config: dict[str, Any]) -> None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         for group in opt.param_groups:
-            group["lr"] = t.lr  # PBT explore: the new config's lr wins over the donor's
+            group["lr"] = t.optimizer.lr  # PBT explore: the new config's lr wins over the donor's
         step = restored = state["step"]
     while step < t.max_steps:
         step += 1
@@ -81,7 +81,7 @@ def _loop(loop_config: dict[str, Any]) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % t.eval_every == 0 or step == t.max_steps:
+        if step % t.eval.every == 0 or step == t.max_steps:
             with torch.no_grad():
                 val = torch.nn.functional.mse_loss(model(xva), yva).item()
             metrics = {"step": step, "train_loss": loss.item(), "val_loss": val,

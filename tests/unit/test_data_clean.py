@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from raylm.datasets.clean import DedupIndex, RejectsWriter, normalize, read_rejects
 from raylm.datasets.progress import Progress
-
-pytestmark = pytest.mark.unit
 
 
 def test_normalize_nfc_spaces_controls_blank_lines():

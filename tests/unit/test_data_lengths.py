@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from raylm.datasets.bucketing import length_grouped, padding_fraction, row_lengths
+from raylm.datasets.bucketing import padding_fraction, row_lengths
 from raylm.datasets.config import DataConfig
 from raylm.datasets.prepare import UnitWorker
 from raylm.datasets.sources import plan_units

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from raylm.datasets.bucketing import bucket_batches, bucket_dict_batches, padding_fraction
 from raylm.datasets.pack import pack_with_carry
-
-pytestmark = pytest.mark.unit
 
 
 def test_pack_with_carry_drops_only_the_final_partial_block():

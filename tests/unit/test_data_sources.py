@@ -15,8 +15,6 @@ from raylm.datasets.config import DataConfig
 from raylm.datasets.sources import BadRowError, Unit, check_row, iter_lines, plan_units, read_unit
 from raylm.errors import UserError
 
-pytestmark = pytest.mark.unit
-
 
 def zstd(data: bytes) -> bytes:
     sink = pa.BufferOutputStream()

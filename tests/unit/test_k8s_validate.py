@@ -9,7 +9,6 @@ without min/maxReplicas, a custom submitter without an entrypoint, num-gpus with
 from __future__ import annotations
 
 import copy
-import os
 import re
 from pathlib import Path
 
@@ -18,28 +17,13 @@ import yaml
 from typer.testing import CliRunner
 
 from raylm.cluster import k8s_render
-from raylm.cluster._schema import check, load_crds, with_defaults
+from raylm.cluster._schema import check, with_defaults
 from raylm.cluster.cli import k8s_app
 from raylm.cluster.k8s_validate import Report, validate
 from raylm.config import load_config
 
-pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 LINE = re.compile(r"^.+\[doc \d+ \w+/\S+\]: [\w.\[\]/-]+: .+$")
-
-
-@pytest.fixture(scope="module")
-def crds() -> Path:
-    shared = Path(os.environ.get("RAYLM_SHARED", REPO.parent / "shared"))
-    path = shared / "kuberay" / "crds"
-    if not path.is_dir():
-        pytest.skip(f"KubeRay CRDs not found at {path} (set RAYLM_SHARED to the shared/ folder)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def schemas(crds: Path) -> dict:
-    return load_crds(crds)
 
 
 def _render(overrides: list[str] | None = None) -> list[dict]:

@@ -3,10 +3,8 @@ and `kubectl kustomize` (offline) on the shipped k8s/ folder."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,25 +17,10 @@ from raylm.cluster.k8s_validate import Report, validate, validate_path
 from raylm.config import load_config
 from raylm.errors import UserError
 
-pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 OVERLAYS = sorted(p for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 needs_kubectl = pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl not on PATH (kustomize build)")
-
-
-@pytest.fixture(scope="module")
-def crds() -> Path:
-    shared = Path(os.environ.get("RAYLM_SHARED", REPO.parent / "shared"))
-    path = shared / "kuberay" / "crds"
-    if not path.is_dir():
-        pytest.skip(f"KubeRay CRDs not found at {path} (set RAYLM_SHARED to the shared/ folder)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def schemas(crds: Path) -> dict:
-    return load_crds(crds)
 
 
 def _kustomize(path: Path) -> list[dict]:

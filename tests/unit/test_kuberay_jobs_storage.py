@@ -8,8 +8,6 @@ import pytest
 from raylm.cluster import jobs, storage
 from raylm.errors import UserError
 
-pytestmark = pytest.mark.unit
-
 
 def test_job_address_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -42,10 +40,10 @@ def test_submission_id_is_stable() -> None:
 
 
 def test_submit_cli_refuses_secret_env_before_connecting(tmp_path) -> None:
+    import typer
     from typer.testing import CliRunner
 
     from raylm.cluster.cli import jobs_app, submit_cmd
-    import typer
 
     app = typer.Typer()
     app.command("submit")(submit_cmd)

@@ -9,7 +9,6 @@ from raylm.datasets.pack import pack_documents, split_of
 from raylm.datasets.tokenizers import check_tokenizer, fingerprint, load_tokenizer, train_bpe
 from raylm.errors import UserError
 
-pytestmark = pytest.mark.unit
 EOS = 0
 
 

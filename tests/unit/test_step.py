@@ -11,16 +11,15 @@ import torch
 
 from raylm.trainers.autobatch import find_max_batch, fits_within, resolve_batch_size
 from raylm.trainers.config import TrainerConfig
+from raylm.trainers.evaluation import classification_metrics
 from raylm.trainers.hooks import check_nonfinite
 from raylm.trainers.kernels import apply_fused_kernels, causal_lm_fused_loss, chunked_linear_cross_entropy, liger
 from raylm.trainers.loop import grad_accum_for
 from raylm.trainers.optim import build_optimizer, build_scheduler
 from raylm.trainers.parallel import compile_enabled, transformer_blocks
-from raylm.trainers.evaluation import classification_metrics
 from raylm.trainers.step import StepContext, Window, evaluate, to_batch, train_step
 from raylm.trainers.tasks import get_task
 
-pytestmark = pytest.mark.unit
 CPU = torch.device("cpu")
 META = {"vocab_size": 64, "eos_id": 1, "pad_id": 0, "mask_id": 2, "block_size": 16, "max_length": 24,
         "cls_id": 3, "sep_id": 4, "num_labels": 2}
@@ -47,7 +46,7 @@ def _ctx(model: torch.nn.Module, t: TrainerConfig, loss_fn=None, fused: bool = F
     opt = build_optimizer(model, t, torch.device("cuda") if fused else CPU)
     task = get_task("causal-lm")
     return StepContext(model, opt, build_scheduler(opt, t), torch.amp.GradScaler("cpu", enabled=False),
-                       loss_fn or task.loss, CPU, None, t.grad_clip, skip_nonfinite=t.nan_policy == "skip")
+                       loss_fn or task.loss, CPU, None, t.optimizer.grad_clip, skip_nonfinite=t.nan_policy == "skip")
 
 
 def _batches(step: int, accum: int) -> list:
@@ -55,7 +54,7 @@ def _batches(step: int, accum: int) -> list:
     return [to_batch(task.collate(_raw(step * accum + i), META, 0), CPU) for i in range(accum)]
 
 
-T = TrainerConfig(max_steps=6, warmup_steps=2, lr=1e-2, grad_clip=0.5)
+T = TrainerConfig(max_steps=6, schedule={"warmup_steps": 2}, optimizer={"lr": 1e-2, "grad_clip": 0.5})
 
 
 def _plain_losses(accum: int) -> list[float]:
@@ -72,7 +71,7 @@ def _plain_losses(accum: int) -> list[float]:
             (loss / accum).backward()
             k = ids.numel() - ids.shape[0]
             total, n = total + loss.item() * k, n + k
-        torch.nn.utils.clip_grad_norm_(model.parameters(), T.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), T.optimizer.grad_clip)
         opt.step()
         sched.step()
         opt.zero_grad()

@@ -6,21 +6,36 @@ from __future__ import annotations
 import gzip
 import json
 import random
-from collections import Counter
 
 import pytest
 
-from raylm.datasets.conll import (IGNORE, align_labels, label_list, merge_word_predictions, plain_tokenizer,
-                                  read_conll, read_ner, read_token_jsonl, to_iob2, tokenize_ner_batch, word_windows)
+from raylm.datasets.conll import (
+    IGNORE,
+    align_labels,
+    label_list,
+    merge_word_predictions,
+    plain_tokenizer,
+    read_conll,
+    read_ner,
+    read_token_jsonl,
+    to_iob2,
+    tokenize_ner_batch,
+    word_windows,
+)
 from raylm.datasets.nsp import IS_NEXT, IS_RANDOM, nsp_examples, pack_pair
 from raylm.datasets.parallel_text import read_parallel, read_seq2seq, read_seq2seq_jsonl
 from raylm.datasets.sources import BadRowError
-from raylm.datasets.squad import (CLS_INDEX, answer_tokens, best_answers, qa_features, read_squad, span_windows,
-                                  tokenize_qa_batch)
+from raylm.datasets.squad import (
+    CLS_INDEX,
+    answer_tokens,
+    best_answers,
+    qa_features,
+    read_squad,
+    span_windows,
+    tokenize_qa_batch,
+)
 from raylm.errors import UserError
 from raylm.trainers.task_metrics import bleu, entity_scores, normalize_answer, rouge, squad_scores
-
-pytestmark = pytest.mark.unit
 
 WORDS = ("the cat sat on mat new york where is play ##er ##s alpha beta gamma delta epsilon zeta eta theta iota "
          "kappa what ?").split()

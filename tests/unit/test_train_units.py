@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 
 from raylm.trainers.config import TrainerConfig
-from raylm.trainers.hooks import SampleLog, read_sample_log
+from raylm.trainers.hooks import SampleLog
 from raylm.trainers.metrics import flops_per_token, mfu
 from raylm.trainers.optim import lr_factor, param_groups
 from raylm.trainers.parallel import autocast_dtype
 from raylm.trainers.tasks import mask_tokens, with_special_tokens
 
-pytestmark = pytest.mark.unit
+from testkit import read_sample_log
 
 
 def test_warmup_then_cosine_reaches_the_floor():
-    t = TrainerConfig(max_steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    t = TrainerConfig(max_steps=100, schedule={"warmup_steps": 10, "min_lr_ratio": 0.1})
     assert lr_factor(0, t) == pytest.approx(0.1) and lr_factor(9, t) == pytest.approx(1.0)
     assert lr_factor(10, t) == pytest.approx(1.0) and lr_factor(100, t) == pytest.approx(0.1)
     assert lr_factor(55, t) == pytest.approx(0.55)  # halfway down the cosine
@@ -92,13 +91,14 @@ def test_gradient_scaler_skips_an_overflowing_fp16_step_on_cpu():
 
 def test_best_checkpoint_metric_defaults_to_the_task_and_can_be_chosen(tmp_path):
     from raylm.trainers.driver import best_checkpoint_rule, model_meta
-    from raylm.trainers.testing import tiny_config, write_synthetic
+
+    from testkit import tiny_config, write_synthetic
 
     data = str(tmp_path / "d")
     assert best_checkpoint_rule(tiny_config(data, "r")) == ("val_loss", "min")
     assert best_checkpoint_rule(tiny_config(data, "r", "sequence-classification")) == ("val_accuracy", "max")
-    assert best_checkpoint_rule(tiny_config(data, "r", best_metric="val_f1")) == ("val_f1", "max")
-    assert best_checkpoint_rule(tiny_config(data, "r", best_metric="val_ppl")) == ("val_ppl", "min")
+    assert best_checkpoint_rule(tiny_config(data, "r", eval={"best_metric": "val_f1"})) == ("val_f1", "max")
+    assert best_checkpoint_rule(tiny_config(data, "r", eval={"best_metric": "val_ppl"})) == ("val_ppl", "min")
     manifest = write_synthetic(data, "sequence-classification")
     del manifest["num_labels"]
     assert model_meta(tiny_config(data, "r", "sequence-classification"), manifest)["num_labels"] == 2
@@ -139,3 +139,10 @@ def test_classification_metrics_binary_and_macro_f1():
     m = classification_metrics(counts)
     assert m["f1_average"] == "macro" and m["examples"] == 5
     assert np.isclose(m["accuracy"], 0.6) and np.isclose(m["f1"], (1 + 0.5 + 0) / 3)
+
+
+def test_a_checkpoint_state_from_before_best_metric_was_dropped_still_loads():
+    from raylm.trainers.state import TrainState
+
+    old = {"step": 7, "epoch": 1, "batches_in_epoch": 3, "tokens_seen": 99, "best_metric": 0.5, "extra": {"a": 1}}
+    assert TrainState.from_dict(old) == TrainState(step=7, epoch=1, batches_in_epoch=3, tokens_seen=99, extra={"a": 1})

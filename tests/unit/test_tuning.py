@@ -22,8 +22,6 @@ from raylm.tuning.results import (
 )
 from raylm.tuning.space import check_space, param_space, pbt_mutations, space_problems
 
-pytestmark = pytest.mark.unit
-
 
 def _tuning(space: dict, **kw) -> TuningConfig:
     return TuningConfig.model_validate({"space": space, **kw})
@@ -31,24 +29,24 @@ def _tuning(space: dict, **kw) -> TuningConfig:
 
 def test_valid_space_has_no_problems_and_maps_to_tune_domains():
     t = _tuning({
-        "trainer.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+        "trainer.optimizer.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
         "trainer.batch_size": {"type": "choice", "values": [8, 16]},
-        "trainer.warmup_steps": {"type": "randint", "low": 0, "high": 5},
+        "trainer.schedule.warmup_steps": {"type": "randint", "low": 0, "high": 5},
         "model.dropout": {"type": "uniform", "low": 0.0, "high": 0.3},
-        "trainer.weight_decay": {"type": "grid", "values": [0.0, 0.1]},
+        "trainer.optimizer.weight_decay": {"type": "grid", "values": [0.0, 0.1]},
         "data.tokenizer.vocab_size": {"type": "choice", "values": [512, 1024]},
     })
     assert space_problems(t, {}) == []
     space = param_space(t)["train_loop_config"]
-    assert space["trainer.weight_decay"] == {"grid_search": [0.0, 0.1]}
-    assert 1e-4 <= space["trainer.lr"].sample() <= 1e-2
-    assert space["trainer.warmup_steps"].sample() in range(5)
+    assert space["trainer.optimizer.weight_decay"] == {"grid_search": [0.0, 0.1]}
+    assert 1e-4 <= space["trainer.optimizer.lr"].sample() <= 1e-2
+    assert space["trainer.schedule.warmup_steps"].sample() in range(5)
 
 
 def test_each_bad_dimension_gives_one_line():
     t = _tuning({
         "trainer.lrr": {"type": "uniform", "low": 0, "high": 1},
-        "trainer.lr": {"type": "loguniform", "low": 0.0, "high": 1e-2},
+        "trainer.optimizer.lr": {"type": "loguniform", "low": 0.0, "high": 1e-2},
         "model.dropout": {"type": "uniform", "low": 0.3, "high": 0.1},
         "trainer.batch_size": {"type": "choice", "values": []},
         "nosection.x": {"type": "choice", "values": [1]},
@@ -57,7 +55,7 @@ def test_each_bad_dimension_gives_one_line():
     assert len(problems) == 5, problems
     text = "\n".join(problems)
     assert "tuning.space.trainer.lrr: unknown key ('lrr' is not a key of trainer)" in text
-    assert "tuning.space.trainer.lr: loguniform bounds must be positive" in text
+    assert "tuning.space.trainer.optimizer.lr: loguniform bounds must be positive" in text
     assert "tuning.space.model.dropout: low (0.3) must be below high (0.1)" in text
     assert "tuning.space.trainer.batch_size: choice needs a non-empty 'values' list" in text
     assert "'nosection' is not a key of the root config" in text
@@ -65,8 +63,8 @@ def test_each_bad_dimension_gives_one_line():
 
 def test_values_are_checked_against_the_config_schema():
     t = _tuning({
-        "trainer.schedule": {"type": "choice", "values": ["cosine", "sawtooth"]},
-        "trainer.warmup_steps": {"type": "uniform", "low": 0, "high": 10},
+        "trainer.schedule.type": {"type": "choice", "values": ["cosine", "sawtooth"]},
+        "trainer.schedule.warmup_steps": {"type": "uniform", "low": 0, "high": 10},
         "cluster.num_cpus": {"type": "choice", "values": [2]},
         "trainer": {"type": "choice", "values": [1]},
     })
@@ -78,7 +76,7 @@ def test_values_are_checked_against_the_config_schema():
 
 
 def test_check_space_raises_user_error_with_all_problems():
-    t = _tuning({"trainer.lr": {"type": "uniform", "low": 1, "high": 1}, "x.y": {"type": "grid", "values": []}})
+    t = _tuning({"trainer.optimizer.lr": {"type": "uniform", "low": 1, "high": 1}, "x.y": {"type": "grid", "values": []}})
     with pytest.raises(UserError) as exc:
         check_space(t, {})
     assert len(exc.value.problems) == 2
@@ -86,7 +84,7 @@ def test_check_space_raises_user_error_with_all_problems():
 
 
 def test_grid_needs_the_random_searcher():
-    t = _tuning({"trainer.lr": {"type": "grid", "values": [1e-3]}}, searcher={"type": "optuna"})
+    t = _tuning({"trainer.optimizer.lr": {"type": "grid", "values": [1e-3]}}, searcher={"type": "optuna"})
     assert any("grid is only supported by the random searcher" in p for p in space_problems(t, {}))
 
 
@@ -97,19 +95,19 @@ def test_unknown_scheduler_type_is_a_config_error():
 
 def test_load_config_accepts_a_tuning_section(tmp_path):
     p = tmp_path / "t.yaml"
-    p.write_text("tuning:\n  space:\n    trainer.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n")
+    p.write_text("tuning:\n  space:\n    trainer.optimizer.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n")
     cfg = load_config(p, ["tuning.num_samples=3", "tuning.scheduler.type=pbt"])
     assert cfg.tuning is not None and cfg.tuning.num_samples == 3
     assert cfg.tuning.scheduler.type == "pbt"
-    assert cfg.tuning.space["trainer.lr"].low == 1e-4
+    assert cfg.tuning.space["trainer.optimizer.lr"].low == 1e-4
 
 
 def test_pbt_mutations_keep_lists_and_domains():
-    t = _tuning({"trainer.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+    t = _tuning({"trainer.optimizer.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
                  "trainer.batch_size": {"type": "choice", "values": [8, 16]}})
     muts = pbt_mutations(t)["train_loop_config"]
     assert muts["trainer.batch_size"] == [8, 16]
-    assert 1e-4 <= muts["trainer.lr"].sample() <= 1e-2
+    assert 1e-4 <= muts["trainer.optimizer.lr"].sample() <= 1e-2
 
 
 @pytest.mark.parametrize(
@@ -135,12 +133,12 @@ def test_a_trial_that_cannot_fit_is_a_user_error():
 
 
 def test_trial_config_applies_sample_resources_and_wandb_group():
-    base = validate({"trainer": {"num_workers": 4}, "tuning": {"name": "sw1"}}).model_dump(mode="json")
-    t = _tuning({"trainer.lr": {"type": "uniform", "low": 0.1, "high": 0.2}}, name="sw1",
+    base = validate({"trainer": {"scaling": {"num_workers": 4}}, "tuning": {"name": "sw1"}}).model_dump(mode="json")
+    t = _tuning({"trainer.optimizer.lr": {"type": "uniform", "low": 0.1, "high": 0.2}}, name="sw1",
                 resources={"workers_per_trial": 1, "cpus_per_worker": 2})
-    cfg = validate(trial_raw(base, {"trainer.lr": 0.15, "model.dropout": 0.2}, t, "raylm_trial_ab_00001"))
-    assert cfg.trainer.lr == 0.15 and cfg.model.dropout == 0.2
-    assert (cfg.trainer.num_workers, cfg.trainer.cpus_per_worker, cfg.trainer.use_gpu) == (1, 2.0, False)
+    cfg = validate(trial_raw(base, {"trainer.optimizer.lr": 0.15, "model.dropout": 0.2}, t, "raylm_trial_ab_00001"))
+    assert cfg.trainer.optimizer.lr == 0.15 and cfg.model.dropout == 0.2
+    assert (cfg.trainer.scaling.num_workers, cfg.trainer.scaling.cpus_per_worker, cfg.trainer.scaling.use_gpu) == (1, 2.0, False)
     assert cfg.trainer.run_name == "raylm_trial_ab_00001"
     assert cfg.tracking.wandb.group == "sw1" and "tune" in cfg.tracking.wandb.tags
     assert cfg.tracking.wandb.mode == "offline"
@@ -169,21 +167,21 @@ def test_pick_best_prefers_full_budget_trials_and_skips_failures():
 
 
 def test_best_config_is_the_base_with_the_best_values_and_no_tuning():
-    cfg = validate({"trainer": {"lr": 1e-3}, "tuning": {"name": "sw2", "space": {
-        "trainer.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}})
-    best = best_config(cfg, _row("x", COMPLETED, 0.1, **{"trainer.lr": 5e-3, "trainer.batch_size": 8}))
+    cfg = validate({"trainer": {"optimizer": {"lr": 1e-3}}, "tuning": {"name": "sw2", "space": {
+        "trainer.optimizer.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}})
+    best = best_config(cfg, _row("x", COMPLETED, 0.1, **{"trainer.optimizer.lr": 5e-3, "trainer.batch_size": 8}))
     assert best.tuning is None
-    assert (best.trainer.lr, best.trainer.batch_size, best.trainer.run_name) == (5e-3, 8, "sw2-best")
+    assert (best.trainer.optimizer.lr, best.trainer.batch_size, best.trainer.run_name) == (5e-3, 8, "sw2-best")
 
 
 def test_markdown_table_lists_failures_with_their_reason():
     from raylm.tuning.results import SweepSummary
 
-    rows = [_row("a", COMPLETED, 0.4, **{"trainer.lr": 1e-3}),
-            TrialRow("b", FAILED, {"trainer.lr": 1e9}, None, None, 0, 0, reason="FloatingPointError: loss is inf")]
+    rows = [_row("a", COMPLETED, 0.4, **{"trainer.optimizer.lr": 1e-3}),
+            TrialRow("b", FAILED, {"trainer.optimizer.lr": 1e9}, None, None, 0, 0, reason="FloatingPointError: loss is inf")]
     md = markdown(SweepSummary("/x/sw", "val_loss", "min", 10, rows, best_trial="a"))
     lines = md.splitlines()
-    assert lines[0].startswith("| trial | status | trainer.lr | val_loss (final)")
+    assert lines[0].startswith("| trial | status | trainer.optimizer.lr | val_loss (final)")
     assert "| a * | completed | 0.001 | 0.4 |" in lines[2]
     assert "FloatingPointError: loss is inf" in lines[3] and "failed" in lines[3]
 
@@ -193,7 +191,7 @@ def test_missing_searcher_extra_names_the_install_line(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "hyperopt" else real(name, *a))
-    t = _tuning({"trainer.lr": {"type": "uniform", "low": 0.1, "high": 0.2}}, searcher={"type": "hyperopt"})
+    t = _tuning({"trainer.optimizer.lr": {"type": "uniform", "low": 0.1, "high": 0.2}}, searcher={"type": "hyperopt"})
     with pytest.raises(UserError) as exc:
         searchers.build_searcher(t, 2)
     assert "needs the 'hyperopt' package" in exc.value.problems[0]
@@ -206,7 +204,7 @@ def test_searchers_build_with_the_concurrency_limit(kind):
 
     if kind != "random" and importlib.util.find_spec(kind) is None:
         pytest.skip(f"{kind} not installed")
-    t = _tuning({"trainer.lr": {"type": "uniform", "low": 0.1, "high": 0.2}}, searcher={"type": kind})
+    t = _tuning({"trainer.optimizer.lr": {"type": "uniform", "low": 0.1, "high": 0.2}}, searcher={"type": kind})
     s = build_searcher(t, 3)
     assert getattr(s, "max_concurrent", None) == 3 or getattr(s, "_max_concurrent", None) == 3
 
@@ -221,7 +219,7 @@ def test_scheduler_registry(kind):
 
     from raylm.tuning.schedulers import build_scheduler
 
-    t = _tuning({"trainer.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+    t = _tuning({"trainer.optimizer.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
                 scheduler={"type": kind, "grace_period": 500})
     s = build_scheduler(t, 100)
     expected = {"asha": ASHAScheduler, "pbt": PopulationBasedTraining, "fifo": FIFOScheduler}[kind]
@@ -233,7 +231,7 @@ def test_scheduler_registry(kind):
 def test_a_sweep_with_missing_trials_counts_as_interrupted():
     from raylm.tuning.results import _interrupted, expected_trials
 
-    t = _tuning({"trainer.lr": {"type": "grid", "values": [1, 2, 3]},
+    t = _tuning({"trainer.optimizer.lr": {"type": "grid", "values": [1, 2, 3]},
                  "trainer.batch_size": {"type": "grid", "values": [8, 16]}}, num_samples=2)
     assert expected_trials(t) == 12
     rows = [_row(str(i), COMPLETED, 0.1) for i in range(11)]
@@ -248,7 +246,7 @@ def test_a_cluster_without_state_api_refuses_early_stopping_sweeps(monkeypatch, 
     from raylm.tuning import sweep
 
     monkeypatch.setattr(sweep, "state_api_reachable", lambda wait_s=20.0: False)
-    t = TuningConfig.model_validate({"space": {"trainer.lr": {"type": "grid", "values": [0.1]}},
+    t = TuningConfig.model_validate({"space": {"trainer.optimizer.lr": {"type": "grid", "values": [0.1]}},
                                      "scheduler": {"type": scheduler}})
     if scheduler == "fifo":
         sweep.check_trial_cleanup(t)  # runs, with a warning

@@ -16,21 +16,20 @@ from raylm.errors import UserError
 from raylm.trainers import preemption
 from raylm.trainers.loop import stop_reason
 from raylm.trainers.step import Window
-from raylm.trainers.testing import tiny_config
+from testkit import tiny_config
 
-pytestmark = pytest.mark.unit
 
 
 def test_num_workers_is_an_int_or_an_elastic_range(tmp_path):
-    cfg = tiny_config(str(tmp_path), str(tmp_path), overrides=["trainer.num_workers=[1, 3]"])
-    assert cfg.trainer.num_workers == (1, 3)
+    cfg = tiny_config(str(tmp_path), str(tmp_path), overrides=["trainer.scaling.num_workers=[1, 3]"])
+    assert cfg.trainer.scaling.num_workers == (1, 3)
     from raylm.trainers.driver import sharding
 
     assert sharding(cfg) == "stride"  # auto: a position that holds at any worker count
     with pytest.raises(UserError, match=r"1 <= min <= max"):
-        tiny_config(str(tmp_path), str(tmp_path), overrides=["trainer.num_workers=[3, 1]"])
+        tiny_config(str(tmp_path), str(tmp_path), overrides=["trainer.scaling.num_workers=[3, 1]"])
     with pytest.raises(UserError, match="num_workers"):
-        tiny_config(str(tmp_path), str(tmp_path), overrides=["trainer.num_workers=0"])
+        tiny_config(str(tmp_path), str(tmp_path), overrides=["trainer.scaling.num_workers=0"])
 
 
 def test_scaling_and_failure_config_for_ray(tmp_path, monkeypatch):
@@ -40,8 +39,8 @@ def test_scaling_and_failure_config_for_ray(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4})
     cfg = tiny_config(str(tmp_path), str(tmp_path), overrides=[
-        "trainer.num_workers=[1, 2]", "trainer.resources_per_worker={trainslot: 1}", "trainer.elastic_resize_s=5",
-        "trainer.max_failures=1", "trainer.max_preemptions=3"])
+        "trainer.scaling.num_workers=[1, 2]", "trainer.scaling.resources_per_worker={trainslot: 1}",
+        "trainer.scaling.elastic_resize_s=5", "trainer.scaling.max_failures=1", "trainer.scaling.max_preemptions=3"])
     sc = scaling_config(cfg)
     assert sc.num_workers == (1, 2) and sc.elasticity_enabled and sc.elastic_resize_monitor_interval_s == 5
     assert sc.resources_per_worker == {"trainslot": 1, "CPU": 1.0}
@@ -111,7 +110,8 @@ def test_window_sync_counts_the_ranks_told_to_stop():
 
 
 def test_sample_log_of_a_run_resumed_with_fewer_workers_cuts_the_ranks_it_lost(tmp_path):
-    from raylm.trainers.hooks import SampleLog, read_sample_log
+    from raylm.trainers.hooks import SampleLog
+    from testkit import read_sample_log
 
     base = str(tmp_path / "ids")
     for rank in (0, 1):

@@ -6,11 +6,8 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from raylm.config import load_config
 
-pytestmark = pytest.mark.e2e
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 RECIPE = os.path.join(REPO, "configs", "tune-demo.yaml")
 
@@ -33,7 +30,7 @@ def test_bad_search_space_exits_2_with_one_line_per_problem(tmp_path):
     bad.write_text(
         "tuning:\n  space:\n"
         "    trainer.lrr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n"
-        "    trainer.lr: {type: loguniform, low: 0, high: 1.0e-2}\n"
+        "    trainer.optimizer.lr: {type: loguniform, low: 0, high: 1.0e-2}\n"
         "    model.dropout: {type: uniform, low: 0.3, high: 0.1}\n"
         "    trainer.batch_size: {type: choice, values: []}\n"
     )

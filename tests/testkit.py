@@ -1,8 +1,11 @@
-"""Tiny synthetic prepared datasets and configs, for tests and benchmarks (no tokenizer, no prepare).
+"""Test helpers: tiny synthetic prepared datasets and configs (no tokenizer, no prepare), and readers
+of what a run leaves behind (sample-id logs, checkpoint state, Ray Train's checkpoint registry).
 
-The data is learnable, so "loss falls" is a real check: LM blocks count up from a random token;
-a classification example's label
-says whether its tokens come from the upper half of the vocabulary.
+Importable as `testkit` from tests (tests/ is on sys.path through its conftest) and from
+benchmarks/bench_train.py (which puts tests/ on its path).
+
+The synthetic data is learnable, so "loss falls" is a real check: LM blocks count up from a random
+token; a classification example's label says whether its tokens come from the upper half of the vocabulary.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raylm.config import RootConfig, apply_overrides, validate
+from raylm.trainers.state import TrainState
 
 PAD, EOS, MASK, CLS, SEP = 0, 1, 2, 3, 4
 
@@ -72,12 +76,47 @@ def write_synthetic(out: str, task: str = "causal-lm", n_train: int = 256, n_val
 
 def tiny_config(prepared_dir: str, storage: str, task: str = "causal-lm", overrides: list[str] | None = None,
                 **trainer: Any) -> RootConfig:
-    """A 2-layer, 32-dim model, 2 workers, a few steps; `trainer` keys and dotted `overrides` override."""
+    """A 2-layer, 32-dim model, 2 workers, a few steps; `trainer` keys and dotted `overrides` override
+    (a section's keys are merged: `eval={"every": 2}` keeps eval.batches)."""
     arch = {"causal-lm": "gpt2", "masked-lm": "bert", "sequence-classification": "bert"}[task]
-    t = {"task": task, "run_name": "t", "num_workers": 2, "batch_size": 4, "max_steps": 6, "lr": 3e-3,
-         "warmup_steps": 0, "eval_every": 3, "eval_batches": 2, "checkpoint_every": 3, "log_every": 1,
-         "max_failures": 0, **trainer}
+    t: dict[str, Any] = {
+        "task": task, "run_name": "t", "batch_size": 4, "max_steps": 6, "log_every": 1,
+        "scaling": {"num_workers": 2, "max_failures": 0}, "optimizer": {"lr": 3e-3},
+        "schedule": {"warmup_steps": 0}, "eval": {"every": 3, "batches": 2}, "checkpoint": {"every": 3},
+    }
+    for key, value in trainer.items():
+        t[key] = {**t[key], **value} if isinstance(value, dict) and isinstance(t.get(key), dict) else value
     raw = {"cluster": {"storage_path": storage}, "data": {"prepared_dir": prepared_dir, "block_size": 16},
            "model": {"arch": arch, "n_layer": 2, "n_embd": 32, "n_head": 2}, "trainer": t,
            "tracking": {"wandb": {"mode": "disabled"}, "progress_every_s": 60}}
     return validate(apply_overrides(raw, overrides or []), origin="tiny_config")
+
+
+def read_sample_log(base: str, world: int) -> dict[int, list[tuple[int, int, list[int]]]]:
+    """{rank: [(epoch, step, ids)]} from the per-rank files written by raylm.trainers.hooks.SampleLog."""
+    out: dict[int, list[tuple[int, int, list[int]]]] = {}
+    for r in range(world):
+        rows = []
+        for line in open(f"{base}.rank{r}"):
+            if not line.startswith("#"):
+                e, s, *ids = line.split()
+                rows.append((int(e), int(s), [int(i) for i in ids]))
+        out[r] = rows
+    return out
+
+
+def is_registered(run_dir: str, name: str) -> bool:
+    """Ray Train has registered checkpoint `name` of a run (a directory alone may still be in flight)."""
+    try:
+        snap = json.load(open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")))
+    except (OSError, ValueError):
+        return False
+    return any(c["checkpoint_dir_name"] == name for c in snap["checkpoint_results"])
+
+
+def read_state(dirpath: str) -> TrainState:
+    """The training state saved in checkpoint directory `dirpath`."""
+    import torch
+
+    blob = torch.load(os.path.join(dirpath, "state.pt"), map_location="cpu", weights_only=True)
+    return TrainState.from_dict(blob["state"])
