@@ -70,15 +70,15 @@ class LocalRay:
         self._start(f"head-{attempt}", head, num_cpus, resources)
 
     def _retrying(self, start: Callable[[int], None]) -> None:
-        """Start a node and wait until it is alive; once more if it fails: a raylet gives up
-        after 30 s, which a loaded 2-core machine can exceed."""
-        for attempt in (1, 2):
+        """Start a node and wait until it is alive; up to three times: a raylet gives up after
+        30 s, which a loaded 2-core machine can exceed."""
+        for attempt in (1, 2, 3):
             start(attempt)
             try:
                 self.wait_nodes(len(self.procs))
                 return
             except RuntimeError:
-                if attempt == 2:
+                if attempt == 3:
                     raise
                 _kill_group(self.procs.pop())  # what it left behind; its log stays in temp_dir
 
@@ -140,6 +140,35 @@ class LocalRay:
         for p in self.procs:
             if p.poll() is not None:
                 raise RuntimeError(f"`ray start` exited with {p.returncode} (logs in {self.temp_dir})")
+
+    def node_running(self, pid: int) -> subprocess.Popen:
+        """The `ray start` process of the node that runs process `pid`."""
+        import psutil
+
+        parents = {p.pid for p in psutil.Process(pid).parents()}
+        return next(p for p in self.procs if p.pid in parents)
+
+    def kill_node(self, node: subprocess.Popen) -> None:
+        """SIGKILL a whole node (its `ray start`, raylet and workers): a lost machine."""
+        import psutil
+
+        try:
+            tree = [psutil.Process(node.pid), *psutil.Process(node.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for proc in tree:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        node.wait()
+
+    def drain(self, node_id: str, deadline_s: int, reason: str = "PREEMPTION") -> None:
+        """Ask the GCS to drain a node, as KubeRay's autoscaler and spot handlers do before a node goes."""
+        subprocess.run([self.python, "-m", "ray.scripts.scripts", "drain-node", f"--address={self.gcs_address}",
+                        f"--node-id={node_id}", f"--reason=DRAIN_NODE_REASON_{reason}",
+                        "--reason-message=raylm test", f"--deadline-remaining-seconds={deadline_s}"],
+                       check=True, capture_output=True, env=self._env, timeout=120)
 
     def stop(self) -> None:
         for p in reversed(self.procs):  # workers first, the head last

@@ -163,11 +163,15 @@ def list_cmd(address: str | None = ADDRESS) -> None:
 @jobs_app.command("status")
 @user_errors
 def status_cmd(job_id: str = typer.Argument(...), address: str | None = ADDRESS) -> None:
-    """Print the job's status; exit 0 SUCCEEDED or still running, 1 FAILED, 3 STOPPED."""
+    """Print the job's status and the checkpoint its run resumes from; exit 0 SUCCEEDED or still
+    running, 1 FAILED, 3 STOPPED."""
     from raylm.cluster import jobs
 
     s = jobs.status(job_id, address)
     typer.echo(s)
+    resume = jobs.resume_point(job_id, address)
+    if resume:
+        typer.echo(f"checkpoint: {resume}")
     raise typer.Exit(jobs.exit_code(s))
 
 

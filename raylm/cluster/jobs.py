@@ -112,7 +112,7 @@ def runtime_env(working_dir: str, env: dict[str, str] | None = None, pip: list[s
 
 def submit_entrypoint(
     c: Any, entrypoint: str, submission_id: str, runtime_env: dict[str, Any] | None = None,
-    resubmit_failed: bool = False, log: Callable[[str], None] = print,
+    resubmit_failed: bool = False, log: Callable[[str], None] = print, metadata: dict[str, str] | None = None,
 ) -> tuple[str, bool]:
     """Submit unless a job with this id exists; returns (id, submitted now)."""
     status = job_status(c, submission_id)
@@ -124,7 +124,7 @@ def submit_entrypoint(
         c.delete_job(submission_id)
     job_id = c.submit_job(
         entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env,
-        metadata={"submitted_by": "raylm"},
+        metadata={"submitted_by": "raylm", **(metadata or {})},
     )
     log(f"submitted job {job_id}")
     return job_id, True
@@ -176,7 +176,8 @@ def submit(
     with tempfile.TemporaryDirectory(prefix="raylm-submit-") as tmp:
         save_config(cfg, Path(tmp) / name)
         job_id, _ = submit_entrypoint(
-            c, f"{command} {name}", job_id, runtime_env(tmp, env, pip), resubmit_failed=resubmit_failed
+            c, f"{command} {name}", job_id, runtime_env(tmp, env, pip), resubmit_failed=resubmit_failed,
+            metadata={"raylm_storage_path": cfg.cluster.storage_path, "raylm_run_name": cfg.trainer.run_name},
         )
     if not follow_logs:
         print(f"follow it: raylm jobs logs {job_id} --follow  (status: raylm jobs status {job_id})")
@@ -212,6 +213,38 @@ def status(job_id: str, address: str | None = None) -> str:
     if s is None:
         raise UserError(f"no job {job_id} at {resolve_address(address)}", hint="see raylm jobs list")
     return s
+
+
+def resume_point(job_id: str, address: str | None = None) -> str | None:
+    """Where a (re)submitted run of this job starts: its latest registered checkpoint, read from the
+    run's storage (`checkpoint_manager_snapshot.json`, what Ray Train itself resumes from).
+    None when the job was not submitted by `raylm submit` or its storage cannot be read from here."""
+    meta = client(address).get_job_info(job_id).metadata or {}
+    storage, run = meta.get("raylm_storage_path"), meta.get("raylm_run_name")
+    if not storage or not run or ("://" not in storage and not Path(storage).is_absolute()):
+        return None  # a relative path lives in the job's temporary working dir
+    snapshot = latest_checkpoint(storage, run)
+    if snapshot is None:
+        return f"no checkpoint yet in {storage.rstrip('/')}/{run}: a resubmitted run starts from step 0"
+    name, step = snapshot
+    return f"{storage.rstrip('/')}/{run}/{name} (step {step}): a resubmitted run resumes from it"
+
+
+def latest_checkpoint(storage_path: str, run_name: str) -> tuple[str, int | None] | None:
+    """(directory name, step) of the run's latest registered checkpoint, or None."""
+    import json
+
+    from raylm.cluster.storage import resolve
+
+    fs, root = resolve(storage_path)
+    try:
+        with fs.open_input_stream(f"{root}/{run_name}/checkpoint_manager_snapshot.json") as f:
+            latest = json.loads(f.read()).get("latest_checkpoint_result")
+    except (OSError, ValueError):
+        return None
+    if not latest:
+        return None
+    return latest["checkpoint_dir_name"], latest.get("metrics", {}).get("step")
 
 
 def logs(job_id: str, address: str | None = None, follow_logs: bool = False) -> int:

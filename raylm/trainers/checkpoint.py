@@ -172,6 +172,14 @@ class Checkpointer:
                          checkpoint_upload_mode=mode, checkpoint_upload_fn=registered_once_written,
                          delete_local_checkpoint_after_upload=False)  # in place it is the checkpoint itself
 
+    def flush(self) -> None:
+        """Wait until the checkpoints this rank reported are uploaded, before the loop exits early (a
+        preemption); Ray Train does the same once the train function returns."""
+        if self.async_:
+            from ray.train.v2._internal.execution.context import get_train_context
+
+            get_train_context().checkpoint_upload_threadpool.shutdown(wait=True)
+
     def report_metrics(self, metrics: dict) -> None:
         """Metrics only. Behind an asynchronous checkpoint they queue (Ray keeps the order) instead of
         blocking the training thread until that write completes."""

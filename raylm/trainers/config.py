@@ -81,16 +81,45 @@ class ScalingSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    num_workers: int = Field(2, ge=1, description="Ray Train workers (one process each).")
+    num_workers: int | tuple[int, int] = Field(
+        2, description="Ray Train workers (one process each). [min, max]: elastic -- the run starts with as many "
+        "as the cluster fits (at least min), keeps training on fewer when a node is lost, and grows back "
+        "to max when nodes return (each change restarts from the latest checkpoint; data.sharding auto "
+        "becomes stride so every sample is still seen once).",
+    )
+    elastic_resize_s: float = Field(
+        60.0, ge=0, description="Elastic runs: seconds between looks for room to grow back to max workers "
+        "(growing restarts the workers from the latest checkpoint).",
+    )
     use_gpu: bool | Literal["auto"] = Field(
         "auto", description="One GPU per worker. auto: when the cluster has a GPU for every worker."
     )
     cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs each worker reserves.")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="Other Ray resources each worker reserves (custom ones too): "
+        "e.g. {trainslot: 1} with one trainslot per node puts one worker per node.",
+    )
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp", description="ddp: every worker holds the model (DistributedDataParallel). fsdp: FSDP2, each worker "
         "holds a shard; the model is built on the meta device and materialised shard by shard (see trainer.fsdp).",
     )
-    max_failures: int = Field(2, ge=0, description="Worker-group restarts before the run fails.")
+    max_failures: int = Field(
+        2, ge=0, description="Restarts after failures of the run itself (a crash, a lost node) before it fails.",
+    )
+    max_preemptions: int = Field(
+        -1, ge=-1, description="Restarts after preemptions, counted apart from max_failures (-1: no limit). "
+        "A preemption is a node drain (`ray drain-node --reason PREEMPTION`, KubeRay, spot reclaims) or a "
+        "SIGTERM to a worker: the workers checkpoint at the next log step, then exit for a restart.",
+    )
+
+    @model_validator(mode="after")
+    def _workers(self) -> "ScalingSection":
+        n = self.num_workers
+        if isinstance(n, tuple) and not 1 <= n[0] <= n[1]:
+            raise ValueError(f"num_workers {list(n)}: an elastic range is [min, max] with 1 <= min <= max")
+        if isinstance(n, int) and n < 1:
+            raise ValueError(f"num_workers ({n}) must be at least 1, or a [min, max] range")
+        return self
 
 
 class OptimizerSection(BaseModel):

@@ -122,15 +122,28 @@ def scaling_config(cfg: RootConfig) -> Any:
     from ray.train import ScalingConfig
 
     s = cfg.trainer.scaling
-    gpu = s.use_gpu if isinstance(s.use_gpu, bool) else ray.cluster_resources().get("GPU", 0) >= s.num_workers
-    return ScalingConfig(num_workers=s.num_workers, use_gpu=gpu, resources_per_worker={"CPU": s.cpus_per_worker})
+    low = s.num_workers if isinstance(s.num_workers, int) else s.num_workers[0]
+    gpu = s.use_gpu if isinstance(s.use_gpu, bool) else ray.cluster_resources().get("GPU", 0) >= low
+    elastic = {} if isinstance(s.num_workers, int) else {"elastic_resize_monitor_interval_s": s.elastic_resize_s}
+    return ScalingConfig(num_workers=s.num_workers, use_gpu=gpu,
+                         resources_per_worker={**s.resources_per_worker, "CPU": s.cpus_per_worker}, **elastic)
+
+
+def failure_config(cfg: RootConfig) -> Any:
+    """Failures of the run and preemptions have separate budgets (Ray charges a restart to
+    max_preemption_failures when a worker died with its node drained for preemption, or exited
+    with `raylm.trainers.preemption.Preempted`)."""
+    from ray.train import FailureConfig
+
+    s = cfg.trainer.scaling
+    return FailureConfig(max_failures=s.max_failures, max_preemption_failures=s.max_preemptions)
 
 
 def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: list | None = None,
                   name: str | None = None, storage_path: str | None = None,
                   loop_overrides: dict | None = None) -> Any:
     """A TorchTrainer for this config (used by `raylm train` and by the Tune driver)."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
+    from ray.train import CheckpointConfig, DataConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from raylm.cluster.storage import run_storage
@@ -161,7 +174,7 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
         run_config=RunConfig(
             name=name,
             **run_storage(storage_root(cfg, storage_path)),
-            failure_config=FailureConfig(max_failures=t.scaling.max_failures),
+            failure_config=failure_config(cfg),
             # Ray ranks checkpoints by the metric but never deletes the latest: resume uses it.
             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint.num_to_keep, checkpoint_score_attribute=metric,
                                                checkpoint_score_order=mode),

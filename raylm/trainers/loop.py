@@ -24,7 +24,7 @@ import torch
 from raylm.config import RootConfig, validate
 from raylm.datasets.sharding import check_resume
 from raylm.datasets.streaming import TrainStream, eval_batches
-from raylm.trainers import checkpoint
+from raylm.trainers import checkpoint, preemption
 from raylm.trainers import state as ckpt
 from raylm.trainers.autobatch import resolve_batch_size
 from raylm.trainers.driver import sharding
@@ -160,7 +160,7 @@ def setup(lc: LoopConfig) -> Run:
                          group_by_length=d.group_by_length, length_group_batches=d.length_group_batches,
                          sharding=st.sharding, world=world, rank=rank)
     return Run(cfg, task, ctx, st, Feeder(stream, collate, device), val, sink,
-               SampleLog(lc.sample_log or os.environ.get("RAYLM_SAMPLE_LOG"), rank, st.step),
+               SampleLog(lc.sample_log or os.environ.get("RAYLM_SAMPLE_LOG"), rank, st.step, world),
                Progress(t.max_steps, st.step, cfg.tracking.progress_every_s, enabled=rank == 0),
                rank, world, batch_size, grad_accum, last_ckpt,
                checkpoint.Checkpointer(t, lc.run_dir, lc.checkpoint_hold_s))
@@ -205,7 +205,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     n_params = non_embedding_params(ckpt.unwrap(r.ctx.model))
     peak = device_peak_flops(r.ctx.device, t.peak_flops)
     window, train_s, last = Window(r.ctx.device), st.extra.get("train_s", 0.0), False
-    first_step = st.step + 1
+    first_step, stop = st.step + 1, None
+    if not preemption.arm() and r.rank == 0:
+        say("[raylm] no SIGTERM handler in this worker: a SIGTERM ends it without a checkpoint")
     r.feeder.prefetch(r.grad_accum)
     while not last:
         t0, wait0 = time.perf_counter(), r.feeder.wait_s
@@ -225,9 +227,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if not (st.step % t.log_every == 0 or eval_now or save_now or st.step == first_step):
             continue
         # ---- a sync step: the host reads the window (one all-reduce); a bad step never reaches a checkpoint
-        synced = window.sync(r.rank == 0 and t.max_train_seconds is not None and train_s >= t.max_train_seconds)
+        synced = window.sync(r.rank == 0 and t.max_train_seconds is not None and train_s >= t.max_train_seconds,
+                             stop=preemption.requested())
         dt = time.perf_counter() - window.t0
-        last = st.step >= t.max_steps or synced["out_of_time"]
+        stop = stop_reason(synced["stop_ranks"], preemption.drain_notice())  # the drain notice: a barrier
+        last = st.step >= t.max_steps or synced["out_of_time"] or stop is not None
         check_nonfinite(synced["first_bad_step"], synced["train_loss"], synced["grad_norm"], t.nan_policy, r.last_ckpt)
         metrics = window_metrics(window, synced, dt, r.feeder.wait_s - wait0, r, n_params, peak, train_s, st)
         window = Window(r.ctx.device)
@@ -247,6 +251,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
             r.last_ckpt = os.path.join(lc.run_dir, saved) if saved else r.last_ckpt
     r.samples.close()
     r.sink.close()
+    if stop and st.step < t.max_steps:  # restart from this step's checkpoint
+        r.checkpointer.flush()
+        if r.rank == 0:
+            say(f"[raylm] {stop}: checkpointed step {st.step}, exiting for a restart")
+        raise preemption.Preempted(f"{stop}: checkpointed step {st.step} ({r.last_ckpt})")
+
+
+def stop_reason(sigterm_ranks: int, drained: bool) -> str | None:
+    """Why the run stops now for a restart (None: it does not)."""
+    if sigterm_ranks:
+        return f"SIGTERM to {sigterm_ranks} worker(s)"
+    return "a node is drained for preemption" if drained else None
 
 
 def first_step_metrics(lc: LoopConfig, r: Run, t0: float, dt: float) -> dict[str, float]:

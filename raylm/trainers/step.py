@@ -3,7 +3,7 @@
 The step (`train_step`) queues forward, backward, clipping and the update and returns device
 tensors; nothing in it reads a value back (`.item()`, `float()`, `.tolist()`). The host reads
 the device once per log step, through `Window.sync`: one fused all-reduce of
-[loss sum, target count, non-finite flag, time-budget flag], as torchtitan's `train_step` keeps
+[loss sum, target count, non-finite flag, time-budget flag, stop flag], as torchtitan's `train_step` keeps
 its losses on the device until `should_log`. Per-sample bookkeeping (sample ids, token counts)
 is computed on the CPU at collate time and never round-trips through the device.
 """
@@ -172,23 +172,25 @@ class Window:
         self.tokens, self.real_tokens = self.tokens + out.tokens, self.real_tokens + out.real_tokens
         self.flops_tokens += out.flops_tokens
 
-    def sync(self, out_of_time: bool) -> dict[str, Any]:
+    def sync(self, out_of_time: bool, stop: bool = False) -> dict[str, Any]:
         """The window's one host read, after one SUM all-reduce of
         [loss sum, targets, first bad step, ranks that saw one, out of time (only rank 0's clock sets it),
-        grad norm (the same on every rank after DDP's all-reduce)]."""
+        grad norm (the same on every rank after DDP's all-reduce), ranks told to stop (a SIGTERM)]."""
         zero = torch.zeros((), device=self.device)
         bad = self.bad if self.bad is not None else zero
         vec = torch.stack([self.loss_sum if self.loss_sum is not None else zero,
                            torch.tensor(float(self.n), device=self.device), bad, (bad > 0).float(),
                            torch.tensor(float(out_of_time), device=self.device),
-                           self.grad_norm.float() if self.grad_norm is not None else zero]).double()
+                           self.grad_norm.float() if self.grad_norm is not None else zero,
+                           torch.tensor(float(stop), device=self.device)]).double()
         world = 1
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(vec)
             world = dist.get_world_size()
-        loss_sum, n, bad_sum, bad_ranks, late, gnorm = vec.tolist()  # the host sync of this window
+        loss_sum, n, bad_sum, bad_ranks, late, gnorm, stops = vec.tolist()  # the host sync of this window
         return {"train_loss": loss_sum / n if n else math.nan, "grad_norm": gnorm / world,
-                "first_bad_step": round(bad_sum / bad_ranks) if bad_ranks else 0, "out_of_time": late > 0}
+                "first_bad_step": round(bad_sum / bad_ranks) if bad_ranks else 0, "out_of_time": late > 0,
+                "stop_ranks": round(stops)}
 
 
 def evaluate(model: torch.nn.Module, eval_step: Callable[[torch.nn.Module, dict], tuple[torch.Tensor, Any]],

@@ -60,7 +60,7 @@ def test_resume_continues_step_optimizer_state_and_data_position(ray_session, tm
     # Same weights, same Adam moments, same next batches: the same losses as an uninterrupted run.
     assert resumed == pytest.approx(straight, rel=1e-5)
     headers = [l for l in open(f"{runs}/resumed.ids.rank1") if l.startswith("#")]
-    assert headers[-1].split()[-1] == "resumed_from=3"
+    assert "resumed_from=3" in headers[-1].split()
     assert read_sample_log(f"{runs}/resumed.ids", 2) == read_sample_log(f"{runs}/straight.ids", 2)
     state = torch.load(f"{runs}/resumed/checkpoint_00000006/state.pt", weights_only=True)
     assert state["state"]["step"] == 6 and state["state"]["batches_in_epoch"] == 6
