@@ -165,6 +165,7 @@ def test_raylm_job_across_nodes_survives_a_dead_driver_and_a_lost_node(three_nod
 
     from raylm.cli import app
     from raylm.cluster import jobs
+
     from testkit import is_registered
 
     cluster, shared = three_nodes

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from raylm.trainers.driver import build_trainer
+
 from testkit import read_sample_log, tiny_config, write_synthetic
 
 pytestmark = pytest.mark.timeout(900)
