@@ -140,6 +140,7 @@ def main() -> None:
     import ray
 
     from raylm.cluster._localray import LocalRay
+
     from testkit import write_synthetic
 
     model = TINY if args.tiny else DEMO

@@ -16,8 +16,8 @@ from raylm.errors import UserError
 from raylm.trainers import preemption
 from raylm.trainers.loop import stop_reason
 from raylm.trainers.step import Window
-from testkit import tiny_config
 
+from testkit import tiny_config
 
 
 def test_num_workers_is_an_int_or_an_elastic_range(tmp_path):
@@ -111,6 +111,7 @@ def test_window_sync_counts_the_ranks_told_to_stop():
 
 def test_sample_log_of_a_run_resumed_with_fewer_workers_cuts_the_ranks_it_lost(tmp_path):
     from raylm.trainers.hooks import SampleLog
+
     from testkit import read_sample_log
 
     base = str(tmp_path / "ids")
