@@ -97,7 +97,10 @@ class LocalRay:
 
     def add_worker(self, num_cpus: int = 1, resources: dict[str, float] | None = None) -> None:
         """Start a worker node and wait until it is alive (one at a time)."""
-        args = [f"--address={self.gcs_address}", "--node-ip-address=127.0.0.1"]
+        # Its own temp dir, as on a machine of its own: nodes sharing one would share (and garbage-collect)
+        # each other's runtime_env files, e.g. a job's working_dir while the job runs in it.
+        node_dir = os.path.join(self.temp_dir, f"n{len(self.procs)}")
+        args = [f"--address={self.gcs_address}", "--node-ip-address=127.0.0.1", f"--temp-dir={node_dir}"]
         self._retrying(lambda attempt: self._start(f"worker{len(self.procs)}-{attempt}", args, num_cpus, resources))
 
     def _start(self, name: str, args: list[str], num_cpus: int, resources: dict[str, float] | None) -> None:

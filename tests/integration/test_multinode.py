@@ -129,9 +129,9 @@ def _write_job(tmp: Path, shared: Path) -> Path:
         f"data: {{source: {tmp}/corpus.txt, prepared_dir: {shared}/prepared, block_size: 32, "
         "tokenizer: {vocab_size: 320}}\n"
         "model: {n_layer: 1, n_embd: 32, n_head: 2}\n"
-        "trainer: {run_name: across, batch_size: 4, max_steps: 8, log_every: 1, schedule: {type: constant}, "
-        "scaling: {num_workers: 2, resources_per_worker: {trainslot: 1}}, eval: {every: 4, batches: 1}, "
-        "checkpoint: {every: 4}}\n"
+        "trainer: {run_name: across, batch_size: 4, max_steps: 8, log_every: 1, "
+        "schedule: {type: constant, warmup_steps: 1}, scaling: {num_workers: 2, resources_per_worker: {trainslot: 1}}, "
+        "eval: {every: 4, batches: 1}, checkpoint: {every: 4}}\n"
         "tracking: {wandb: {mode: disabled}}\n"
     )
     return cfg
@@ -206,7 +206,8 @@ def test_raylm_job_across_nodes_survives_a_dead_driver_and_a_lost_node(three_nod
 
     # ---- 3. resubmitted, it resumes there; then the node of rank 1 is lost for good
     assert jobs.submit(cfg, overrides, resubmit_failed=True, **submit) == 0
-    _wait("the resumed run on 2 workers", lambda: len(_ledger(ids, 1)[0]) == 2 and len(_ledger(ids, 1)[1]) > latest[1] + 2)
+    _wait("the resumed run on 2 workers",
+          lambda: len(_ledger(ids, 1)[0]) == 2 and len(_ledger(ids, 1)[1]) > latest[1] + 2)
     assert _ledger(ids, 1)[0][1]["resumed_from"] == str(latest[1])
     cluster.kill_node(cluster.node_running(int(_ledger(ids, 1)[0][1]["pid"])))  # lost for good
     assert jobs.follow(client, job) == "SUCCEEDED"

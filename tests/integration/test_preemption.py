@@ -40,7 +40,8 @@ def test_sigterm_checkpoints_at_that_step_and_the_resumed_run_loses_nothing(ray_
     fit = threading.Thread(target=lambda: out.append(trainer.fit()))
     fit.start()
     deadline = time.time() + 600
-    while (not os.path.exists(f"{ids}.rank1") or _steps(f"{ids}.rank1") < 6) and fit.is_alive() and time.time() < deadline:
+    while fit.is_alive() and time.time() < deadline and (not os.path.exists(f"{ids}.rank1")
+                                                          or _steps(f"{ids}.rank1") < 6):
         time.sleep(0.05)
     started = _steps(f"{ids}.rank1")  # steps begun by rank 1 when it is told to stop
     os.kill(int(_headers(f"{ids}.rank1")[0]["pid"]), signal.SIGTERM)  # what Kubernetes sends a pod
