@@ -47,7 +47,8 @@ def test_killed_train_resumes_from_last_checkpoint(tmp_path):
            f"data.source={tmp_path}/corpus.jsonl", "data.prepared_dir=prepared", "data.block_size=32",
            "data.tokenizer.vocab_size=320", "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
            "trainer.batch_size=4", "trainer.max_steps=40", "trainer.schedule.warmup_steps=2", "trainer.checkpoint.every=10",
-           "trainer.eval.every=10", "trainer.eval.batches=1", "trainer.log_every=1", "tracking.wandb.mode=disabled"]
+           "trainer.eval.every=10", "trainer.eval.batches=1", "trainer.log_every=1", "tracking.wandb.mode=disabled",
+           "trainer.max_train_seconds=null"]  # the demo's time budget would end a run on a loaded machine early
     run_dir = tmp_path / "runs" / "demo"
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

@@ -163,7 +163,7 @@ def test_question_answering_prepare_train_eval_predict(ray_session, tmp_path):
     assert len(rows) == 20 and all(contexts[r["id"]][r["start"]:r["end"]] == r["answer"] for r in rows)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(900)
 def test_tune_sweeps_ner_on_entity_f1(ray_session, tmp_path):
     """A 2-trial grid over lr on NER: with no tuning.metric the sweep maximises the task's val_f1."""

@@ -18,6 +18,8 @@ from raylm.trainers.driver import build_trainer
 
 from testkit import is_registered, read_state, tiny_config, write_synthetic
 
+pytestmark = pytest.mark.long  # minutes of multi-process runs: `bash scripts/test.sh -m long`
+
 # All 64 validation rows in every evaluation (16 batches of 4 over 2 workers): val_loss is then the
 # mean over the whole split, whatever rank saw which batch, and an exported model can be held to it.
 COMMON = dict(max_steps=6, checkpoint={"every": 2}, eval={"every": 2, "batches": 8},

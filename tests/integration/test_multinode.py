@@ -21,7 +21,7 @@ import pytest
 
 from raylm.cluster._localray import LocalRay
 
-pytestmark = pytest.mark.timeout(1500)
+pytestmark = [pytest.mark.long, pytest.mark.timeout(1500)]  # `bash scripts/test.sh -m long`
 
 
 def _loop(config: dict) -> None:

@@ -15,7 +15,7 @@ from raylm.trainers.driver import build_trainer
 
 from testkit import read_sample_log, tiny_config, write_synthetic
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.long, pytest.mark.timeout(900)]  # `bash scripts/test.sh -m long`
 
 
 def _headers(path: str) -> list[dict[str, str]]:
