@@ -137,7 +137,9 @@ def test_meta_init_equals_eager_init_and_init_from_never_holds_the_full_state_di
     unique = {t.data_ptr(): t for t in model.state_dict().values()}.values()  # tied weights once
     full_bytes = sum(t.numel() * t.element_size() for t in unique)
 
-    out = mp.Manager().dict()
+    # A spawned manager, not a forked one: forking this process (which may hold a Ray driver from other
+    # tests of the session) is unsafe; a forked manager took the pytest process down once in a full run.
+    out = mp.get_context("spawn").Manager().dict()
     mp.spawn(_worker, args=(2, _free_port(), pretrained, out), nprocs=2)
     ref = AutoModelForCausalLM.from_pretrained(pretrained).state_dict()
     for rank in (0, 1):
