@@ -204,7 +204,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     t, st = r.cfg.trainer, r.st
     n_params = non_embedding_params(ckpt.unwrap(r.ctx.model))
     peak = device_peak_flops(r.ctx.device, t.peak_flops)
-    window, train_s, last = Window(r.ctx.device), st.extra.get("train_s", 0.0), False
+    # A run restored at (or past) its end has nothing left to train (a PBT clone of a finished donor).
+    window, train_s, last = Window(r.ctx.device), st.extra.get("train_s", 0.0), st.step >= t.max_steps
     first_step, stop = st.step + 1, None
     if not preemption.arm() and r.rank == 0:
         say("[raylm] no SIGTERM handler in this worker: a SIGTERM ends it without a checkpoint")
