@@ -122,12 +122,31 @@ def submit_entrypoint(
     if status is not None:
         log(f"job {submission_id} ended {status}: deleting it to submit again")
         c.delete_job(submission_id)
+        _wait_supervisor_gone(c, submission_id)
     job_id = c.submit_job(
         entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env,
         metadata={"submitted_by": "raylm", **(metadata or {})},
     )
     log(f"submitted job {job_id}")
     return job_id, True
+
+
+def _wait_supervisor_gone(c: Any, job_id: str, timeout_s: float = 60.0) -> None:
+    """Ray Jobs names a job's supervisor actor after the job's id, and the old one outlives its job's
+    end by a moment: a job submitted again under that id meanwhile fails at once ("Job supervisor
+    actor died"). Wait until it is gone (asked through the dashboard's state API)."""
+    from ray.util.state import list_actors
+
+    name, deadline = f"_ray_internal_job_actor_{job_id}", time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            alive = list_actors(address=c.get_address(), filters=[("name", "=", name), ("state", "=", "ALIVE")],
+                                raise_on_missing_output=False)
+        except Exception:  # noqa: BLE001 -- no state API here: submit as before
+            return
+        if not alive:
+            return
+        time.sleep(0.5)
 
 
 def follow(c: Any, job_id: str, out: TextIO | None = None, poll_s: float = 1.0) -> str:

@@ -197,7 +197,7 @@ def test_raylm_job_across_nodes_survives_a_dead_driver_and_a_lost_node(three_nod
     assert jobs.submit(cfg, overrides, **submit) == 0
     client, job = jobs.client(cluster.dashboard_url), "raylm-elastic"
     _wait("a first checkpoint", lambda: is_registered(str(run_dir), "checkpoint_00000003"))
-    os.kill(client.get_job_info(job).driver_info.pid, signal.SIGKILL)
+    os.kill(int(client.get_job_info(job).driver_info.pid), signal.SIGKILL)  # the driver dies
     _wait("the job to fail", lambda: jobs.status(job, cluster.dashboard_url) in jobs.TERMINAL, 120)
     latest = jobs.latest_checkpoint(str(shared / "runs"), "elastic")
     out = CliRunner().invoke(app, ["jobs", "status", job, "--address", cluster.dashboard_url])
