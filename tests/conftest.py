@@ -36,6 +36,9 @@ def ray_session():
 
     if not ray.is_initialized():
         ray.init(
+            # A new cluster of this session's own, never one another process started with
+            # `ray start` on the same machine (CI machines are shared).
+            address="local",
             num_cpus=8,
             # Ray Train frees the placement groups of trials Tune stops through the dashboard's
             # state API (see raylm.tuning.sweep.check_trial_cleanup); bound to localhost.

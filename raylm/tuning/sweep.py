@@ -64,12 +64,16 @@ def state_api_reachable(wait_s: float = 20.0) -> bool:
     come up after ray.init."""
     import time
 
+    import ray
     from ray.util.state import list_actors
 
+    # This driver's own cluster, by its GCS address: left to auto-detection, the state client
+    # refuses when another Ray instance runs on the same machine ("multiple active Ray instances").
+    address = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            list_actors(limit=1, timeout=5, raise_on_missing_output=False)
+            list_actors(address=address, limit=1, timeout=5, raise_on_missing_output=False)
             return True
         except Exception as e:  # no dashboard: ConnectionError/RayStateApiException, not yet up: timeouts
             if time.monotonic() >= deadline:
