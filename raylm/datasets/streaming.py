@@ -63,14 +63,11 @@ def _shuffle_kw(buffer_rows: int, seed: int, epoch: int) -> dict[str, Any]:
     return {"local_shuffle_buffer_size": buffer_rows, "local_shuffle_seed": seed * 10_007 + epoch}
 
 
-def epoch_batches(shard: Any, batch_size: int, epoch: int, seed: int, skip: int, buffer_rows: int,
-                  collate: Callable[[dict], Any]) -> Iterator[Any]:
+def epoch_batches(shard: Any, batch_size: int, epoch: int, seed: int, skip: int, buffer_rows: int) -> Iterator[dict]:
     """Micro-batches of one epoch for this worker, after skipping `skip` already consumed ones."""
     it = shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True, prefetch_batches=2,
                             **_shuffle_kw(buffer_rows, seed, epoch))
-    for i, batch in enumerate(it):
-        if i >= skip:
-            yield collate(batch)
+    return itertools.islice(it, skip, None)
 
 
 def grouped_epoch_batches(shard: Any, batch_size: int, epoch: int, seed: int, skip: int, buffer_rows: int,
@@ -110,8 +107,7 @@ class TrainStream:
     def _open(self, skip: int) -> Iterator[Any]:
         local_skip = 0 if self.stride else skip  # stride: every batch of the global order, skipped below
         if self.group is False:
-            it = epoch_batches(self.shard, self.batch_size, self.epoch, self.seed, local_skip, self.buffer_rows,
-                               lambda b: b)
+            it = epoch_batches(self.shard, self.batch_size, self.epoch, self.seed, local_skip, self.buffer_rows)
         else:
             it = grouped_epoch_batches(self.shard, self.batch_size, self.epoch, self.seed, local_skip,
                                        self.buffer_rows, self.window_batches, varied_only=self.group is None)
