@@ -28,6 +28,15 @@ def load_manifest(prepared_dir: str) -> dict:
 
 
 
+def up_to_date(out: Path, inputs_fp: str, force: bool = False) -> dict | None:
+    """The manifest of `out` when it was prepared from exactly these inputs (same fingerprint), else None."""
+    mpath = out / "manifest.json"
+    if force or not mpath.is_file():
+        return None
+    manifest = json.loads(mpath.read_text())
+    return manifest if manifest.get("inputs_fingerprint") == inputs_fp else None
+
+
 def _sum_counts(counts: Any) -> dict[str, int]:
     total: dict[str, int] = {}
     for c in counts:

@@ -32,7 +32,7 @@ from raylm.datasets import _fs
 from raylm.datasets import tokenizers as toks
 from raylm.datasets.clean import DedupIndex, RejectsWriter, ShardedDedup, normalize, reject_reason, text_hashes
 from raylm.datasets.config import DataConfig
-from raylm.datasets.manifest import COUNTS, SCHEMA_VERSION, SPLITS, build_manifest, load_manifest
+from raylm.datasets.manifest import COUNTS, SCHEMA_VERSION, SPLITS, build_manifest, load_manifest, up_to_date
 from raylm.datasets.pack import pack_with_carry, sample_ids, splits_of
 from raylm.datasets.sources import BadRowError, Unit, check_row, plan_units, read_unit
 from raylm.datasets.tokenizer_training import ensure_tokenizer, sample_documents
@@ -320,9 +320,9 @@ def prepare(cfg: DataConfig, task: str = "causal-lm", force: bool = False) -> di
     inputs_fp = _fingerprint_inputs(cfg, task, tok_fp, files)
     out = Path(cfg.prepared_dir)
     mpath = out / "manifest.json"
-    if mpath.is_file() and not force and json.loads(mpath.read_text()).get("inputs_fingerprint") == inputs_fp:
+    if (done := up_to_date(out, inputs_fp, force)) is not None:
         log.info("prepare: %s is up to date", out)
-        return json.loads(mpath.read_text())
+        return done
     _start_fresh_if_changed(out, inputs_fp, force)
     t0 = time.time()
     units = plan_units(cfg, source, count=_count_on_ray)

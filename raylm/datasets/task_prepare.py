@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from raylm.datasets import _fs
 from raylm.datasets import tokenizers as toks
 from raylm.datasets.config import DataConfig
+from raylm.datasets.manifest import up_to_date
 from raylm.datasets.pack import sample_id, split_of
 from raylm.datasets.sources import BadRowError
 from raylm.errors import UserError
@@ -237,9 +238,9 @@ def prepare_task(cfg: DataConfig, task: str, force: bool = False) -> dict:
     fp = _fingerprint(cfg, task, tok_dir, listed)
     out = Path(cfg.prepared_dir)
     mpath = out / "manifest.json"
-    if mpath.is_file() and not force and json.loads(mpath.read_text()).get("inputs_fingerprint") == fp:
+    if (done := up_to_date(out, fp, force)) is not None:
         log.info("prepare: %s is up to date", out)
-        return json.loads(mpath.read_text())
+        return done
     for sub in (*SPLITS, "rejects"):
         shutil.rmtree(out / sub, ignore_errors=True)
     mpath.unlink(missing_ok=True)
