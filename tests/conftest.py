@@ -34,8 +34,10 @@ def ray_session():
     """A real local Ray cluster shared by every integration test (8 logical CPUs)."""
     import ray
 
+    from raylm.cluster._connect import init_ray
+
     if not ray.is_initialized():
-        ray.init(
+        init_ray(  # ray.init, retried if the node is slow to start on a loaded machine
             # A new cluster of this session's own, never one another process started with
             # `ray start` on the same machine (CI machines are shared).
             address="local",

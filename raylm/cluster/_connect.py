@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 from raylm.cluster.config import ClusterConfig
 
@@ -47,6 +48,51 @@ def init_kwargs(cfg: ClusterConfig, address: str | None = None) -> dict:
     return kw
 
 
+STARTUP_ATTEMPTS = 3
+
+
+def init_ray(**kw: Any) -> None:
+    """`ray.init`, retried when a new local node does not register in time.
+
+    Ray gives a starting raylet a fixed 30 s to register with the GCS ("The current node timed out
+    during startup"); on a loaded machine (a shared CI runner, a laptop compiling) that can pass
+    with nothing wrong. The half-started node's processes are stopped before the next attempt.
+    """
+    import ray
+
+    for attempt in range(1, STARTUP_ATTEMPTS + 1):
+        try:
+            ray.init(**kw)
+            return
+        except Exception as e:
+            if "timed out during startup" not in str(e) or "address" in kw or attempt == STARTUP_ATTEMPTS:
+                raise
+            log.warning("ray: the local node did not start within Ray's 30 s (a loaded machine?); "
+                        "retrying (%d of %d)", attempt + 1, STARTUP_ATTEMPTS)
+            _stop_started_ray_processes()
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+
+
+def _stop_started_ray_processes() -> None:
+    """The GCS, raylet, dashboard... this process started for a node that never came up."""
+    import psutil
+
+    kids = [p for p in psutil.Process().children(recursive=True)
+            if any(k in " ".join(_cmdline(p)) for k in ("ray", "gcs_server", "raylet", "plasma"))]
+    for p in kids:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(kids, timeout=10)
+
+
+def _cmdline(p: Any) -> list[str]:
+    try:
+        return p.cmdline()
+    except Exception:
+        return []
+
+
 @contextlib.contextmanager
 def connect(cfg: ClusterConfig, address: str | None = None) -> Iterator[None]:
     """Start or join Ray for the duration of a command; reuse one already initialised."""
@@ -60,7 +106,7 @@ def connect(cfg: ClusterConfig, address: str | None = None) -> Iterator[None]:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     kw = init_kwargs(cfg, address)
     log.info("ray: %s", f"joining {kw['address']}" if "address" in kw else f"embedded, {kw['num_cpus']} CPUs")
-    ray.init(**kw)
+    init_ray(**kw)
     _quiet_data()
     route_library_logs()  # ray.data set up its own console handler on import
     try:
