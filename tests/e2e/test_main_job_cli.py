@@ -35,8 +35,11 @@ def test_demo_job_end_to_end(tmp_path):
 
 def test_killed_train_resumes_from_last_checkpoint(tmp_path):
     """SIGKILL `raylm train` (driver and its embedded Ray) mid-run; the same command resumes."""
+    import contextlib
     import signal
     import time
+
+    import psutil
 
     sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
     from test_main_job import write_corpus
@@ -56,7 +59,16 @@ def test_killed_train_resumes_from_last_checkpoint(tmp_path):
     while time.time() < deadline and not (run_dir / "checkpoint_00000010").exists():
         assert proc.poll() is None, "training ended before it could be interrupted"
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
+    # The driver and every Ray process it started (raylet, GCS, training workers): Ray starts some
+    # of them in sessions of their own, so the process group alone would leave workers that go on
+    # writing checkpoints after the "crash" (seen on a loaded machine: a checkpoint 20 appeared
+    # after the kill at 10).
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    os.killpg(proc.pid, signal.SIGKILL)
+    for p in tree:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(tree, timeout=60)
     proc.wait()
     saved = max(int(p.name.split("_")[1]) for p in run_dir.glob("checkpoint_0*"))
     assert saved < 40
