@@ -258,3 +258,36 @@ def test_config_checks():
         validate({"data": {"seq2seq": {"source_suffix": "de"}}})
     assert Seq2Seq.check_config(validate({"model": {"arch": "gpt2"}, "trainer": {"task": "seq2seq"}}))
     assert not Seq2Seq.check_config(_cfg())
+
+
+def test_warm_start_from_an_encoder_builds_bert2bert(tmp_path):
+    """model.init_from an encoder (all-MiniLM-L6-v2 in the recipes; a tiny BERT here): an EncoderDecoderModel
+    with that encoder on both sides, [CLS] starting the decoder and the source, [SEP] ending both."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from raylm.datasets.task_prepare import train_wordpiece
+    from raylm.trainers import downstream_eval, seq2seq
+
+    enc_dir = str(tmp_path / "encoder")
+    train_wordpiece(iter([t for p in PAIRS for t in p] * 3), enc_dir, vocab_size=120, min_frequency=1)
+    BertModel(BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(enc_dir)
+    ids = special_ids(enc_dir)
+    tok = AutoTokenizer.from_pretrained(enc_dir)
+    assert (ids["bos_id"], ids["eos_id"], ids["pad_id"]) == (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
+    meta = {"vocab_size": 120, "pad_id": ids["pad_id"], "eos_id": ids["eos_id"], "bos_id": ids["bos_id"],
+            "max_length": 32, "seq2seq": {"eos_id": ids["eos_id"], "max_source_length": 32}}
+    model = Seq2Seq().build_model(_cfg(model={"init_from": enc_dir}), meta)
+    assert type(model).__name__ == "EncoderDecoderModel" and model.config.decoder.add_cross_attention
+    assert model.config.decoder_start_token_id == tok.cls_token_id
+    f = features(Tokenizer.from_file(f"{enc_dir}/tokenizer.json"),
+                 {"source_text": "ein hund", "target_text": "a dog"}, ids, 32, 16)
+    assert f["input_ids"][0] == tok.cls_token_id and f["input_ids"][-1] == f["labels"][-1] == tok.sep_token_id
+    loss = model(input_ids=torch.tensor([f["input_ids"]]), labels=torch.tensor([f["labels"]])).loss
+    assert math.isfinite(loss.item())
+    out_dir = str(tmp_path / "export")
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    assert downstream_eval.task_of(out_dir) == "seq2seq"
+    assert isinstance(seq2seq.generate_text(out_dir, "ein hund", num_beams=2, max_new_tokens=4), str)
