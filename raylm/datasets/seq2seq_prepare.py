@@ -51,6 +51,10 @@ def pair_files(listed: list[tuple[str, int]], cfg: DataConfig) -> tuple[list[str
     glob may list both); each source file needs its partner."""
     s = cfg.seq2seq
     if s.source_suffix is None:
+        not_jsonl = [u for u, _ in listed if not _is_jsonl(u)]
+        if not_jsonl:
+            raise UserError(f"{not_jsonl[0]}: seq2seq reads JSONL {{source|document, target|summary}} files",
+                            hint="for parallel text files set data.seq2seq.source_suffix and target_suffix")
         return [u for u, _ in listed], listed
     from raylm.datasets import _fs
 
@@ -78,10 +82,29 @@ def read_rows(path: str, cfg: DataConfig, on_error: str) -> Iterator[dict]:
     s = cfg.seq2seq
     if s.source_suffix is not None:
         return read_parallel(path, partner(path, s.source_suffix, s.target_suffix), on_error)
-    if not _COMPRESSED.sub("", path).endswith((".jsonl", ".json", ".ndjson")):
+    if not _is_jsonl(path):
         raise UserError(f"{path}: seq2seq reads JSONL {{source|document, target|summary}} files",
                         hint="for parallel text files set data.seq2seq.source_suffix and target_suffix")
     return read_seq2seq_jsonl(path, s.source_field, s.target_field, on_error)
+
+
+def _is_jsonl(path: str) -> bool:
+    return _COMPRESSED.sub("", path).endswith((".jsonl", ".json", ".ndjson"))
+
+
+def check_files(cfg: DataConfig) -> list[str]:
+    """Preflight (no Ray): every local source file pairs up (parallel text) or is JSONL."""
+    from raylm.cluster.storage import is_remote
+    from raylm.datasets import _fs
+
+    problems = []
+    for source in (cfg.source, cfg.validation_source):
+        if source and not is_remote(source):
+            try:
+                pair_files(_fs.list_files(source), cfg)
+            except UserError as err:
+                problems += err.problems
+    return problems
 
 
 def max_lengths(cfg: DataConfig) -> tuple[int, int]:

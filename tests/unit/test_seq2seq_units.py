@@ -291,3 +291,18 @@ def test_warm_start_from_an_encoder_builds_bert2bert(tmp_path):
     tok.save_pretrained(out_dir)
     assert downstream_eval.task_of(out_dir) == "seq2seq"
     assert isinstance(seq2seq.generate_text(out_dir, "ein hund", num_beams=2, max_new_tokens=4), str)
+
+
+def test_preflight_finds_a_missing_partner_and_non_jsonl_files(tmp_path):
+    from raylm.preflight import preflight
+
+    de = write(tmp_path / "train.de", "ein hund\n")
+    raw = {"data": {"source": de, "seq2seq": {"source_suffix": "de", "target_suffix": "en"}},
+           "model": {"arch": "bart"}, "trainer": {"task": "seq2seq"}}
+    with pytest.raises(UserError, match=r"train\.de: its parallel file .*train\.en does not exist"):
+        preflight(validate(raw), "prepare")
+    write(tmp_path / "train.en", "a dog\n")
+    preflight(validate(raw), "prepare")
+    raw["data"]["seq2seq"] = {}
+    with pytest.raises(UserError, match=r"train\.de: seq2seq reads JSONL"):
+        preflight(validate(raw), "train")
