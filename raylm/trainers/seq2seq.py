@@ -31,9 +31,11 @@ import torch
 
 from raylm.config import RootConfig
 from raylm.errors import UserError
-from raylm.trainers.downstream import IGNORE, gather, pad
 from raylm.trainers.tasks import Task, register
 
+# raylm.trainers.downstream (pad, gather) is imported where used: it imports the task registry, which
+# imports this module to register it, so a module-level import would be circular.
+IGNORE = -100
 ARCHS = ("bart", "t5", "marian")
 _METRICS = {"bleu": ("val_bleu", "max"), "rouge": ("val_rougeL", "max")}
 
@@ -140,6 +142,8 @@ class Seq2Seq(Task):
         return model
 
     def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
+        from raylm.trainers.downstream import pad
+
         ids = pad(batch["input_ids"], meta["pad_id"])
         labels = pad(batch["labels"], IGNORE)  # the target's padding is no target
         out = {"input_ids": ids, "attention_mask": pad([np.ones(len(r)) for r in batch["input_ids"]], 0),
@@ -173,6 +177,7 @@ class Seq2Seq(Task):
         """Loss over every batch; BLEU and ROUGE of beam search over the first generation.eval_batches."""
         from tokenizers import Tokenizer
 
+        from raylm.trainers.downstream import gather
         from raylm.trainers.state import unwrap
 
         model.eval()
@@ -255,6 +260,7 @@ def generate_texts(model: Any, tok: Any, sources: list[str], ids: dict, max_sour
 
     `decoding` overrides the model's generation_config (num_beams, length_penalty, max_new_tokens)."""
     from raylm.datasets.seq2seq_prepare import encode
+    from raylm.trainers.downstream import pad
 
     encoded = [encode(tok, s, max_source, ids["bos_id"], ids["eos_id"]) for s in sources]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding per batch
