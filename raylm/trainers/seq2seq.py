@@ -320,6 +320,8 @@ def evaluate_file(model_dir: str, input_path: str, batch_size: int = 16) -> dict
 
     model, tok, settings = load(model_dir)
     keep = ("source_suffix", "target_suffix", "source_field", "target_field")
+    if re.sub(r"\.(gz|zst|zstd)$", "", input_path).endswith((".jsonl", ".json", ".ndjson")):
+        keep = keep[2:]  # JSONL pairs, whatever the training files were
     cfg = DataConfig(on_error="skip", seq2seq={k: settings.get(k) for k in keep})
     read = list(read_rows(input_path, cfg, "skip"))
     rows = [r for r in read if not r["reject"]]
