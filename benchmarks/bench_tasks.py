@@ -277,7 +277,7 @@ def s2s_hf_side(kind: str, cfg, manifest: dict, train_path: str, out: str) -> di
         max_grad_norm=o.grad_clip, max_steps=t.max_steps, lr_scheduler_type="linear",
         warmup_steps=t.schedule.warmup_steps, save_strategy="no", eval_strategy="no", logging_steps=50, report_to=[],
         seed=SEED, use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False,
-        group_by_length=True, length_column_name="length")
+        train_sampling_strategy="group_by_length", length_column_name="length")  # as raylm groups by length
     for f in feats:
         f["length"] = len(f["input_ids"])
     trainer = Seq2SeqTrainer(model=model, args=targs, train_dataset=feats, data_collator=collate,
@@ -336,6 +336,11 @@ def markdown(res: dict) -> str:
         h, o, k = r["hf_trainer"], r["raylm"], r["metric"]
         lines.append(f"| {r['task']} | {k} | {h['scores'][k]:.4f} | {o['scores'][k]:.4f} | {r['delta_points']:+.2f} | "
                      f"{h['wall_s']:.0f} | {o['wall_s']:.0f} ({o['prepare_s'] or 0:.0f}) |")
+    s2s = [r for r in res["tasks"] if "budget_s" in r]
+    if s2s:  # equal wall budget: what each side did with it
+        lines += ["", "| seq2seq task | HF steps (train s) | raylm steps (train s) |", "| --- | --- | --- |"]
+        lines += [f"| {r['task']} | {r['hf_trainer']['steps']} ({r['hf_trainer']['train_s']:.0f}) | "
+                  f"{r['raylm']['steps']} ({r['raylm']['train_s'] or 0:.0f}) |" for r in s2s]
     return "\n".join(lines) + "\n"
 
 
