@@ -56,7 +56,9 @@ def model_config(cfg: RootConfig, meta: dict) -> Any:
     cls = MarianConfig if m.arch == "marian" else BartConfig
     return cls(d_model=m.n_embd, encoder_layers=m.n_layer, decoder_layers=m.n_layer, encoder_attention_heads=m.n_head,
                decoder_attention_heads=m.n_head, encoder_ffn_dim=4 * m.n_embd, decoder_ffn_dim=4 * m.n_embd,
-               max_position_embeddings=meta["max_length"], dropout=m.dropout, attention_dropout=m.dropout,
+               # positions for the longest source, target and generated output (decoder start included)
+               max_position_embeddings=max(meta["max_length"], cfg.trainer.generation.max_new_tokens + 1),
+               dropout=m.dropout, attention_dropout=m.dropout,
                forced_eos_token_id=None, scale_embedding=m.arch == "marian",
                **({"bos_token_id": ids["eos"]} if cls is BartConfig else {}), **common)
 
@@ -266,6 +268,11 @@ def generate_texts(model: Any, tok: Any, sources: list[str], ids: dict, max_sour
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding per batch
     out: list[str] = [""] * len(encoded)
     overrides = {k: v for k, v in decoding.items() if v is not None}
+    conf = getattr(model.config, "decoder", model.config)
+    limit = getattr(conf, "max_position_embeddings", None)  # learned positions: no output past them
+    asked = overrides.get("max_new_tokens", model.generation_config.max_new_tokens)
+    if limit and asked and asked >= limit:
+        overrides["max_new_tokens"] = limit - 1
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         rows = [encoded[i] for i in chunk]
