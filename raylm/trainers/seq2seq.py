@@ -91,6 +91,9 @@ def warm_started(init_from: str, meta: dict) -> Any:
     ids = special_ids(meta, "encoder-decoder")
     for c in (model.config, model.config.decoder):
         c.pad_token_id, c.eos_token_id, c.decoder_start_token_id = ids["pad"], ids["eos"], ids["start"]
+    # The encoder's pooler runs but feeds no loss: frozen, or DDP waits for its gradients forever.
+    for p in getattr(getattr(model.encoder, "pooler", None), "parameters", list)():
+        p.requires_grad_(False)
     return model
 
 

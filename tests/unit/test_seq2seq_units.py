@@ -285,6 +285,7 @@ def test_warm_start_from_an_encoder_builds_bert2bert(tmp_path):
     model = Seq2Seq().build_model(_cfg(model={"init_from": enc_dir}), meta)
     assert type(model).__name__ == "EncoderDecoderModel" and model.config.decoder.add_cross_attention
     assert model.config.decoder_start_token_id == tok.cls_token_id
+    assert not any(p.requires_grad for p in model.encoder.pooler.parameters())  # no loss reaches it (DDP)
     f = features(Tokenizer.from_file(f"{enc_dir}/tokenizer.json"),
                  {"source_text": "ein hund", "target_text": "a dog"}, ids, 32, 16)
     assert f["input_ids"][0] == tok.cls_token_id and f["input_ids"][-1] == f["labels"][-1] == tok.sep_token_id
