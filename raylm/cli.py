@@ -70,6 +70,10 @@ def tokenizer_train(config: str, overrides: list[str] = OVERRIDES, address: str 
 
     cfg = _load(config, overrides, command="tokenizer")
     setup_logging(verbose, _run_log(cfg))
+    if cfg.trainer.task == "seq2seq":  # a joint tokenizer over both sides of the pairs (no Ray needed)
+        from raylm.datasets.seq2seq_prepare import ensure_tokenizer as seq2seq_tokenizer
+
+        return typer.echo(f"tokenizer: {seq2seq_tokenizer(cfg.data)}")
     with connect(cfg.cluster, address):
         typer.echo(f"tokenizer: {ensure_tokenizer(cfg.data, cfg.trainer.task, resolve_source(cfg.data))}")
 
@@ -131,7 +135,7 @@ def export_cmd(run_dir: str,
 def eval_cmd(model_dir: str, config: str = typer.Option(None, "--config", help="Config whose prepared data to use."),
              prepared: str = typer.Option(None, "--prepared", help="Prepared data directory (overrides --config)."),
              split: str = "validation", max_batches: int = typer.Option(None, help="Evaluate at most N batches."),
-             input_file: str = typer.Option(None, "--input", help="NER/QA: score this raw labelled file instead "
+             input_file: str = typer.Option(None, "--input", help="NER/QA/seq2seq: score this raw labelled file instead "
                                             "(featurized on the fly with the model's tokenizer).")) -> None:
     """Perplexity (language models) or accuracy/F1 (classifiers) of an HF directory on a prepared split."""
     from raylm.datasets.prepare import load_manifest
@@ -146,7 +150,7 @@ def eval_cmd(model_dir: str, config: str = typer.Option(None, "--config", help="
     if not prepared_dir:
         raise UserError("eval needs prepared data: pass --config CONFIG or --prepared DIR")
     manifest = load_manifest(prepared_dir)
-    if manifest.get("task") in ("token-classification", "question-answering"):
+    if manifest.get("task") in ("token-classification", "question-answering", "seq2seq"):
         raise UserError(f"{manifest['task']} models are scored on a raw labelled file",
                         hint=f"raylm eval {model_dir} --input FILE (e.g. the config's data.validation_source)")
     if manifest.get("task") == "sequence-classification":
@@ -159,12 +163,20 @@ def eval_cmd(model_dir: str, config: str = typer.Option(None, "--config", help="
 
 @app.command("generate")
 @user_errors
-def generate_cmd(model_dir: str, prompt: str = typer.Option("", help="Text to continue."),
-                 max_new_tokens: int = 60, temperature: float = 0.8, seed: int = 0) -> None:
-    """Sample text from an exported causal LM."""
+def generate_cmd(model_dir: str, prompt: str = typer.Option("", help="Text to continue (seq2seq: to translate or summarize)."),
+                 max_new_tokens: int = typer.Option(None, help="Longest output (default: 60; seq2seq: the model's)."),
+                 temperature: float = 0.8, seed: int = 0,
+                 num_beams: int = typer.Option(None, help="seq2seq: beams (default: the model's generation_config)."),
+                 length_penalty: float = typer.Option(None, help="seq2seq: beam length penalty (default: the model's).")) -> None:
+    """Sample text from an exported causal LM, or translate/summarize with a seq2seq model (beam search)."""
     from raylm.trainers.evaluation import generate
 
-    typer.echo(generate(model_dir, prompt, max_new_tokens, temperature, seed=seed))
+    if os.path.isfile(os.path.join(model_dir, "config.json")):
+        from raylm.trainers.seq2seq import generate_text, is_encoder_decoder
+
+        if is_encoder_decoder(model_dir):
+            return typer.echo(generate_text(model_dir, prompt, num_beams, length_penalty, max_new_tokens))
+    typer.echo(generate(model_dir, prompt, max_new_tokens or 60, temperature, seed=seed))
 
 
 @app.command("report")

@@ -46,9 +46,9 @@ class RootConfig(BaseModel):
         if self.tuning is not None and "metric" not in self.tuning.model_fields_set:
             from raylm.trainers.tasks import get_task
 
-            task = get_task(self.trainer.task)
-            self.tuning.metric = task.metric
-            self.tuning.mode = self.tuning.mode if "mode" in self.tuning.model_fields_set else task.mode
+            metric, mode = get_task(self.trainer.task).metric_of(self)
+            self.tuning.metric = metric
+            self.tuning.mode = self.tuning.mode if "mode" in self.tuning.model_fields_set else mode
         return self
 
 

@@ -49,14 +49,24 @@ def _model(cfg: RootConfig) -> list[str]:
     return []
 
 
-CHECKS: dict[str, Callable[[RootConfig], list[str]]] = {"corpus": _corpus, "tokenizer": _tokenizer, "model": _model}
+def _pairs(cfg: RootConfig) -> list[str]:
+    """seq2seq: each source file has its parallel partner (or is JSONL)."""
+    if cfg.trainer.task != "seq2seq" or _corpus(cfg):
+        return []
+    from raylm.datasets.seq2seq_prepare import check_files
+
+    return check_files(cfg.data)
+
+
+CHECKS: dict[str, Callable[[RootConfig], list[str]]] = {"corpus": _corpus, "tokenizer": _tokenizer, "model": _model,
+                                                        "pairs": _pairs}
 # What each command reads. prepare and tokenizer never build the model.
 USES: dict[str, tuple[str, ...]] = {
-    "prepare": ("corpus", "tokenizer"),
-    "tokenizer": ("corpus", "tokenizer"),
-    "train": ("corpus", "tokenizer", "model"),
-    "run": ("corpus", "tokenizer", "model"),
-    "tune": ("corpus", "tokenizer", "model"),
+    "prepare": ("corpus", "tokenizer", "pairs"),
+    "tokenizer": ("corpus", "tokenizer", "pairs"),
+    "train": ("corpus", "tokenizer", "model", "pairs"),
+    "run": ("corpus", "tokenizer", "model", "pairs"),
+    "tune": ("corpus", "tokenizer", "model", "pairs"),
 }
 
 

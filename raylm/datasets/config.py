@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from raylm.datasets.task_config import NERDataConfig, QADataConfig
+from raylm.datasets.task_config import NERDataConfig, QADataConfig, Seq2SeqDataConfig
 
 
 class TokenizerConfig(BaseModel):
@@ -84,6 +84,8 @@ class DataConfig(BaseModel):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description=TokenizerConfig.__doc__)
     ner: NERDataConfig = Field(default_factory=NERDataConfig, description="token-classification input files.")
     qa: QADataConfig = Field(default_factory=QADataConfig, description="question-answering input files.")
+    seq2seq: Seq2SeqDataConfig = Field(default_factory=Seq2SeqDataConfig,
+                                       description="seq2seq (translation, summarization) input files.")
     block_size: int = Field(64, ge=8, description="Tokens per packed training block.")
     max_length: int = Field(128, ge=8, description="Classification: truncate to this many tokens.")
     validation_fraction: float = Field(

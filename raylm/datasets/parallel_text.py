@@ -4,7 +4,9 @@
 Rows are `{source_text, target_text, source, row_id, reject}` (`source` is the file, as in every
 corpus row). Parallel files whose line counts differ are refused as a whole before any row:
 misaligned from some line on, every later pair would be wrong, and cutting to the shorter file
-would hide it. An empty side is a reject (`empty_source`, `empty_target`) at its line.
+would hide it (`line_count_mismatch` for every line, or `file:line` under on_error=fail). An empty
+side is a reject (`empty_source`, `empty_target`) at its line; a JSONL record without its fields is
+`missing_field`, a line that is not JSON `malformed_json`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 from collections.abc import Iterator
 
 from raylm.datasets._task_io import base_row, check_on_error, count_lines, numbered_lines, reject
+from raylm.datasets.sources import BadRowError
 from raylm.errors import UserError
 
 __all__ = ["SOURCE_FIELDS", "TARGET_FIELDS", "read_parallel", "read_seq2seq", "read_seq2seq_jsonl"]
@@ -23,12 +26,22 @@ TARGET_FIELDS = ("target", "summary")
 
 
 def read_parallel(source_path: str, target_path: str, on_error: str = "fail") -> Iterator[dict]:
-    """Pairs of line N of `source_path` and line N of `target_path`; row_id is `source_path:N`."""
+    """Pairs of line N of `source_path` and line N of `target_path`; row_id is `source_path:N`.
+
+    Files of different line counts: under on_error="fail" a BadRowError at the first line one file
+    lacks; under "skip" every line of the source file is a `line_count_mismatch` reject (the ledger
+    still accounts for each row read, and no pair of the misaligned files is trained on).
+    """
     check_on_error(on_error)
     n_src, n_tgt = count_lines(source_path), count_lines(target_path)
     if n_src != n_tgt:
-        raise UserError(f"parallel files differ in length: {source_path} has {n_src} lines, {target_path} has {n_tgt}",
-                        hint="the files must be line-aligned (line N of one translates line N of the other)")
+        what = (f"parallel files differ in length: {source_path} has {n_src} lines, {target_path} has {n_tgt} "
+                "(line-aligned files needed; none of the pair is used)")
+        if on_error == "fail":
+            raise BadRowError(f"{source_path}:{min(n_src, n_tgt) + 1}: {what}")
+        for no, src in numbered_lines(source_path):
+            yield _pair_reject(base_row(source_path, no) | {"source_text": src}, "line_count_mismatch", what, on_error)
+        return
     for (no, src), (_, tgt) in zip(numbered_lines(source_path), numbered_lines(target_path)):
         yield _pair(base_row(source_path, no), src, tgt, on_error,
                     ("empty source line", f"empty target line ({target_path}:{no})"))
@@ -51,8 +64,9 @@ def read_seq2seq_jsonl(path: str, source_field: str | None = None, target_field:
         tgt_key = target_field or _first_key(obj, TARGET_FIELDS)
         src, tgt = (obj.get(src_key), obj.get(tgt_key)) if isinstance(obj, dict) else (None, None)
         if not isinstance(src, str) or not isinstance(tgt, str):
-            what = f"fields '{src_key}' and '{tgt_key}' must be strings"
-            yield _pair_reject(row, "missing_field", what, on_error)
+            names = [(source_field and [source_field]) or SOURCE_FIELDS, (target_field and [target_field]) or TARGET_FIELDS]
+            missing = [" or ".join(map(repr, n)) for n, v in zip(names, (src, tgt)) if not isinstance(v, str)]
+            yield _pair_reject(row, "missing_field", f"no text field {' nor '.join(missing)} (a string)", on_error)
             continue
         yield _pair(row, src, tgt, on_error, (f"empty source '{src_key}'", f"empty target '{tgt_key}'"))
 
@@ -75,9 +89,10 @@ def _pair(row: dict, src: str, tgt: str, on_error: str, details: tuple[str, str]
     if not src.strip():
         return _pair_reject(row, "empty_source", details[0], on_error)
     if not tgt.strip():
-        return _pair_reject(row, "empty_target", details[1], on_error)
+        return _pair_reject(row | {"source_text": src}, "empty_target", details[1], on_error)
     return row | {"source_text": src, "target_text": tgt}
 
 
 def _pair_reject(row: dict, reason: str, detail: str, on_error: str) -> dict:
-    return reject(row | {"source_text": "", "target_text": ""}, reason, detail, on_error)
+    # The ledger shows the source text of a rejected pair when there is one.
+    return reject({"source_text": "", "target_text": ""} | row, reason, detail, on_error)

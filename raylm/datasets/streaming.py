@@ -46,7 +46,7 @@ def open_split(prepared_dir: str, split: str, manifest: dict):
 
 # Tasks whose examples vary in length: their batches are length-grouped under group_by_length="auto".
 # Token-level tasks (NER, extractive QA) belong here when they land; packed LM blocks do not.
-GROUPED_TASKS = frozenset({"sequence-classification"})
+GROUPED_TASKS = frozenset({"sequence-classification", "seq2seq"})
 
 
 def grouping_mode(group_by_length: bool | Literal["auto"], task: str | None) -> bool | None:

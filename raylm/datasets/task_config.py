@@ -1,4 +1,4 @@
-"""The `data.ner` and `data.qa` config sections: what the downstream-task readers need to know about
+"""The `data.ner`, `data.qa` and `data.seq2seq` config sections: what the downstream-task readers need to know about
 the input files (`raylm.datasets.task_prepare`). The shared knobs stay in `data`: `source` and
 `validation_source` (files), `max_length` (sub-tokens a feature holds, special tokens included),
 `labels` (tag names in id order; unset: read from the data), `on_error`, `shard_rows`,
@@ -7,7 +7,9 @@ the input files (`raylm.datasets.task_prepare`). The shared knobs stay in `data`
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class NERDataConfig(BaseModel):
@@ -42,3 +44,46 @@ class QADataConfig(BaseModel):
     max_question_tokens: int = Field(64, ge=1, description="Question sub-tokens kept (the rest is cut).")
     max_answer_tokens: int = Field(30, ge=1, description="Longest answer span considered at prediction.")
     n_best: int = Field(20, ge=1, description="Start and end candidates per window at prediction.")
+
+
+class Seq2SeqDataConfig(BaseModel):
+    """seq2seq (translation, summarization): line-aligned parallel text files (`train.de` + `train.en`)
+    or JSONL `{source|document, target|summary}` (.gz too). With `source_suffix` set, `data.source` names
+    the source-side files (a file, glob or directory) and each one's target is the same path with the
+    suffix swapped (`train.de` -> `train.en`); files ending in the target suffix are those partners."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source_suffix: str | None = Field(
+        None, description="Parallel text: the source language's file suffix (e.g. 'de' for train.de). "
+        "Unset: the files are JSONL.",
+    )
+    target_suffix: str | None = Field(
+        None, description="Parallel text: the target language's file suffix (e.g. 'en' for train.en).",
+    )
+    source_field: str | None = Field(
+        None, description="JSONL: the key holding the source text. Unset: 'source', else 'document'.",
+    )
+    target_field: str | None = Field(
+        None, description="JSONL: the key holding the target text. Unset: 'target', else 'summary'.",
+    )
+    max_source_length: int | None = Field(
+        None, ge=4, description="Source sub-tokens kept, EOS included (longer sources are cut, as the HF "
+        "example scripts do). Unset: data.max_length.",
+    )
+    max_target_length: int = Field(
+        128, ge=4, description="Target sub-tokens kept, EOS included (longer targets are cut).",
+    )
+    metric: Literal["bleu", "rouge"] = Field(
+        "bleu", description="The task's metric (the default of trainer.eval.best_metric and of sweeps): "
+        "bleu = sacreBLEU, val_bleu (translation); rouge = ROUGE-L F, val_rougeL (summarization). "
+        "Validation reports both.",
+    )
+
+    @model_validator(mode="after")
+    def _suffixes_in_pairs(self) -> "Seq2SeqDataConfig":
+        if (self.source_suffix is None) != (self.target_suffix is None):
+            raise ValueError("set both data.seq2seq.source_suffix and target_suffix (parallel text), or neither (JSONL)")
+        if self.source_suffix is not None and self.source_suffix == self.target_suffix:
+            raise ValueError(f"data.seq2seq.source_suffix and target_suffix are both '{self.source_suffix}'")
+        return self

@@ -44,7 +44,7 @@ from raylm.errors import UserError
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 SPLITS = ("train", "validation")
-TASKS = ("token-classification", "question-answering")
+TASKS = ("token-classification", "question-answering", "seq2seq")
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 _BASE = [("source", pa.string()), ("row_id", pa.string()), ("reject", pa.string()), ("split", pa.string())]
@@ -54,6 +54,7 @@ ROW_SCHEMA = {
         ("id", pa.string()), ("question", pa.string()), ("context", pa.string()),
         ("answers", pa.struct([("text", pa.list_(pa.string())), ("answer_start", pa.list_(pa.int64()))])),
         ("is_impossible", pa.bool_())]),
+    "seq2seq": pa.schema(_BASE + [("source_text", pa.string()), ("target_text", pa.string())]),
 }
 _IDS = pa.list_(pa.int32())
 FEATURE_SCHEMA = {
@@ -63,6 +64,9 @@ FEATURE_SCHEMA = {
         ("sample_id", pa.int64()), ("input_ids", _IDS), ("token_type_ids", _IDS), ("start_positions", pa.int32()),
         ("end_positions", pa.int32()), ("offset_start", _IDS), ("offset_end", _IDS), ("example_id", pa.string()),
         ("context", pa.string()), ("answers", pa.list_(pa.string())), ("split", pa.string())]),
+    # target_text: the raw reference, kept in validation shards only (BLEU/ROUGE score text as written).
+    "seq2seq": pa.schema([("sample_id", pa.int64()), ("input_ids", _IDS), ("labels", _IDS), ("row_id", pa.string()),
+                          ("target_text", pa.string()), ("split", pa.string())]),
 }
 
 
@@ -72,6 +76,10 @@ FEATURE_SCHEMA = {
 def read_rows(path: str, task: str, cfg: DataConfig, on_error: str | None = None) -> Iterator[dict]:
     """Rows of one labelled file (`file:line` row ids), read by the task's reader."""
     on_error = on_error or cfg.on_error
+    if task == "seq2seq":
+        from raylm.datasets import seq2seq_prepare
+
+        return seq2seq_prepare.read_rows(path, cfg, on_error)
     if task == "token-classification":
         from raylm.datasets.conll import read_conll, read_token_jsonl
 
@@ -87,6 +95,8 @@ def row_text(row: dict) -> str:
     """The text of a row: what decides its split, trains a tokenizer and goes into the ledger."""
     if "tokens" in row:
         return " ".join(row["tokens"])
+    if "source_text" in row:  # seq2seq: the source decides the split (one sentence, one side of the split)
+        return row["source_text"] or ""
     # Questions about one paragraph share a split (no context seen in training is scored).
     return row.get("context") or ""
 
@@ -139,6 +149,10 @@ class Featurizer:
 
         self.task, self.cfg, self.label2id = task, cfg, label2id
         self.tok = plain_tokenizer(Tokenizer.from_file(os.path.join(tokenizer_dir, "tokenizer.json")))
+        if task == "seq2seq":
+            from raylm.datasets import seq2seq_prepare
+
+            self.special = seq2seq_prepare.special_ids(tokenizer_dir)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = []
@@ -151,10 +165,14 @@ class Featurizer:
                 raise UserError(f"{row['row_id']}: {err}", hint="raise data.max_length or lower data.qa.doc_stride") from None
             for w, f in enumerate(feats):
                 out.append({"sample_id": sample_id(row["row_id"], w), "split": row["split"],
-                            **({"row_id": row["row_id"]} if self.task == "token-classification" else {}), **f})
+                            **({"row_id": row["row_id"]} if self.task != "question-answering" else {}), **f})
         return pa.Table.from_pylist(out, schema=FEATURE_SCHEMA[self.task])
 
     def features(self, row: dict) -> list[dict]:
+        if self.task == "seq2seq":
+            from raylm.datasets import seq2seq_prepare
+
+            return [seq2seq_prepare.features(self.tok, row, self.special, *seq2seq_prepare.max_lengths(self.cfg))]
         if self.task == "token-classification":
             return ner_features(self.tok, row, self.label2id, self.cfg.max_length, self.cfg.ner.stride)
         return qa_features(self.tok, row, self.cfg)
@@ -207,12 +225,20 @@ def task_tokenizer(cfg: DataConfig, task: str, files: list[str]) -> str:
         if first is None:
             raise UserError(f"no readable row in {cfg.source} to train a tokenizer on", hint="check data.source")
         os.makedirs(os.path.dirname(os.path.abspath(tok_dir)), exist_ok=True)
-        train_wordpiece(itertools.chain([first], texts), tok_dir, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+        train = train_wordpiece
+        if task == "seq2seq":  # a joint byte-level BPE: cased and lossless, outputs are scored as written
+            from raylm.datasets.seq2seq_prepare import train_tokenizer as train
+        train(itertools.chain([first], texts), tok_dir, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
     return tok_dir
 
 
 def _sample_texts(task: str, cfg: DataConfig, files: list[str]) -> Iterator[str]:
     rows = (r for f in files for r in _fail_as_user_error(read_rows(f, task, cfg)) if not r["reject"])
+    if task == "seq2seq":
+        from raylm.datasets.seq2seq_prepare import sample_texts
+
+        yield from sample_texts(rows, cfg.tokenizer.sample_docs)
+        return
     for r in itertools.islice(rows, cfg.tokenizer.sample_docs):
         yield row_text(r) if task == "token-classification" else f"{r['question']} {r['context']}"
 
@@ -234,6 +260,11 @@ def prepare_task(cfg: DataConfig, task: str, force: bool = False) -> dict:
     listed = {"train": _fs.list_files(cfg.source),
               "validation": _fs.list_files(cfg.validation_source) if cfg.validation_source else []}
     files = {s: [u for u, _ in fs] for s, fs in listed.items()}
+    if task == "seq2seq":  # parallel text: one read per source file, its partner in the fingerprint
+        from raylm.datasets.seq2seq_prepare import pair_files
+
+        for s in SPLITS:
+            files[s], listed[s] = pair_files(listed[s], cfg) if listed[s] else ([], [])
     tok_dir = task_tokenizer(cfg, task, files["train"])
     fp = _fingerprint(cfg, task, tok_dir, listed)
     out = Path(cfg.prepared_dir)
@@ -349,12 +380,23 @@ def _write_rejects(rows: Any, rdir: Path, stats: list[dict]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def _seq2seq_manifest(cfg: DataConfig, tok_dir: str) -> dict:
+    """Lengths and the ids around the text; the data settings travel with the exported model."""
+    from raylm.datasets.seq2seq_prepare import max_lengths, special_ids
+
+    src, tgt = max_lengths(cfg)
+    ids = special_ids(tok_dir)
+    return {"max_length": max(src, tgt), "block_size": max(src, tgt), "bos_id": ids["bos_id"],
+            "seq2seq": cfg.seq2seq.model_dump() | {"max_source_length": src, "eos_id": ids["eos_id"]}}
+
+
 _LEDGER = pa.schema([("row_id", pa.string()), ("source", pa.string()), ("reason", pa.string()), ("text", pa.string())])
 
 
 def _write_split(feats: Any, split: str, out: Path, shard_rows: int) -> dict:
     # Only validation needs what decoding an answer takes (contexts, gold answers): training skips them.
-    drop = ["split"] + (["context", "answers"] if split == "train" and "context" in feats.schema().names else [])
+    names = feats.schema().names
+    drop = ["split"] + ([c for c in ("context", "answers", "target_text") if c in names] if split == "train" else [])
     part = feats.map_batches(lambda t: t.filter(pc.equal(t["split"], split)).drop_columns(drop),
                              batch_format="pyarrow")
     part.write_parquet(str(out / split), min_rows_per_file=shard_rows, max_rows_per_file=shard_rows)
@@ -406,6 +448,7 @@ def _manifest(cfg: DataConfig, task: str, tok_dir: str, fp: str, labels: list[st
         "max_length": cfg.max_length, "block_size": cfg.max_length, "shard_rows": cfg.shard_rows,
         "labels": labels, "num_labels": len(labels) if labels else None,
         "qa": cfg.qa.model_dump() if task == "question-answering" else None,
+        **(_seq2seq_manifest(cfg, tok_dir) if task == "seq2seq" else {}),
         # The ledger: every row read is kept (has features in a shard) or rejected under a reason.
         "rows_in": rows_in, "rows_kept": kept, "rows_rejected": sum(rejected.values()),
         "ledger_balanced": rows_in == kept + sum(rejected.values()), "rejected": rejected, "units": 0, "splits": splits,

@@ -12,8 +12,9 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    arch: Literal["gpt2", "llama", "bert", "roberta"] = Field(
-        "gpt2", description="Architecture built from a config when `init_from` is unset."
+    arch: Literal["gpt2", "llama", "bert", "roberta", "bart", "t5", "marian"] = Field(
+        "gpt2", description="Architecture built from a config when `init_from` is unset (bart, t5, marian: "
+        "encoder-decoders for trainer.task=seq2seq, n_layer layers each side).",
     )
     init_from: str | None = Field(
         None, description="A local HF model directory (or raylm checkpoint) to start from."
@@ -158,6 +159,24 @@ class EvalSection(BaseModel):
     best_mode: Literal["auto", "min", "max"] = Field("auto", description="auto: the task's direction.")
 
 
+class GenerationSection(BaseModel):
+    """seq2seq decoding (beam search): validation's BLEU/ROUGE, and the defaults the exported model
+    carries in its generation_config.json for `raylm predict`, `raylm eval --input` and `raylm generate`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_beams: int = Field(4, ge=1, description="Beams of the beam search (1: greedy).")
+    length_penalty: float = Field(
+        1.0, description="Exponent of the length normalisation of beam scores (score / length**penalty): "
+        "above 1 favours longer outputs, below 1 shorter ones.",
+    )
+    max_new_tokens: int = Field(64, ge=1, description="Longest output, in sub-tokens.")
+    eval_batches: int = Field(
+        4, ge=0, description="Validation batches per worker that are decoded for BLEU/ROUGE at each evaluation "
+        "(the loss covers all trainer.eval.batches): decoding costs far more than the loss.",
+    )
+
+
 class CheckpointSection(BaseModel):
     """Checkpoint cadence and retention (ray.train.CheckpointConfig)."""
 
@@ -206,9 +225,10 @@ class TrainerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task: Literal["causal-lm", "masked-lm", "sequence-classification", "token-classification",
-                  "question-answering"] = Field(
+                  "question-answering", "seq2seq"] = Field(
         "causal-lm", description="What is trained: the model head, loss, collate and metrics (raylm.trainers.tasks); "
-        "token-classification (NER, data.ner) and question-answering (extractive, data.qa): raylm.trainers.downstream.",
+        "token-classification (NER, data.ner) and question-answering (extractive, data.qa): raylm.trainers.downstream; "
+        "seq2seq (translation, summarization; data.seq2seq, trainer.generation): raylm.trainers.seq2seq.",
     )
     run_name: str = Field(
         "demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
@@ -256,6 +276,7 @@ class TrainerConfig(BaseModel):
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection, description=CheckpointSection.__doc__)
     fsdp: FsdpConfig = Field(default_factory=FsdpConfig, description="FSDP2 options (scaling.strategy: fsdp).")
     export: ExportSection = Field(default_factory=ExportSection, description=ExportSection.__doc__)
+    generation: GenerationSection = Field(default_factory=GenerationSection, description=GenerationSection.__doc__)
 
     @model_validator(mode="after")
     def _check(self) -> "TrainerConfig":

@@ -6,11 +6,13 @@ import typer
 
 
 def predict_cmd(model_dir: str,
-                input_file: str = typer.Option(..., "--input", help="Sentences (CoNLL, JSONL {tokens}|{text}) "
-                                               "or questions (SQuAD JSON, JSONL {id, question, context})."),
+                input_file: str = typer.Option(..., "--input", help="Sentences (CoNLL, JSONL {tokens}|{text}), "
+                                               "questions (SQuAD JSON, JSONL {id, question, context}) or seq2seq "
+                                               "sources (JSONL {source|document}, or plain text, one a line)."),
                 output: str = typer.Option(..., "--output", help="Where to write the predictions (JSONL)."),
-                batch_size: int = typer.Option(32, help="Feature windows per forward pass.")) -> None:
-    """Tags per token (NER) or answer text + character span (QA) from an exported model, one JSON line each."""
+                batch_size: int = typer.Option(32, help="Feature windows (seq2seq: sources) per forward pass.")) -> None:
+    """Tags per token (NER), answer text + character span (QA) or the translation/summary (seq2seq) from an
+    exported model, one JSON line each."""
     from raylm.trainers.downstream_eval import predict_file
 
     res = predict_file(model_dir, input_file, output, batch_size)

@@ -23,7 +23,9 @@ import torch
 
 from raylm.errors import UserError
 
-ARCH_TASKS = {"ForTokenClassification": "token-classification", "ForQuestionAnswering": "question-answering"}
+ARCH_TASKS = {"ForTokenClassification": "token-classification", "ForQuestionAnswering": "question-answering",
+              # seq2seq: BART/T5 (...ForConditionalGeneration), Marian (MarianMTModel), a warm-started BERT2BERT
+              "ForConditionalGeneration": "seq2seq", "MTModel": "seq2seq", "EncoderDecoderModel": "seq2seq"}
 
 
 def task_of(model_dir: str) -> str:
@@ -39,7 +41,7 @@ def task_of(model_dir: str) -> str:
             if arch.endswith(suffix):
                 return task
     raise UserError(f"{model_dir}: a {archs or 'model without architectures'} has no per-file predict/eval",
-                    hint="predict and eval --input take token-classification and question-answering models")
+                    hint="predict and eval --input take token-classification, question-answering and seq2seq models")
 
 
 def load(model_dir: str) -> tuple[str, Any, Any]:
@@ -196,6 +198,10 @@ def answer_questions(model: Any, tok: Any, rows: list[dict], batch_size: int = 3
 
 def predict_file(model_dir: str, input_path: str, output_path: str, batch_size: int = 32) -> dict:
     """Write one JSON line per sentence (`{id, tokens, tags}`) or question (`{id, answer, start, end}`)."""
+    if task_of(model_dir) == "seq2seq":  # `{id, source, prediction}`: raylm.trainers.seq2seq
+        from raylm.trainers import seq2seq
+
+        return seq2seq.predict_file(model_dir, input_path, output_path, batch_size)
     task, model, tok = load(model_dir)
     rows = [r for r in _unlabelled_rows(input_path, task) if not r["reject"]]
     if not rows:
@@ -213,6 +219,10 @@ def evaluate_file(model_dir: str, input_path: str, batch_size: int = 32) -> dict
     """Score a raw labelled file: entity P/R/F1 per sentence (NER) or SQuAD EM/F1 per question (QA)."""
     from raylm.trainers.task_metrics import entity_scores, squad_scores
 
+    if task_of(model_dir) == "seq2seq":  # BLEU and ROUGE of beam search: raylm.trainers.seq2seq
+        from raylm.trainers import seq2seq
+
+        return seq2seq.evaluate_file(model_dir, input_path, batch_size)
     task, model, tok = load(model_dir)
     read = list(_labelled_rows(input_path, task, _max_length(model, None)))
     rows = [r for r in read if not r["reject"]]

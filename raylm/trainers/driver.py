@@ -48,6 +48,7 @@ def model_meta(cfg: RootConfig, manifest: dict) -> dict:
         if meta["cls_id"] is None and manifest.get("tokenizer_dir"):
             meta.update(_special_ids(manifest["tokenizer_dir"]))
     meta |= {k: manifest.get(k) for k in getattr(_task(cfg), "meta_keys", ())}  # e.g. NER's tag names
+    meta |= getattr(_task(cfg), "extra_meta", lambda *_: {})(cfg, manifest)  # e.g. seq2seq's tokenizer
     if meta["pad_id"] is None:
         meta["pad_id"] = meta["eos_id"]
     return meta
@@ -86,15 +87,16 @@ def best_checkpoint_rule(cfg: RootConfig) -> tuple[str, str]:
     """(metric, "min"|"max") that ranks checkpoints: the config's, else the task's."""
     from raylm.trainers.tasks import get_task
 
-    task = get_task(cfg.trainer.task)
-    metric = cfg.trainer.eval.best_metric or task.metric
+    task_metric, task_mode = get_task(cfg.trainer.task).metric_of(cfg)
+    metric = cfg.trainer.eval.best_metric or task_metric
     mode = cfg.trainer.eval.best_mode
     if mode == "auto":
-        mode = task.mode if metric == task.metric else ("max" if metric in _HIGHER_IS_BETTER else "min")
+        mode = task_mode if metric == task_metric else ("max" if metric in _HIGHER_IS_BETTER else "min")
     return metric, mode
 
 
-_HIGHER_IS_BETTER = {"val_accuracy", "val_f1", "val_exact_match", "val_precision", "val_recall"}
+_HIGHER_IS_BETTER = {"val_accuracy", "val_f1", "val_exact_match", "val_precision", "val_recall",
+                     "val_bleu", "val_rouge1", "val_rouge2", "val_rougeL"}
 
 
 def check_compatible(cfg: RootConfig, manifest: dict) -> None:

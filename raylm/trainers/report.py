@@ -43,7 +43,8 @@ def summary_table(rows: list[dict]) -> str:
     last = {}
     for r in rows:
         last.update({k: v for k, v in r.items() if isinstance(v, (int, float)) and v is not None})
-    keys = [k for k in ("step", "train_loss", "val_loss", "val_ppl", "val_accuracy", "val_f1", "tokens_per_s",
+    keys = [k for k in ("step", "train_loss", "val_loss", "val_ppl", "val_accuracy", "val_f1", "val_bleu", "val_rougeL",
+                        "tokens_per_s",
                         "mfu", "tokens_seen", "peak_mem_mb") if k in last]
     lines = ["| metric | value |", "| --- | --- |"]
     lines += [f"| {k} | {last[k]:.4g} |" if isinstance(last[k], float) else f"| {k} | {last[k]} |" for k in keys]

@@ -46,6 +46,10 @@ class Task:
         """Mean loss and class predictions (None for language models), both left on the device."""
         return self.loss(model, inputs), None
 
+    def metric_of(self, cfg: RootConfig) -> tuple[str, str]:
+        """(metric, "min"|"max") this task optimises under `cfg`: the default of eval.best_metric and sweeps."""
+        return self.metric, self.mode
+
 
 def _from_pretrained(auto_cls: Any, path: str, **kw: Any) -> torch.nn.Module:
     return auto_cls.from_pretrained(path, **kw)
@@ -184,3 +188,4 @@ def with_special_tokens(ids: np.ndarray, meta: dict) -> np.ndarray:
 
 
 from raylm.trainers import downstream as _downstream  # noqa: E402, F401  registers NER and QA (after Task)
+from raylm.trainers import seq2seq as _seq2seq  # noqa: E402, F401  registers seq2seq (after Task)

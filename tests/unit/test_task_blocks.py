@@ -359,8 +359,13 @@ def test_read_parallel_pairs_and_empty_lines(tmp_path):
 def test_parallel_files_of_different_lengths_are_refused(tmp_path):
     de = write(tmp_path / "train.de", "a\nb\nc\n")
     en = write(tmp_path / "train.en", "a\nb\n")
-    with pytest.raises(UserError, match=rf"{de} has 3 lines, {en} has 2"):
+    # fail: file:line at the first line the shorter file lacks; nothing of the pair is read
+    with pytest.raises(BadRowError, match=rf"^{de}:3: parallel files differ in length: {de} has 3 lines, {en} has 2"):
         next(read_parallel(de, en))
+    # skip: the whole pair is rejected, every line of the source counted under one reason
+    rows = list(read_parallel(de, en, on_error="skip"))
+    assert [(r["row_id"], r["reject"], r["source_text"]) for r in rows] == [
+        (f"{de}:{i + 1}", "line_count_mismatch", t) for i, t in enumerate("abc")]
 
 
 def test_seq2seq_jsonl_fields_gzip_and_rejects(tmp_path):
