@@ -24,6 +24,7 @@ import torch
 from raylm.errors import UserError
 
 ARCH_TASKS = {"ForTokenClassification": "token-classification", "ForQuestionAnswering": "question-answering"}
+ARCH_TASKS["ForPreTraining"] = "next-sentence-prediction"  # BERT MLM + NSP: raylm.trainers.pretraining_eval
 
 
 def task_of(model_dir: str) -> str:
@@ -196,6 +197,10 @@ def answer_questions(model: Any, tok: Any, rows: list[dict], batch_size: int = 3
 
 def predict_file(model_dir: str, input_path: str, output_path: str, batch_size: int = 32) -> dict:
     """Write one JSON line per sentence (`{id, tokens, tags}`) or question (`{id, answer, start, end}`)."""
+    if task_of(model_dir) == "next-sentence-prediction":  # per pair {a, b}: is_next_prob
+        from raylm.trainers import pretraining_eval
+
+        return pretraining_eval.predict_file(model_dir, input_path, output_path, batch_size)
     task, model, tok = load(model_dir)
     rows = [r for r in _unlabelled_rows(input_path, task) if not r["reject"]]
     if not rows:
@@ -213,6 +218,10 @@ def evaluate_file(model_dir: str, input_path: str, batch_size: int = 32) -> dict
     """Score a raw labelled file: entity P/R/F1 per sentence (NER) or SQuAD EM/F1 per question (QA)."""
     from raylm.trainers.task_metrics import entity_scores, squad_scores
 
+    if task_of(model_dir) == "next-sentence-prediction":  # pairs built from a document file
+        from raylm.trainers import pretraining_eval
+
+        return pretraining_eval.evaluate_file(model_dir, input_path, batch_size)
     task, model, tok = load(model_dir)
     read = list(_labelled_rows(input_path, task, _max_length(model, None)))
     rows = [r for r in read if not r["reject"]]
