@@ -95,6 +95,7 @@ def best_checkpoint_rule(cfg: RootConfig) -> tuple[str, str]:
 
 
 _HIGHER_IS_BETTER = {"val_accuracy", "val_f1", "val_exact_match", "val_precision", "val_recall"}
+_HIGHER_IS_BETTER.add("val_nsp_accuracy")  # BERT pretraining (data.nsp)
 
 
 def check_compatible(cfg: RootConfig, manifest: dict) -> None:

@@ -84,10 +84,20 @@ def collate(batch: dict[str, Any], meta: dict, step_seed: int, prob: float = 0.1
     ids = out["input_ids"]
     special = out["attention_mask"].eq(0) | ids.eq(meta["cls_id"]) | ids.eq(meta["sep_id"])
     out["input_ids"], out["labels"] = mask_pairs(ids, special, meta, torch.Generator().manual_seed(step_seed), prob)
-    out["next_sentence_label"] = torch.as_tensor(np.asarray(batch["next_sentence_label"], dtype=np.int64))
+    out["next_sentence_label"] = torch.from_numpy(np.array(batch["next_sentence_label"], dtype=np.int64))  # a copy: Ray's arrays are read-only
     if "sample_id" in batch:
         out["sample_id"] = torch.from_numpy(np.array(batch["sample_id"]))
     return out
+
+
+def fake_raw_batch(meta: dict, b: int, seq_len: int) -> dict[str, np.ndarray]:
+    """A full-length raw batch of pairs as the shards hold them (the batch_size=auto probe on a GPU)."""
+    half = max(1, (seq_len - 3) // 2)
+    row = np.array([meta["cls_id"], *[8] * half, meta["sep_id"], *[9] * (seq_len - 3 - half), meta["sep_id"]], np.int32)
+    types = (np.arange(seq_len) > half + 1).astype(np.int8)
+    ids, tts = np.empty(b, dtype=object), np.empty(b, dtype=object)
+    ids[:], tts[:] = [row.copy() for _ in range(b)], [types.copy() for _ in range(b)]
+    return {"input_ids": ids, "token_type_ids": tts, "next_sentence_label": np.arange(b) % 2, "sample_id": np.arange(b)}
 
 
 # ---------------------------------------------------------------- evaluation

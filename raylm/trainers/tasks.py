@@ -126,6 +126,13 @@ class MaskedLM(Task):
         ids, labels = mask_tokens(ids, meta, torch.Generator().manual_seed(step_seed), self.mask_prob)
         return {"input_ids": ids, "labels": labels, "sample_id": torch.from_numpy(np.array(batch["sample_id"]))}
 
+    def fake_raw_batch(self, meta: dict, b: int, seq_len: int) -> dict[str, np.ndarray]:
+        """A full-length raw batch for the batch_size=auto probe: pairs (data.nsp) or blocks."""
+        from raylm.trainers import autobatch, pretraining
+
+        return pretraining.fake_raw_batch(meta, b, seq_len) if meta.get("nsp") else \
+            autobatch.fake_raw_batch(self.name, meta, b, seq_len)
+
     def evaluate(self, model: torch.nn.Module, batches: list, device: torch.device, amp: torch.dtype | None,
                  meta: dict) -> dict[str, float]:
         """Pairs: MLM loss and NSP accuracy; blocks: the loss evaluation every LM task gets."""

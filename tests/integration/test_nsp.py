@@ -111,8 +111,8 @@ def test_nsp_prepare_train_eval_predict(ray_session, tmp_path):
     assert [r["id"] for r in rows] == [0, 1, 2, 3, 4]
     assert all(0.0 <= r["is_next_prob"] <= 1.0 and r["is_next"] == (r["is_next_prob"] >= 0.5) for r in rows)
 
-    # ---- on_error: fail stops at the bad document: file:line: what
+    # ---- on_error: fail stops at the bad document in the actor pool (the tokenizer is given): file:line: what
     strict = validate(raw_config(tmp_path, train_file, str(val_file), on_error="fail",
-                                 prepared_dir=str(tmp_path / "strict")))
+                                 prepared_dir=str(tmp_path / "strict"), tokenizer={"path": m["tokenizer_dir"]}))
     with pytest.raises(UserError, match=rf"{train_file}:{bad_line}: NUL byte"):
         prepare(strict.data, task="masked-lm")

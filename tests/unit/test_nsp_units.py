@@ -150,17 +150,24 @@ def test_masked_lm_on_pair_shards_trains_bert_for_pretraining_and_reports_nsp_ac
     res = task.evaluate(model, batches, torch.device("cpu"), None, meta())
     assert set(res) == {"val_loss", "val_ppl", "val_nsp_accuracy", "val_nsp_loss", "val_pairs"}
     assert res["val_pairs"] == 18 and 0.0 <= res["val_nsp_accuracy"] <= 1.0 and res["val_loss"] > 0
+    probe = task.collate(task.fake_raw_batch(meta(), 3, 16), meta(), 0)  # batch_size=auto's probe batch
+    assert probe["input_ids"].shape == (3, 16) and torch.isfinite(task.loss(model, probe))
     with torch.no_grad():  # the accuracy is the NSP head's, over all the batches
         right = sum(int(model(**{k: b.inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
                         .seq_relationship_logits.argmax(-1).eq(b.inputs["next_sentence_label"]).sum()) for b in batches)
     assert res["val_nsp_accuracy"] == pytest.approx(right / 18)
 
 
-def test_nsp_needs_a_bert_model():
+def test_nsp_needs_a_bert_model_and_ranks_checkpoints_by_nsp_accuracy_upwards():
+    from raylm.trainers.driver import best_checkpoint_rule
     from raylm.trainers.tasks import get_task
 
     cfg = validate({"data": {"nsp": True}, "model": {"arch": "roberta"}, "trainer": {"task": "masked-lm"}})
     assert "set model.arch to bert" in get_task("masked-lm").check_config(cfg)[0]
+    cfg = validate({"data": {"nsp": True}, "model": {"arch": "bert"},
+                    "trainer": {"task": "masked-lm", "eval": {"best_metric": "val_nsp_accuracy"}}})
+    assert get_task("masked-lm").check_config(cfg) == []
+    assert best_checkpoint_rule(cfg) == ("val_nsp_accuracy", "max")
 
 
 def test_predict_reads_pairs_and_names_the_bad_line(tmp_path):
