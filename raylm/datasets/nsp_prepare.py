@@ -37,7 +37,7 @@ import pyarrow as pa
 from raylm.datasets import _fs
 from raylm.datasets import tokenizers as toks
 from raylm.datasets.config import DataConfig
-from raylm.datasets.manifest import COUNTS, SPLITS, build_manifest
+from raylm.datasets.manifest import COUNTS, SPLITS, build_manifest, up_to_date
 from raylm.datasets.nsp import IS_NEXT, nsp_examples
 from raylm.datasets.pack import sample_ids
 from raylm.datasets.prepare import PROGRESS, UnitWorker, _atomic_write
@@ -229,9 +229,9 @@ def prepare_nsp(cfg: DataConfig, force: bool = False) -> dict:
     inputs_fp = lm._fingerprint_inputs(cfg, TASK, f"{tok_fp}|nsp{NSP_SCHEMA}|seed{cfg.seed}", files)
     out = Path(cfg.prepared_dir)
     mpath = out / "manifest.json"
-    if mpath.is_file() and not force and json.loads(mpath.read_text()).get("inputs_fingerprint") == inputs_fp:
+    if (done := up_to_date(out, inputs_fp, force)) is not None:
         log.info("prepare: %s is up to date", out)
-        return json.loads(mpath.read_text())
+        return done
     lm._start_fresh_if_changed(out, inputs_fp, force)
     t0 = time.time()
     units = plan_units(cfg, source, count=lm._count_on_ray)

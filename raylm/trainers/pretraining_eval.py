@@ -59,6 +59,7 @@ def _score_all(model: Any, batches: Iterator[dict], meta: dict) -> list[float]:
 
 def _result(total: list[float], **extra: Any) -> dict:
     m = metrics(total, prefix="")
+    m["perplexity"] = m.pop("ppl")
     return {**extra, "examples": int(m.pop("pairs")), "masked_tokens": int(total[1]), **m}
 
 
