@@ -158,6 +158,19 @@ def test_masked_lm_on_pair_shards_trains_bert_for_pretraining_and_reports_nsp_ac
     assert res["val_nsp_accuracy"] == pytest.approx(right / 18)
 
 
+def test_a_checkpoint_of_bert_for_pretraining_loads_back_for_a_resume(tmp_path):
+    """The hf checkpoint stores the tied decoder once (its weight is the word embeddings)."""
+    from raylm.trainers.pretraining import build_model
+    from raylm.trainers.state import load_model_weights
+
+    cfg = tiny_config(str(tmp_path), str(tmp_path), task="masked-lm", overrides=["data.nsp=true"])
+    saved, fresh = build_model(cfg, meta()), build_model(cfg, meta())
+    saved.save_pretrained(tmp_path / "model", safe_serialization=True)
+    load_model_weights(fresh, str(tmp_path / "model"))
+    assert all(a.equal(b) for a, b in zip(saved.state_dict().values(), fresh.state_dict().values()))
+    assert fresh.cls.predictions.decoder.weight is fresh.bert.embeddings.word_embeddings.weight
+
+
 def test_nsp_needs_a_bert_model_and_ranks_checkpoints_by_nsp_accuracy_upwards():
     from raylm.trainers.driver import best_checkpoint_rule
     from raylm.trainers.tasks import get_task
