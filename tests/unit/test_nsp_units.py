@@ -197,3 +197,15 @@ def test_predict_reads_pairs_and_names_the_bad_line(tmp_path):
     bad.write_text('{"a": "one", "b": "two"\n')
     with pytest.raises(UserError, match=rf"{bad}:1: malformed JSON"):
         list(read_pairs(str(bad)))
+
+
+def test_prepare_summary_counts_the_pairs_of_each_kind(capsys):
+    from raylm.datasets.report import print_manifest
+
+    split = {"rows": 10, "tokens_out": 200, "files": [{}], "docs": 4, "dropped": 7}
+    print_manifest({"task": "masked-lm", "nsp": True, "rows_in": 5, "rows_kept": 4, "rows_rejected": 1,
+                    "rejected": {"nul_byte": 1}, "splits": {"train": split},
+                    "nsp_labels": {"train": {"is_next": 6, "random": 4}}}, "p")
+    out = capsys.readouterr().out
+    assert "train: 10 rows, 200 tokens in 1 shards (4 documents, 7 tokens of documents that start no pair" in out
+    assert "; pairs: 6 is-next + 4 random" in out
