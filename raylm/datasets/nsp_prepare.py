@@ -250,11 +250,21 @@ def prepare_nsp(cfg: DataConfig, force: bool = False) -> dict:
             ray.kill(actor)
     markers = [json.loads((out / PROGRESS / f"{u.key}.json").read_text()) for u in units]
     lm._remove_orphans(out, markers)
+    _check_pairs(cfg, markers)
     manifest = build_manifest(cfg, TASK, tok_dir, tok_fp, inputs_fp, markers)
     manifest |= {"nsp": True, "nsp_schema_version": NSP_SCHEMA, "nsp_labels": label_counts(markers)}
     manifest["seconds"] = round(time.time() - t0, 2)
     lm._atomic_json(manifest, str(mpath))
     return manifest
+
+
+def _check_pairs(cfg: DataConfig, markers: list[dict]) -> None:
+    """Documents were kept but none made a training pair: say why (before the LM's "smaller than a block")."""
+    kept = sum(m["splits"][s]["docs"] for m in markers for s in SPLITS)
+    if kept and not sum(m["splits"]["train"]["rows"] for m in markers):
+        raise UserError(f"data.nsp: no sentence pair in '{cfg.source}': {kept} documents kept, none with two "
+                        "sentences beside another document", hint="text files: blank-line separated documents, one "
+                        "sentence a line (data.text_split: paragraph); other formats: documents of several sentences")
 
 
 def label_counts(markers: list[dict]) -> dict[str, dict[str, int]]:

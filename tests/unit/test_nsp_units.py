@@ -209,3 +209,13 @@ def test_prepare_summary_counts_the_pairs_of_each_kind(capsys):
     out = capsys.readouterr().out
     assert "train: 10 rows, 200 tokens in 1 shards (4 documents, 7 tokens of documents that start no pair" in out
     assert "; pairs: 6 is-next + 4 random" in out
+
+
+def test_documents_without_a_pair_are_a_user_error_that_says_why():
+    from raylm.datasets.nsp_prepare import _check_pairs
+
+    cfg = DataConfig(source="lines.txt", nsp=True, text_split="line")
+    split = {"docs": 40, "rows": 0}
+    with pytest.raises(UserError, match="no sentence pair in 'lines.txt': 40 documents kept"):
+        _check_pairs(cfg, [{"splits": {"train": split, "validation": {"docs": 0, "rows": 0}}}])
+    _check_pairs(cfg, [{"splits": {"train": {"docs": 40, "rows": 3}, "validation": {"docs": 0, "rows": 0}}}])
