@@ -130,8 +130,9 @@ class MaskedLM(Task):
         """A full-length raw batch for the batch_size=auto probe: pairs (data.nsp) or blocks."""
         from raylm.trainers import autobatch, pretraining
 
-        return pretraining.fake_raw_batch(meta, b, seq_len) if meta.get("nsp") else \
-            autobatch.fake_raw_batch(self.name, meta, b, seq_len)
+        if meta.get("nsp"):
+            return pretraining.fake_raw_batch(meta, b, seq_len)
+        return autobatch.fake_raw_batch(self.name, meta, b, seq_len)
 
     def evaluate(self, model: torch.nn.Module, batches: list, device: torch.device, amp: torch.dtype | None,
                  meta: dict) -> dict[str, float]:
