@@ -153,7 +153,11 @@ def eval_cmd(model_dir: str, config: str = typer.Option(None, "--config", help="
     if manifest.get("task") in ("token-classification", "question-answering", "seq2seq"):
         raise UserError(f"{manifest['task']} models are scored on a raw labelled file",
                         hint=f"raylm eval {model_dir} --input FILE (e.g. the config's data.validation_source)")
-    if manifest.get("task") == "sequence-classification":
+    if manifest.get("nsp"):  # BERT pretraining pairs: MLM loss and NSP accuracy
+        from raylm.trainers.pretraining_eval import evaluate_prepared
+
+        res = evaluate_prepared(model_dir, prepared_dir, manifest, split, max_batches=max_batches)
+    elif manifest.get("task") == "sequence-classification":
         res = classify(model_dir, prepared_dir, manifest, split, pad_id=manifest.get("pad_id") or 0)
     else:
         res = perplexity(model_dir, prepared_dir, manifest, split, max_batches=max_batches)

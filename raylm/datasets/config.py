@@ -88,6 +88,17 @@ class DataConfig(BaseModel):
                                        description="seq2seq (translation, summarization) input files.")
     block_size: int = Field(64, ge=8, description="Tokens per packed training block.")
     max_length: int = Field(128, ge=8, description="Classification: truncate to this many tokens.")
+    nsp: bool = Field(
+        False, description="trainer.task=masked-lm: BERT pretraining pairs (masked LM + next-sentence "
+        "prediction, raylm.datasets.nsp_prepare). Documents (text: blank-line separated, one sentence a line; "
+        "JSONL etc.: the text field, cut at lines and sentence ends) become `[CLS] A [SEP] B [SEP]` examples of at "
+        "most block_size tokens, B the true next segment half the time and a segment of another document "
+        "otherwise; the model is BertForPreTraining.",
+    )
+    nsp_window_docs: int = Field(
+        1000, ge=2, description="data.nsp: documents a worker holds at a time; a random B comes from another "
+        "document of the same window (and split).",
+    )
     validation_fraction: float = Field(
         0.05, ge=0.0, lt=1.0, description="Share of documents (by a hash of the text) held out."
     )

@@ -183,7 +183,7 @@ class UnitWorker:
         for old in glob.glob(os.path.join(self.out_dir, "*", f"{key}-*.parquet")):
             os.remove(old)  # an interrupted attempt's shards: this attempt rewrites them all
         rejects = RejectsWriter(os.path.join(self.out_dir, "rejects"), key)
-        writers = {s: SplitWriter(self.out_dir, s, key, self.cfg, self.task, self.eos) for s in SPLITS}
+        writers = self._writers(key)
         seen: set[int] = set()
         claimed: list[np.ndarray] = []
         rows_in, notes = 0, []
@@ -204,6 +204,9 @@ class UnitWorker:
         return {"key": key, "bytes": _unit_bytes(unit), "rows_in": rows_in,
                 "rows_kept": sum(s["docs"] for s in splits.values()),
                 "tokens_out": sum(s["tokens_out"] for s in splits.values()), "seconds": time.time() - t0}
+
+    def _writers(self, key: str) -> dict[str, Any]:
+        return {s: SplitWriter(self.out_dir, s, key, self.cfg, self.task, self.eos) for s in SPLITS}
 
     def _clean(self, rows: list[dict], seen: set[int], owner: int, cfg: DataConfig) -> tuple[list[dict], np.ndarray]:
         """Normalise and filter in place (setting `reject`); returns kept rows and their text hashes
@@ -312,6 +315,10 @@ def prepare(cfg: DataConfig, task: str = "causal-lm", force: bool = False) -> di
 
     if task in task_prepare.TASKS:  # labelled files (NER, QA): their own readers and features
         return task_prepare.prepare_task(cfg, task, force)
+    if task == "masked-lm" and cfg.nsp:  # sentence pairs for BERT pretraining (MLM + NSP)
+        from raylm.datasets.nsp_prepare import prepare_nsp
+
+        return prepare_nsp(cfg, force)
 
     source = resolve_source(cfg)
     files = _fs.list_files(source) + (_fs.list_files(cfg.validation_source) if cfg.validation_source else [])
@@ -375,7 +382,7 @@ def _start_dedup(cfg: DataConfig, out: Path, done: set[str]) -> list | None:
 
 
 def _run_units(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: list[Unit], dedup: list | None,
-               total_bytes: int, validation_files: list[str] | None) -> None:
+               total_bytes: int, validation_files: list[str] | None, worker: type = UnitWorker) -> None:
     import ray
 
     from raylm.datasets.progress import Progress
@@ -384,7 +391,7 @@ def _run_units(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: list[U
     actors = max(1, min(_pool_size(cfg), len(todo)))
     threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)  # tokenizer threads per actor
     stats = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        UnitWorker,
+        worker,
         fn_constructor_args=(cfg, tok_dir, str(out), task, dedup, validation_files, threads),
         batch_format="pyarrow",
         batch_size=1,

@@ -17,7 +17,7 @@ def print_manifest(m: dict, prepared_dir: str) -> None:
         print(f"[raylm]   warning: {note}")
     for split, s in m["splits"].items():
         print(f"[raylm]   {split}: {s['rows']} rows, {s['tokens_out']:,} tokens in {len(s['files'])} shards "
-              f"({s['docs']} documents{_loss_note(m, s)})")
+              f"({s['docs']} documents{_loss_note(m, s)}){_nsp_note(m, split)}")
     if m["rows_rejected"]:
         print(f"[raylm]   rejected rows: {prepared_dir}/rejects/*.parquet (row_id, source, reason, text)")
 
@@ -26,9 +26,17 @@ def _loss_note(m: dict, s: dict) -> str:
     """What packing or truncation cut, in the words of the task: only when something was cut."""
     if not s["dropped"]:
         return ""
+    if m.get("nsp"):
+        return f", {s['dropped']:,} tokens of documents that start no pair (one sentence, or alone in their window)"
     if m.get("task") == "sequence-classification":
         return f", {s['dropped']:,} tokens truncated at data.max_length={m.get('max_length')}"
     return f", {s['dropped']:,} tail tokens dropped (the last partial block of {m.get('block_size')})"
+
+
+def _nsp_note(m: dict, split: str) -> str:
+    """Sentence pairs (data.nsp): how many are true next segments and how many random ones."""
+    labels = (m.get("nsp_labels") or {}).get(split)
+    return f"; pairs: {labels['is_next']} is-next + {labels['random']} random" if labels else ""
 
 
 def format_rejects(rows: list[dict], width: int = 100) -> list[str]:

@@ -40,6 +40,10 @@ def sample_documents(cfg: DataConfig, source: str, n: int, max_files: int = 64) 
 
 def ensure_tokenizer(cfg: DataConfig, task: str, source: str) -> str:
     """Use the configured tokenizer, the one already trained for this corpus, or train one."""
+    if task == "masked-lm" and cfg.nsp:  # sentence pairs need a BERT tokenizer ([CLS], [SEP], segments)
+        from raylm.datasets.nsp_prepare import nsp_tokenizer
+
+        return nsp_tokenizer(cfg, source)
     tok_dir = toks.resolve_tokenizer_dir(cfg.prepared_dir, cfg.tokenizer.path)
     if not Path(tok_dir, "tokenizer.json").is_file() and not cfg.tokenizer.path:
         t0 = time.time()

@@ -26,6 +26,7 @@ from raylm.errors import UserError
 ARCH_TASKS = {"ForTokenClassification": "token-classification", "ForQuestionAnswering": "question-answering",
               # seq2seq: BART/T5 (...ForConditionalGeneration), Marian (MarianMTModel), a warm-started BERT2BERT
               "ForConditionalGeneration": "seq2seq", "MTModel": "seq2seq", "EncoderDecoderModel": "seq2seq"}
+ARCH_TASKS["ForPreTraining"] = "next-sentence-prediction"  # BERT MLM + NSP: raylm.trainers.pretraining_eval
 
 
 def task_of(model_dir: str) -> str:
@@ -202,6 +203,10 @@ def predict_file(model_dir: str, input_path: str, output_path: str, batch_size: 
         from raylm.trainers import seq2seq
 
         return seq2seq.predict_file(model_dir, input_path, output_path, batch_size)
+    if task_of(model_dir) == "next-sentence-prediction":  # per pair {a, b}: is_next_prob
+        from raylm.trainers import pretraining_eval
+
+        return pretraining_eval.predict_file(model_dir, input_path, output_path, batch_size)
     task, model, tok = load(model_dir)
     rows = [r for r in _unlabelled_rows(input_path, task) if not r["reject"]]
     if not rows:
@@ -223,6 +228,10 @@ def evaluate_file(model_dir: str, input_path: str, batch_size: int = 32) -> dict
         from raylm.trainers import seq2seq
 
         return seq2seq.evaluate_file(model_dir, input_path, batch_size)
+    if task_of(model_dir) == "next-sentence-prediction":  # pairs built from a document file
+        from raylm.trainers import pretraining_eval
+
+        return pretraining_eval.evaluate_file(model_dir, input_path, batch_size)
     task, model, tok = load(model_dir)
     read = list(_labelled_rows(input_path, task, _max_length(model, None)))
     rows = [r for r in read if not r["reject"]]

@@ -43,7 +43,7 @@ def build_on_meta(task: Any, cfg: Any, meta: dict) -> nn.Module | None:
     with torch.device("meta"):
         if not m.init_from:
             return task.build_model(cfg, meta)
-        if task.name not in _AUTO:
+        if task.name not in _AUTO or meta.get("nsp"):  # BertForPreTraining (data.nsp) has no Auto class here
             return None
         kw = {"num_labels": meta["num_labels"]} if task.name == "sequence-classification" else {}
         conf = AutoConfig.from_pretrained(m.init_from, **kw)

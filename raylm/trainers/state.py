@@ -84,8 +84,10 @@ def load_model_weights(model: torch.nn.Module, model_dir: str) -> None:
     for f in files:
         sd.update(load_file(os.path.join(model_dir, f)))
     missing, unexpected = unwrap(model).load_state_dict(sd, strict=False)
-    # Tied weights (lm_head = wte) are saved once; anything else missing is a real mismatch.
-    missing = [k for k in missing if "lm_head" not in k]
+    # Tied weights (lm_head = wte; BERT's cls.predictions.decoder = the word embeddings) are saved once;
+    # anything else missing is a real mismatch.
+    tied = set(getattr(unwrap(model), "all_tied_weights_keys", None) or {})
+    missing = [k for k in missing if "lm_head" not in k and k not in tied]
     if missing or unexpected:
         raise RuntimeError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 

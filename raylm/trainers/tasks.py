@@ -91,11 +91,25 @@ class CausalLM(Task):
 
 @register("masked-lm")
 class MaskedLM(Task):
+    """Masked LM on packed blocks; on sentence-pair shards (data.nsp, the manifest's `nsp`) BERT
+    pretraining, MLM + next-sentence prediction (raylm.trainers.pretraining)."""
+
     mask_prob = 0.15
+    meta_keys = ("nsp",)
+
+    @classmethod
+    def check_config(cls, cfg: RootConfig) -> list[str]:
+        from raylm.trainers import pretraining
+
+        return pretraining.check_config(cfg)
 
     def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
         from transformers import AutoModelForMaskedLM, BertConfig, RobertaConfig
 
+        if meta.get("nsp"):
+            from raylm.trainers import pretraining
+
+            return pretraining.build_model(cfg, meta)
         m = cfg.model
         if m.init_from:
             return _from_pretrained(AutoModelForMaskedLM, m.init_from, attn_implementation=m.attn_implementation)
@@ -108,9 +122,31 @@ class MaskedLM(Task):
         return AutoModelForMaskedLM.from_config(conf)
 
     def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
+        if meta.get("nsp"):
+            from raylm.trainers import pretraining
+
+            return pretraining.collate(batch, meta, step_seed, self.mask_prob)
         ids = torch.from_numpy(_stack(batch["input_ids"]).astype(np.int64))
         ids, labels = mask_tokens(ids, meta, torch.Generator().manual_seed(step_seed), self.mask_prob)
         return {"input_ids": ids, "labels": labels, "sample_id": torch.from_numpy(np.array(batch["sample_id"]))}
+
+    def fake_raw_batch(self, meta: dict, b: int, seq_len: int) -> dict[str, np.ndarray]:
+        """A full-length raw batch for the batch_size=auto probe: pairs (data.nsp) or blocks."""
+        from raylm.trainers import autobatch, pretraining
+
+        if meta.get("nsp"):
+            return pretraining.fake_raw_batch(meta, b, seq_len)
+        return autobatch.fake_raw_batch(self.name, meta, b, seq_len)
+
+    def evaluate(self, model: torch.nn.Module, batches: list, device: torch.device, amp: torch.dtype | None,
+                 meta: dict) -> dict[str, float]:
+        """Pairs: MLM loss and NSP accuracy; blocks: the loss evaluation every LM task gets."""
+        from raylm.trainers import pretraining
+        from raylm.trainers.step import evaluate
+
+        if meta.get("nsp"):
+            return pretraining.evaluate(model, batches, device, amp)
+        return evaluate(model, self.eval_step, batches, device, amp)
 
 
 def mask_tokens(ids: torch.Tensor, meta: dict, gen: torch.Generator, prob: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
