@@ -232,6 +232,7 @@ class _InterruptOnce:
         return Interrupt()
 
 
+@pytest.mark.long  # three trial runs and two sweeps (~2.5 min): on request, to keep CI within 35 minutes
 def test_interrupted_sweep_resumes(ray_session: Any, corpus: Path, tmp_path: Path) -> None:
     raw = tiny_raw(corpus, tmp_path, "resume", {"trainer.optimizer.lr": {"type": "grid", "values": [3e-3, 1e-3]}},
                    scheduler={"type": "fifo"}, max_concurrent_trials=1, plots=False, export_best=False)
