@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -103,6 +105,60 @@ def read_sample_log(base: str, world: int) -> dict[int, list[tuple[int, int, lis
                 rows.append((int(e), int(s), [int(i) for i in ids]))
         out[r] = rows
     return out
+
+
+def ledger_headers(base: str, rank: int) -> list[dict[str, str]]:
+    """The `# pid=... resumed_from=... node=...` lines of one rank's sample log, one dict per attempt
+    of that rank ([] while the file does not exist yet). Complete lines only: a worker may be writing it."""
+    path = f"{base}.rank{rank}"
+    if not os.path.exists(path):
+        return []
+    lines = open(path).read().split("\n")[:-1]
+    return [dict(kv.split("=", 1) for kv in line.split()[1:]) for line in lines if line.startswith("#")]
+
+
+def wait_until(what: str, cond: Callable[[], Any], timeout_s: float = 600, poll_s: float = 0.2) -> Any:
+    """Poll `cond` until it returns something truthy and return that; TimeoutError naming `what` after
+    `timeout_s`. Deadlines are generous (a loaded 2-core machine): a test waits on a condition, never on
+    a fixed sleep. `cond` may raise to give up early (e.g. a process it depends on died)."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := cond()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f}s for {what}")
+        time.sleep(poll_s)
+    return value
+
+
+def jobs_api_up(address: str) -> bool:
+    """The Ray Jobs API at `address` answers (through the Jobs client: it sends the auth token)."""
+    from raylm.cluster import jobs
+
+    try:
+        jobs.list_jobs(address)
+        return True
+    except Exception:  # noqa: BLE001 -- not up yet: connection refused, 503 while the dashboard starts
+        return False
+
+
+def wait_jobs_api(cluster: Any, timeout_s: float = 180) -> None:
+    """Wait until the Jobs API of a `raylm.cluster._localray.LocalRay` with a dashboard answers; fail at
+    once if one of its `ray start` processes exited."""
+    def up() -> bool:
+        dead = [p.returncode for p in cluster.procs if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"`ray start` exited with {dead[0]} (logs in {cluster.temp_dir})")
+        return jobs_api_up(cluster.dashboard_url)
+
+    wait_until(f"the Jobs API at {cluster.dashboard_url}", up, timeout_s, poll_s=1)
+
+
+def wait_job(address: str, job_id: str, statuses: tuple[str, ...] | None = None, timeout_s: float = 300) -> str:
+    """Wait until Ray job `job_id` is in one of `statuses` (default: ended); return its status."""
+    from raylm.cluster import jobs
+
+    want = statuses or jobs.TERMINAL
+    return wait_until(f"job {job_id} to be {'/'.join(want)}",
+                      lambda: (s := jobs.status(job_id, address)) in want and s, timeout_s, poll_s=0.5)
 
 
 def is_registered(run_dir: str, name: str) -> bool:

@@ -152,7 +152,8 @@ class LocalRay:
         return next(p for p in self.procs if p.pid in parents)
 
     def kill_node(self, node: subprocess.Popen) -> None:
-        """SIGKILL a whole node (its `ray start`, raylet and workers): a lost machine."""
+        """SIGKILL a whole node (its `ray start`, raylet and workers): a lost machine. It leaves `procs`:
+        nodes added later are counted and checked without it."""
         import psutil
 
         try:
@@ -165,6 +166,8 @@ class LocalRay:
             except psutil.NoSuchProcess:
                 pass
         node.wait()
+        _kill_group(node)  # whatever the node started since the tree was listed
+        self.procs.remove(node)
 
     def drain(self, node_id: str, deadline_s: int, reason: str = "PREEMPTION") -> None:
         """Ask the GCS to drain a node, as KubeRay's autoscaler and spot handlers do before a node goes."""

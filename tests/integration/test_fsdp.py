@@ -16,7 +16,7 @@ import torch
 from raylm.trainers.checkpoint import is_sharded
 from raylm.trainers.driver import build_trainer
 
-from testkit import is_registered, read_state, tiny_config, write_synthetic
+from testkit import is_registered, ledger_headers, read_state, tiny_config, write_synthetic
 
 pytestmark = pytest.mark.long  # minutes of multi-process runs: `bash scripts/test.sh -m long`
 
@@ -80,12 +80,12 @@ def test_worker_killed_mid_async_write_resumes_from_the_previous_checkpoint_exac
             break
         time.sleep(0.05)
     assert partial, "never saw a checkpoint write in flight"
-    pid = int(open(f"{ids}.rank1").readline().split()[1].split("=")[1])
-    os.kill(pid, signal.SIGKILL)  # a worker dies while checkpoint `partial` is being written
+    # A worker dies while checkpoint `partial` is being written.
+    os.kill(int(ledger_headers(ids, 1)[0]["pid"]), signal.SIGKILL)
     fit.join(timeout=600)
     assert out and out[0].error is None, out and out[0].error
-    headers = [l.split() for l in open(f"{ids}.rank1") if l.startswith("#")]
-    resumed_from = int(headers[-1][2].split("=")[1])
+    headers = ledger_headers(ids, 1)
+    resumed_from = int(headers[-1]["resumed_from"])
     assert len(headers) == 2 and 2 <= resumed_from < partial  # the half-written checkpoint was never used
     # Sharded model + Adam moments + data position + RNG per rank: the losses of the uninterrupted run.
     assert _losses(run_dir) == pytest.approx(straight.losses, rel=1e-5)
@@ -127,9 +127,11 @@ def test_checkpoints_move_between_ddp_and_fsdp_and_to_fewer_workers_keeping_the_
     # The same seeded init under DDP and FSDP, and the DDP state carried into FSDP: the FSDP run's losses
     # up to the order of floating-point reductions.
     assert _losses(f"{runs}/mixed") == pytest.approx(straight.losses, rel=1e-4)
-    fit(18, scaling={"strategy": "ddp", "num_workers": 1}, eval={"every": 6, "batches": 8},
-        checkpoint={"every": 6})  # ...which DDP restores on
-    # one worker (DCP reshards 2 -> 1) and trains to the end of the epoch
+    one = dict(eval={"every": 6, "batches": 8}, checkpoint={"every": 6})
+    fit(12, scaling={"strategy": "fsdp", "num_workers": 1}, **one)  # ...which FSDP resumes on one worker (DCP
+    last = f"{runs}/mixed/checkpoint_00000012"  # reshards 2 -> 1), writing a sharded checkpoint of one rank...
+    assert is_sharded(last) and torch.load(f"{last}/state.pt", weights_only=True)["world_size"] == 1
+    fit(18, scaling={"strategy": "ddp", "num_workers": 1}, **one)  # ...which DDP restores; to the end of the epoch
     state = torch.load(f"{runs}/mixed/checkpoint_00000018/state.pt", weights_only=True)
     assert state["state"]["step"] == 18
     assert all(int(s["step"]) == 18 for s in state["optimizer"]["state"].values())  # Adam kept counting

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,8 @@ from typer.testing import CliRunner
 
 from raylm.cluster import jobs
 from raylm.cluster._localray import LocalRay
+
+from testkit import wait_job, wait_jobs_api
 
 pytestmark = pytest.mark.timeout(600)
 DASHBOARD_MODULES = "import aiohttp_cors, opencensus, prometheus_client, colorful"
@@ -39,21 +40,6 @@ def _ray_python() -> str | None:
     return None
 
 
-def _wait_jobs_api(address: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
-    # Through the Jobs client, not bare HTTP: Ray >= 2.5x turns token auth on for local clusters
-    # and the client sends the token (~/.ray/auth_token) for us.
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}")
-        try:
-            jobs.list_jobs(address)
-            return
-        except Exception:  # not up yet: connection refused, 503 while the dashboard starts
-            time.sleep(1)
-    raise TimeoutError(f"the Jobs API at {address} did not answer within {timeout_s}s")
-
-
 @pytest.fixture(scope="module")
 def ray_head():
     py = _ray_python()
@@ -62,7 +48,7 @@ def ray_head():
     # Own ports and temp dir, so it stays apart from any other local Ray; teardown ends exactly
     # its processes (never `ray stop`, which stops every Ray on the machine).
     with LocalRay(num_cpus=6, dashboard=True, python=py) as head:
-        _wait_jobs_api(head.dashboard_url, head.procs[0])
+        wait_jobs_api(head, timeout_s=120)
         yield head.dashboard_url
 
 
@@ -144,9 +130,7 @@ def test_failing_job_exits_non_zero(ray_head: str, tmp_path: Path) -> None:
 def test_stop_a_running_job(ray_head: str, tmp_path: Path) -> None:
     cfg = _config(tmp_path, "jobs-stop")
     assert jobs.submit(cfg, address=ray_head, command="python -c 'import time; time.sleep(300)'") == 0
-    deadline = time.monotonic() + 60
-    while jobs.status("raylm-jobs-stop", ray_head) != "RUNNING" and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_job(ray_head, "raylm-jobs-stop", ("RUNNING",), timeout_s=120)
     res = CliRunner().invoke(_app(), ["jobs", "stop", "raylm-jobs-stop", "--address", ray_head])
     assert res.exit_code == 0 and "STOPPED" in res.output
     status = CliRunner().invoke(_app(), ["jobs", "status", "raylm-jobs-stop", "--address", ray_head])

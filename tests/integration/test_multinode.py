@@ -13,8 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -119,14 +118,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _write_job(tmp: Path, shared: Path) -> Path:
+    """The job's config in `tmp`; its corpus (once), prepared shards and runs in `shared` (every test of the
+    module trains on the same shards: prepared by the first `raylm train`, up to date for the others)."""
     words = "the model reads tokens and predicts the next one while the loss goes down".split()
-    with open(tmp / "corpus.txt", "w") as f:
-        for i in range(120):
-            f.write(f"Document {i}: " + " ".join(words[(i + j) % len(words)] for j in range(30)) + "\n\n")
+    if not (shared / "corpus.txt").exists():
+        with open(shared / "corpus.txt", "w") as f:
+            for i in range(120):
+                f.write(f"Document {i}: " + " ".join(words[(i + j) % len(words)] for j in range(30)) + "\n\n")
     cfg = tmp / "across.yaml"
     cfg.write_text(
         f"cluster: {{storage_path: {shared}/runs}}\n"
-        f"data: {{source: {tmp}/corpus.txt, prepared_dir: {shared}/prepared, block_size: 32, "
+        f"data: {{source: {shared}/corpus.txt, prepared_dir: {shared}/prepared, block_size: 32, "
         "tokenizer: {vocab_size: 320}}\n"
         "model: {n_layer: 1, n_embd: 32, n_head: 2}\n"
         "trainer: {run_name: across, batch_size: 4, max_steps: 8, log_every: 1, "
@@ -138,40 +140,38 @@ def _write_job(tmp: Path, shared: Path) -> Path:
 
 
 def _ledger(base: Path, rank: int) -> tuple[list[dict[str, str]], list[tuple[int, int, list[int]]]]:
-    """(headers, rows) of one rank's sample ledger."""
+    """(headers, rows) of one rank's sample ledger (complete lines: a worker may be writing it)."""
+    from testkit import ledger_headers
+
     path = Path(f"{base}.rank{rank}")
-    if not path.exists():
-        return [], []
-    lines = path.read_text().splitlines()
-    heads = [dict(kv.split("=", 1) for kv in l.split()[1:]) for l in lines if l.startswith("#")]
+    lines = path.read_text().split("\n")[:-1] if path.exists() else []
     rows = [(int(e), int(st), [int(i) for i in ids]) for e, st, *ids in (l.split() for l in lines if l and l[0] != "#")]
-    return heads, rows
+    return ledger_headers(str(base), rank), rows
 
 
-def _wait(what: str, cond: Callable[[], bool], timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s}s for {what}")
-        time.sleep(0.2)
+def _train_ids(prepared: Path) -> list[int]:
+    import pyarrow.parquet as pq
+
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    return sorted(i for f in manifest["splits"]["train"]["files"]
+                  for i in pq.read_table(prepared / f["path"], columns=["sample_id"]).column("sample_id").to_pylist())
 
 
 def test_raylm_job_across_nodes_survives_a_dead_driver_and_a_lost_node(three_nodes, tmp_path: Path) -> None:
     """`raylm train --address` with one worker per node; then `raylm submit` of an elastic [1, 2] run whose
     driver is SIGKILLed (`raylm jobs status` names the checkpoint; the resubmitted run resumes from it) and
     whose second node's raylet is SIGKILLed: it finishes on one node, every sample of epoch 0 exactly once."""
-    import pyarrow.parquet as pq
     from typer.testing import CliRunner
 
     from raylm.cli import app
     from raylm.cluster import jobs
 
-    from testkit import is_registered
+    from testkit import is_registered, ledger_headers, wait_job, wait_jobs_api, wait_until
 
     cluster, shared = three_nodes
     cfg = _write_job(tmp_path, shared)
     env = {**cluster.env, "PYTHONPATH": str(REPO)}
-    _wait("the Jobs API", lambda: _jobs_api_up(cluster.dashboard_url), 180)
+    wait_jobs_api(cluster)
 
     # ---- 1. `raylm train --address`: prepare on the cluster, 2 workers on 2 nodes, checkpoints in shared storage
     res = subprocess.run([sys.executable, "-m", "raylm", "train", str(cfg), "--address", cluster.gcs_address],
@@ -184,10 +184,7 @@ def test_raylm_job_across_nodes_survives_a_dead_driver_and_a_lost_node(three_nod
     assert ids0 and ids1 and not ids0 & ids1  # Ray Data streamed each its own share (data.sharding auto: split)
 
     # ---- 2. `raylm submit` an elastic run; its driver dies after the first checkpoint
-    manifest = json.loads((shared / "prepared" / "manifest.json").read_text())
-    train_ids = sorted(i for f in manifest["splits"]["train"]["files"]
-                       for i in pq.read_table(shared / "prepared" / f["path"], columns=["sample_id"])
-                       .column("sample_id").to_pylist())
+    train_ids = _train_ids(shared / "prepared")
     steps = len(train_ids) // 4 + 2  # past the end of epoch 0 even on one worker
     ids, run_dir = shared / "ids-elastic", shared / "runs" / "elastic"
     overrides = ["trainer.run_name=elastic", "trainer.scaling.num_workers=[1, 2]", f"trainer.max_steps={steps}",
@@ -196,19 +193,22 @@ def test_raylm_job_across_nodes_survives_a_dead_driver_and_a_lost_node(three_nod
                   env={"PYTHONPATH": str(REPO), "RAYLM_SAMPLE_LOG": str(ids)})
     assert jobs.submit(cfg, overrides, **submit) == 0
     client, job = jobs.client(cluster.dashboard_url), "raylm-elastic"
-    _wait("a first checkpoint", lambda: is_registered(str(run_dir), "checkpoint_00000003"))
+    wait_until("a first checkpoint", lambda: is_registered(str(run_dir), "checkpoint_00000003"))
     os.kill(int(client.get_job_info(job).driver_info.pid), signal.SIGKILL)  # the driver dies
-    _wait("the job to fail", lambda: jobs.status(job, cluster.dashboard_url) in jobs.TERMINAL, 120)
+    wait_job(cluster.dashboard_url, job, timeout_s=300)
     latest = jobs.latest_checkpoint(str(shared / "runs"), "elastic")
     out = CliRunner().invoke(app, ["jobs", "status", job, "--address", cluster.dashboard_url])
     assert out.exit_code == 1 and "FAILED" in out.output, out.output
     assert f"{latest[0]} (step {latest[1]}): a resubmitted run resumes from it" in out.output, out.output
 
-    # ---- 3. resubmitted, it resumes there; then the node of rank 1 is lost for good
-    assert jobs.submit(cfg, overrides, resubmit_failed=True, **submit) == 0
-    _wait("the resumed run on 2 workers",
-          lambda: len(_ledger(ids, 1)[0]) == 2 and len(_ledger(ids, 1)[1]) > latest[1] + 2)
-    assert _ledger(ids, 1)[0][1]["resumed_from"] == str(latest[1])
+    # ---- 3. submitted again, it resumes there; then the node of rank 1 is lost for good. Under a new submission
+    # id: Ray Jobs' monitor of the dead job adopts a job submitted again under its id (JobManager.monitored_jobs)
+    # and marks it FAILED once it notices the old supervisor is gone (seen here: "Job supervisor actor died").
+    job = "raylm-elastic-2"
+    assert jobs.submit(cfg, overrides, submission_id=job, **submit) == 0
+    wait_until("the resumed run on 2 workers",
+               lambda: len(_ledger(ids, 1)[0]) == 2 and len(_ledger(ids, 1)[1]) > latest[1] + 2)
+    assert ledger_headers(str(ids), 0)[1]["resumed_from"] == str(latest[1])  # the resubmitted run's first attempt
     cluster.kill_node(cluster.node_running(int(_ledger(ids, 1)[0][1]["pid"])))  # lost for good
     assert jobs.follow(client, job) == "SUCCEEDED"
 
@@ -220,14 +220,52 @@ def test_raylm_job_across_nodes_survives_a_dead_driver_and_a_lost_node(three_nod
     assert len(set(train_ids) - set(epoch0)) < 4  # ...nothing missed but the last partial batch (drop_last)
 
 
-def _jobs_api_up(url: str) -> bool:
+def test_fixed_size_run_waits_for_a_replacement_node_after_a_node_is_lost(three_nodes, tmp_path: Path) -> None:
+    """A fixed 2-worker run (one worker per node, two such nodes) whose rank-1 node is SIGKILLed mid-run: the
+    failure is charged to max_failures, the run waits until a replacement node joins (Ray Train retries the
+    worker group's placement), restarts from the last checkpoint on the survivor and the replacement, and
+    completes with every sample of epoch 0 exactly once (data.sharding split: a data position per rank)."""
     from raylm.cluster import jobs
 
-    try:
-        jobs.list_jobs(url)
-        return True
-    except Exception:  # noqa: BLE001 -- not up yet
-        return False
+    from testkit import is_registered, ledger_headers, wait_jobs_api, wait_until
+
+    cluster, shared = three_nodes
+    if len(cluster.procs) < 3:  # the head and two worker nodes (a trainslot each): an earlier test lost one
+        cluster.add_worker(num_cpus=2, resources={"node_c": 1, "trainslot": 1})
+    assert len(cluster.procs) == 3
+    cfg = _write_job(tmp_path, shared)
+    wait_jobs_api(cluster)
+    ids, run_dir = shared / "ids-fixed", shared / "runs" / "fixed"
+    if not (shared / "prepared" / "manifest.json").exists():  # run alone: the first test prepares them
+        res = subprocess.run([sys.executable, "-m", "raylm", "prepare", str(cfg), "--address", cluster.gcs_address],
+                             capture_output=True, text=True, env={**cluster.env, "PYTHONPATH": str(REPO)}, timeout=900)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    train_ids = _train_ids(shared / "prepared")
+    epoch = len(train_ids) // 8  # steps: 2 workers x 4 rows a step
+    assert epoch >= 9, f"{len(train_ids)} training rows: too few to lose a node mid-epoch"
+    # Three epochs: the node is lost in the first, with the rest of the run still ahead on any machine.
+    overrides = ["trainer.run_name=fixed", "trainer.scaling.num_workers=2", "trainer.scaling.max_failures=2",
+                 f"trainer.max_steps={3 * epoch}", "trainer.checkpoint.every=3", "trainer.eval.every=3"]
+    job = "raylm-fixed"
+    assert jobs.submit(cfg, overrides, address=cluster.dashboard_url, command="python -m raylm train",
+                       env={"PYTHONPATH": str(REPO), "RAYLM_SAMPLE_LOG": str(ids)}) == 0
+    wait_until("a checkpoint and training past it",
+               lambda: is_registered(str(run_dir), "checkpoint_00000003") and len(_ledger(ids, 1)[1]) >= 4)
+    lost = ledger_headers(str(ids), 1)[0]
+    cluster.kill_node(cluster.node_running(int(lost["pid"])))  # one trainslot left: the run cannot go on...
+    at_kill = jobs.latest_checkpoint(str(shared / "runs"), "fixed")[1]
+    cluster.add_worker(num_cpus=2, resources={"node_d": 1, "trainslot": 1})  # ...until this one joins
+    assert jobs.follow(jobs.client(cluster.dashboard_url), job) == "SUCCEEDED"
+
+    heads = [ledger_headers(str(ids), r) for r in (0, 1)]
+    assert len(heads[0]) == len(heads[1]) >= 2, heads  # restarted (once, unless a restart failed too): both ranks
+    assert len({h[-1]["node"] for h in heads} - {h[0]["node"] for h in heads}) == 1, heads  # on the replacement
+    # From the latest checkpoint (or one the ranks had both reported as the node went): at most 3 steps lost.
+    assert at_kill <= int(heads[0][1]["resumed_from"]) <= at_kill + 3, (at_kill, heads)
+    assert is_registered(str(run_dir), f"checkpoint_{3 * epoch:08d}")
+    epoch0 = [i for r in (0, 1) for (e, _s, batch) in _ledger(ids, r)[1] if e == 0 for i in batch]
+    assert len(epoch0) == len(set(epoch0))  # nothing twice...
+    assert len(set(train_ids) - set(epoch0)) < 8  # ...nothing missed but a last partial round (2 x 4 rows)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,9 @@ import pytest
 
 from raylm.trainers.driver import build_trainer
 
-from testkit import read_sample_log, tiny_config, write_synthetic
+from testkit import ledger_headers, read_sample_log, tiny_config, write_synthetic
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(900)]  # `bash scripts/test.sh -m long`
-
-
-def _headers(path: str) -> list[dict[str, str]]:
-    return [dict(kv.split("=", 1) for kv in l.split()[1:]) for l in open(path) if l.startswith("#")]
 
 
 def _steps(path: str) -> int:
@@ -44,12 +40,12 @@ def test_sigterm_checkpoints_at_that_step_and_the_resumed_run_loses_nothing(ray_
                                                           or _steps(f"{ids}.rank1") < 6):
         time.sleep(0.05)
     started = _steps(f"{ids}.rank1")  # steps begun by rank 1 when it is told to stop
-    os.kill(int(_headers(f"{ids}.rank1")[0]["pid"]), signal.SIGTERM)  # what Kubernetes sends a pod
+    os.kill(int(ledger_headers(ids, 1)[0]["pid"]), signal.SIGTERM)  # what Kubernetes sends a pod
     fit.join(timeout=700)
     result = out[0]
     assert result.error is None, result.error
     assert result.metrics["step"] == 40
-    resumed = [int(h["resumed_from"]) for h in _headers(f"{ids}.rank1")]
+    resumed = [int(h["resumed_from"]) for h in ledger_headers(ids, 1)]
     assert len(resumed) == 2, resumed  # one restart
     at = resumed[1]
     assert started <= at < 20, (started, at)  # a checkpoint at the signal's step (or the next): nothing lost
@@ -71,4 +67,4 @@ def test_failing_code_stops_after_max_failures(ray_session, tmp_path):
 
     with pytest.raises(TrainingFailedError, match="non-finite"):
         build_trainer(cfg, manifest=manifest, loop_overrides={"sample_log": ids}).fit()
-    assert len(_headers(f"{ids}.rank0")) == 2  # the first attempt and one retry, then the run failed
+    assert len(ledger_headers(ids, 0)) == 2  # the first attempt and one retry, then the run failed
