@@ -44,6 +44,8 @@ def test_killed_train_resumes_from_last_checkpoint(tmp_path):
     sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
     from test_main_job import write_corpus
 
+    from testkit import is_registered
+
     write_corpus(tmp_path / "corpus.jsonl", n_docs=300)
     env = dict(os.environ, PYTHONPATH=REPO, RAY_ADDRESS="")
     cmd = [sys.executable, "-m", "raylm", "train", os.path.join(REPO, "configs", "demo.yaml"),
@@ -56,7 +58,10 @@ def test_killed_train_resumes_from_last_checkpoint(tmp_path):
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 600
-    while time.time() < deadline and not (run_dir / "checkpoint_00000010").exists():
+    # Registered, not just present: a checkpoint directory still in flight when the driver dies is
+    # not one Ray Train will resume from (on a quiet machine this run reached step 20 within the
+    # 0.2 s poll, killed before the controller had registered either checkpoint).
+    while time.time() < deadline and not is_registered(str(run_dir), "checkpoint_00000010"):
         assert proc.poll() is None, "training ended before it could be interrupted"
         time.sleep(0.2)
     # The driver and every Ray process it started (raylet, GCS, training workers): Ray starts some
