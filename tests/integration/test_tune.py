@@ -115,6 +115,7 @@ def test_pbt_exploit_restores_the_donor_checkpoint(ray_session: Any, corpus: Pat
         assert _checkpoint_steps(clone)[0] == ex["donor_step"] + EVERY, (ex, os.listdir(clone))
 
 
+@pytest.mark.long  # the real-model PBT test above checks the same exploit path end to end (CI time)
 def test_pbt_plumbing_with_the_standin_trainer(ray_session: Any, tmp_path: Path) -> None:
     """Tune side of PBT (exploit -> clone restarts from the donor's Train checkpoint path) with a
     loop that honours `resume_from` and reports the step it restored (`restored_step`)."""
