@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # README command 2: install raylm with its test extras, then run every tier (unit, integration incl.
-# the Ray Tune sweeps, e2e): ~21 min on 2 cores. Arguments go to pytest (e.g. -m unit).
+# the Ray Tune sweeps, e2e): ~30 min on 2 cores (34 min measured with some other load). Arguments go to pytest (e.g. -m unit).
 # torch==2.13.0 first: on CPU machines it is the CPU build; a bare `torch` could pull a CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[test]"
-ruff check .  # the [tool.ruff] rules in pyproject.toml; fails fast, before ~21 min of tests
+ruff check .  # the [tool.ruff] rules in pyproject.toml; fails fast, before ~30 min of tests
 # Without a -m of its own, every tier but `long` (multi-node, preemption, FSDP crash/reshard scenarios:
 # `bash scripts/test.sh -m long` runs them); CI must finish in 35 minutes on 2 cores.
 case " $* " in *" -m "*) select=() ;; *) select=(-m "not long") ;; esac
