@@ -66,7 +66,7 @@ def raylm_run(data: str, manifest: dict, root: str, name: str, workers: int, ste
     rows = [json.loads(l) for l in open(os.path.join(root, "runs", name, "metrics.jsonl"))]
     first = next(r for r in rows if r["step"] == 1)
     return {"workers": workers, "tokens_per_s": _steady(rows, warmup), "wall_s": time.time() - t0,
-            "startup_s": first["time"] - t0, "final_loss": rows[-2]["train_loss"] if len(rows) > 1 else None}
+            "startup_s": first["time"] - t0, "final_loss": [r for r in rows if "train_loss" in r][-1]["train_loss"]}
 
 
 def bare_run(data: str, manifest: dict, root: str, steps: int, warmup: int) -> dict:
