@@ -60,13 +60,10 @@ def mask_pairs(ids: torch.Tensor, special: torch.Tensor, meta: dict, gen: torch.
         free = (~special).flatten().nonzero()
         if len(free):
             chosen.view(-1)[free[torch.randint(len(free), (1,), generator=gen)]] = True
+    from raylm.trainers.tasks import replace_chosen  # tasks imports this module
+
     labels = ids.masked_fill(~chosen, IGNORE)
-    roll = torch.rand(ids.shape, generator=gen)
-    out = ids.clone()
-    out[chosen & (roll < 0.8)] = meta["mask_id"]
-    rand = chosen & (roll >= 0.8) & (roll < 0.9)
-    out[rand] = torch.randint(meta["vocab_size"], ids.shape, generator=gen)[rand]
-    return out, labels
+    return replace_chosen(ids, chosen, meta, gen), labels
 
 
 def pad_pairs(batch: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]:

@@ -155,12 +155,17 @@ def mask_tokens(ids: torch.Tensor, meta: dict, gen: torch.Generator, prob: float
     special = ids.eq(meta["eos_id"]) | ids.eq(meta["pad_id"])
     chosen = (torch.rand(ids.shape, generator=gen) < prob) & ~special
     labels[~chosen] = -100
+    return replace_chosen(ids, chosen, meta, gen), labels
+
+
+def replace_chosen(ids: torch.Tensor, chosen: torch.Tensor, meta: dict, gen: torch.Generator) -> torch.Tensor:
+    """A copy of `ids` where the chosen targets are 80% [MASK], 10% a random token, 10% kept (BERT)."""
     roll = torch.rand(ids.shape, generator=gen)
     ids = ids.clone()
     ids[chosen & (roll < 0.8)] = meta["mask_id"]
     rand = chosen & (roll >= 0.8) & (roll < 0.9)
     ids[rand] = torch.randint(meta["vocab_size"], ids.shape, generator=gen)[rand]
-    return ids, labels
+    return ids
 
 
 @register("sequence-classification")
