@@ -127,6 +127,12 @@ def hf_side(kind: str, mdir: str, train_path: str, args: argparse.Namespace, out
                               eval_strategy="no", logging_steps=50, report_to=[], seed=SEED, use_cpu=True,
                               dataloader_num_workers=0, remove_unused_columns=False)
     trainer = Trainer(model=model, args=targs, train_dataset=feats, data_collator=collate)
+    return train_and_export(trainer, tok, out, t0, len(feats))
+
+
+
+def train_and_export(trainer, tok, out: str, t0: float, n_features: int) -> dict:
+    """The HF side's training (timed apart) and its export, scored later by the same code as raylm's."""
     t_train = time.time()
     trainer.train()
     train_s = time.time() - t_train
@@ -134,8 +140,7 @@ def hf_side(kind: str, mdir: str, train_path: str, args: argparse.Namespace, out
     trainer.save_model(export)
     tok.save_pretrained(export)
     return {"export": export, "wall_s": time.time() - t0, "train_s": train_s, "steps": trainer.state.global_step,
-            "train_features": len(feats)}
-
+            "train_features": n_features}
 
 def raylm_side(kind: str, mdir: str, train_path: str, dev_path: str, args: argparse.Namespace, root: str) -> dict:
     from raylm.config import validate
@@ -282,14 +287,7 @@ def s2s_hf_side(kind: str, cfg, manifest: dict, train_path: str, out: str) -> di
         f["length"] = len(f["input_ids"])
     trainer = Seq2SeqTrainer(model=model, args=targs, train_dataset=feats, data_collator=collate,
                              callbacks=[Budget()])
-    t_train = time.time()
-    trainer.train()
-    train_s = time.time() - t_train
-    export = os.path.join(out, "export")
-    trainer.save_model(export)
-    tok.save_pretrained(export)
-    return {"export": export, "wall_s": time.time() - t0, "train_s": train_s, "steps": trainer.state.global_step,
-            "train_features": len(feats)}
+    return train_and_export(trainer, tok, out, t0, len(feats))
 
 
 def run_s2s_task(kind: str, args: argparse.Namespace, root: str) -> dict:
