@@ -25,8 +25,10 @@ from raylm.errors import UserError
 
 ARCH_TASKS = {"ForTokenClassification": "token-classification", "ForQuestionAnswering": "question-answering",
               # seq2seq: BART/T5 (...ForConditionalGeneration), Marian (MarianMTModel), a warm-started BERT2BERT
-              "ForConditionalGeneration": "seq2seq", "MTModel": "seq2seq", "EncoderDecoderModel": "seq2seq"}
-ARCH_TASKS["ForPreTraining"] = "next-sentence-prediction"  # BERT MLM + NSP: raylm.trainers.pretraining_eval
+              "ForConditionalGeneration": "seq2seq", "MTModel": "seq2seq", "EncoderDecoderModel": "seq2seq",
+              "ForPreTraining": "next-sentence-prediction"}  # BERT MLM + NSP
+# Tasks whose predict/eval --input live in a module of their own (same `predict_file`/`evaluate_file`).
+OWN_MODULE = {"seq2seq": "raylm.trainers.seq2seq", "next-sentence-prediction": "raylm.trainers.pretraining_eval"}
 
 
 def task_of(model_dir: str) -> str:
@@ -43,6 +45,14 @@ def task_of(model_dir: str) -> str:
                 return task
     raise UserError(f"{model_dir}: a {archs or 'model without architectures'} has no per-file predict/eval",
                     hint="predict and eval --input take token-classification, question-answering and seq2seq models")
+
+
+def _own_module(model_dir: str) -> Any:
+    """The module serving this model's task when it is not NER/QA (see OWN_MODULE), else None."""
+    import importlib
+
+    name = OWN_MODULE.get(task_of(model_dir))
+    return importlib.import_module(name) if name else None
 
 
 def load(model_dir: str) -> tuple[str, Any, Any]:
@@ -199,14 +209,8 @@ def answer_questions(model: Any, tok: Any, rows: list[dict], batch_size: int = 3
 
 def predict_file(model_dir: str, input_path: str, output_path: str, batch_size: int = 32) -> dict:
     """Write one JSON line per sentence (`{id, tokens, tags}`) or question (`{id, answer, start, end}`)."""
-    if task_of(model_dir) == "seq2seq":  # `{id, source, prediction}`: raylm.trainers.seq2seq
-        from raylm.trainers import seq2seq
-
-        return seq2seq.predict_file(model_dir, input_path, output_path, batch_size)
-    if task_of(model_dir) == "next-sentence-prediction":  # per pair {a, b}: is_next_prob
-        from raylm.trainers import pretraining_eval
-
-        return pretraining_eval.predict_file(model_dir, input_path, output_path, batch_size)
+    if (own := _own_module(model_dir)) is not None:  # seq2seq `{id, source, prediction}`; NSP pairs `{a, b}`
+        return own.predict_file(model_dir, input_path, output_path, batch_size)
     task, model, tok = load(model_dir)
     rows = [r for r in _unlabelled_rows(input_path, task) if not r["reject"]]
     if not rows:
@@ -224,14 +228,8 @@ def evaluate_file(model_dir: str, input_path: str, batch_size: int = 32) -> dict
     """Score a raw labelled file: entity P/R/F1 per sentence (NER) or SQuAD EM/F1 per question (QA)."""
     from raylm.trainers.task_metrics import entity_scores, squad_scores
 
-    if task_of(model_dir) == "seq2seq":  # BLEU and ROUGE of beam search: raylm.trainers.seq2seq
-        from raylm.trainers import seq2seq
-
-        return seq2seq.evaluate_file(model_dir, input_path, batch_size)
-    if task_of(model_dir) == "next-sentence-prediction":  # pairs built from a document file
-        from raylm.trainers import pretraining_eval
-
-        return pretraining_eval.evaluate_file(model_dir, input_path, batch_size)
+    if (own := _own_module(model_dir)) is not None:  # seq2seq: BLEU/ROUGE of beam search; NSP: pairs from documents
+        return own.evaluate_file(model_dir, input_path, batch_size)
     task, model, tok = load(model_dir)
     read = list(_labelled_rows(input_path, task, _max_length(model, None)))
     rows = [r for r in read if not r["reject"]]

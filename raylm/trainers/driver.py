@@ -96,8 +96,7 @@ def best_checkpoint_rule(cfg: RootConfig) -> tuple[str, str]:
 
 
 _HIGHER_IS_BETTER = {"val_accuracy", "val_f1", "val_exact_match", "val_precision", "val_recall",
-                     "val_bleu", "val_rouge1", "val_rouge2", "val_rougeL"}
-_HIGHER_IS_BETTER.add("val_nsp_accuracy")  # BERT pretraining (data.nsp)
+                     "val_bleu", "val_rouge1", "val_rouge2", "val_rougeL", "val_nsp_accuracy"}
 
 
 def check_compatible(cfg: RootConfig, manifest: dict) -> None:
