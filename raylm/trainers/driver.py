@@ -150,7 +150,7 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
 
     from raylm.cluster.storage import run_storage
     from raylm.datasets.prepare import load_manifest
-    from raylm.datasets.streaming import open_split
+    from raylm.datasets.streaming import open_split, read_small_split
     from raylm.trainers.loop import LoopConfig, train_loop_per_worker
 
     manifest = manifest or load_manifest(cfg.data.prepared_dir)
@@ -160,13 +160,19 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
                              metrics_path=os.path.join(run_dir, "metrics.jsonl"), run_id=name,
                              **(loop_overrides or {}))
     metric, mode = best_checkpoint_rule(cfg)
-    datasets = {s: open_split(cfg.data.prepared_dir, s, manifest) for s in ("train", "validation")}
+    prepared = cfg.data.prepared_dir
     # Workers evaluate on the first eval_batches x batch x workers rows only: read those once here, so
     # that no worker starts a Ray Data execution of the whole split before its first step (start-up).
-    datasets["validation"] = datasets["validation"].limit(eval_rows(cfg)).materialize()
+    # Small local splits are read without a Ray Data execution at all (seconds of start-up each).
+    val = read_small_split(prepared, "validation", manifest, limit=eval_rows(cfg))
+    if val is None:
+        val = open_split(prepared, "validation", manifest).limit(eval_rows(cfg)).materialize()
+    train = open_split(prepared, "train", manifest)
     train_mb = manifest["splits"]["train"].get("tokens_out", 0) * 4 / 2**20
     if train_mb <= cfg.data.materialize_max_mb:  # small corpus: skip the per-epoch re-read (~seconds each)
-        datasets["train"] = datasets["train"].materialize()
+        small = read_small_split(prepared, "train", manifest)
+        train = small if small is not None else train.materialize()
+    datasets = {"train": train, "validation": val}
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # a deterministic order makes "skip what was consumed" exact on resume
     return TorchTrainer(
