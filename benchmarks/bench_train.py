@@ -105,15 +105,18 @@ def bare_run(data: str, manifest: dict, root: str, steps: int, warmup: int) -> d
 
 def overhead(root: str, steps: int, warmup: int) -> dict:
     data, manifest = _data(root, rows=BATCH * steps * 2)
-    # Bare, raylm, bare again: the machine is shared, so the faster bare run is the reference
-    # (the comparison is then conservative for raylm).
-    before = bare_run(data, manifest, root, steps, warmup)
-    ray1 = raylm_run(data, manifest, root, "one", 1, steps, warmup)
-    after = bare_run(data, manifest, root, steps, warmup)
-    bare = max(before, after, key=lambda r: r["tokens_per_s"])
+    # Bare, raylm, bare, raylm: the machine is shared (Ray's own processes, the kernel), so each side's
+    # faster run counts, and every run is listed.
+    bares, rays = [], []
+    for k in (1, 2):
+        bares.append(bare_run(data, manifest, root, steps, warmup))
+        rays.append(raylm_run(data, manifest, root, f"one{k}", 1, steps, warmup))
+    bare = max(bares, key=lambda r: r["tokens_per_s"])
+    ray1 = max(rays, key=lambda r: r["tokens_per_s"])
     ratio = ray1["tokens_per_s"] / bare["tokens_per_s"]
-    return {"benchmark": "overhead", "bare": bare, "bare_runs_tokens_per_s": [before["tokens_per_s"], after["tokens_per_s"]],
-            "raylm_1_worker": ray1, "ratio": ratio, "target": 0.95, "load_avg_1m": os.getloadavg()[0],
+    return {"benchmark": "overhead", "bare": bare, "bare_runs_tokens_per_s": [r["tokens_per_s"] for r in bares],
+            "raylm_1_worker": ray1, "raylm_runs_tokens_per_s": [r["tokens_per_s"] for r in rays],
+            "ratio": ratio, "target": 0.95, "load_avg_1m": os.getloadavg()[0],
             "meets_target": ratio >= 0.95, "steps": steps, "warmup_steps": warmup,
             "config": f"gpt2 4x256, block 128, batch {BATCH}, fp32, 1 torch thread, AdamW, clip 1.0"}
 
