@@ -12,6 +12,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray workers at the test session's priority, as raylm's embedded start does (raylm.cluster._connect): also
+# for the `ray start --head` clusters and CLI subprocesses tests start (Ray's default nice 15 starves them
+# behind any other busy process on a shared CI machine).
+os.environ.setdefault("RAY_worker_niceness", "0")
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 TESTS = Path(__file__).resolve().parent
 # A test's tier is its folder: tests/unit -> unit (no Ray), tests/integration -> ray (a real local

@@ -49,6 +49,7 @@ def init_kwargs(cfg: ClusterConfig, address: str | None = None) -> dict:
 
 
 STARTUP_ATTEMPTS = 3
+WORKER_NICENESS_ENV = "RAY_worker_niceness"  # read by the raylet it starts (RayConfig worker_niceness)
 
 
 def init_ray(**kw: Any) -> None:
@@ -60,6 +61,12 @@ def init_ray(**kw: Any) -> None:
     """
     import ray
 
+    if "address" not in kw:
+        # Ray starts its workers at nice 15 (RayConfig worker_niceness), so on a machine with any other
+        # busy process (a shared CI runner, a laptop compiling) the training workers get a few percent of
+        # a core and a 2-minute run takes an hour. The embedded Ray is the user's job: its workers run at
+        # the priority of the command that started it (RAY_worker_niceness set by the user still wins).
+        os.environ.setdefault(WORKER_NICENESS_ENV, "0")
     for attempt in range(1, STARTUP_ATTEMPTS + 1):
         try:
             ray.init(**kw)

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from raylm.cluster import _connect
 
 
-def _fake_ray(monkeypatch, failures: int, message: str) -> list[dict]:
+class _Calls(list):
+    """ray.init's keyword arguments per call, and RAY_worker_niceness as the raylet would have seen it."""
+
+    niceness: list
+
+
+def _fake_ray(monkeypatch, failures: int, message: str) -> _Calls:
     import ray
 
-    calls: list[dict] = []
+    calls, niceness = _Calls(), []
 
     def init(**kw):
         calls.append(kw)
+        niceness.append(os.environ.get(_connect.WORKER_NICENESS_ENV))
         if len(calls) <= failures:
             raise Exception(message)
 
@@ -21,6 +30,7 @@ def _fake_ray(monkeypatch, failures: int, message: str) -> list[dict]:
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     # Would kill this process's Ray children: the test session's own cluster, if any.
     monkeypatch.setattr(_connect, "_stop_started_ray_processes", lambda: None)
+    calls.niceness = niceness
     return calls
 
 
@@ -48,3 +58,21 @@ def test_retries_are_bounded_and_other_errors_are_not_retried(monkeypatch):
     with pytest.raises(Exception, match="timed out"):
         _connect.init_ray(address="127.0.0.1:6379")
     assert len(calls) == 1
+
+
+def test_the_embedded_ray_runs_its_workers_at_the_commands_priority(monkeypatch):
+    """Ray's default worker niceness (15) starves training behind any other busy process."""
+    monkeypatch.delenv(_connect.WORKER_NICENESS_ENV, raising=False)
+    calls = _fake_ray(monkeypatch, failures=0, message="")
+    _connect.init_ray(num_cpus=8)
+    assert calls.niceness == ["0"]
+    monkeypatch.setenv(_connect.WORKER_NICENESS_ENV, "10")  # the user's choice stands
+    _connect.init_ray(num_cpus=8)
+    assert calls.niceness[-1] == "10"
+
+
+def test_joining_a_cluster_leaves_its_worker_priority_alone(monkeypatch):
+    monkeypatch.delenv(_connect.WORKER_NICENESS_ENV, raising=False)
+    calls = _fake_ray(monkeypatch, failures=0, message="")
+    _connect.init_ray(address="auto")
+    assert calls.niceness == [None]
