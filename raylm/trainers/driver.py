@@ -167,11 +167,12 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
     val = read_small_split(prepared, "validation", manifest, limit=eval_rows(cfg))
     if val is None:
         val = open_split(prepared, "validation", manifest).limit(eval_rows(cfg)).materialize()
-    train = open_split(prepared, "train", manifest)
     train_mb = manifest["splits"]["train"].get("tokens_out", 0) * 4 / 2**20
-    if train_mb <= cfg.data.materialize_max_mb:  # small corpus: skip the per-epoch re-read (~seconds each)
-        small = read_small_split(prepared, "train", manifest)
-        train = small if small is not None else train.materialize()
+    resident = train_mb <= cfg.data.materialize_max_mb  # small corpus: skip the per-epoch re-read (~seconds each)
+    train = read_small_split(prepared, "train", manifest) if resident else None
+    if train is None:
+        train = open_split(prepared, "train", manifest)
+        train = train.materialize() if resident else train
     datasets = {"train": train, "validation": val}
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # a deterministic order makes "skip what was consumed" exact on resume

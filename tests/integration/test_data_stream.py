@@ -36,7 +36,8 @@ def prepared(ray_session, tmp_path_factory) -> tuple[str, dict]:
 
 @pytest.fixture(scope="module")
 def train_split(prepared):
-    return open_split(*prepared[:1], "train", prepared[1]).materialize()
+    d, manifest = prepared
+    return open_split(d, "train", manifest).materialize()
 
 
 def epoch_per_rank(ds, group: bool, position: int = 0) -> list[list[dict]]:
