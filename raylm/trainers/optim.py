@@ -19,9 +19,21 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: torch.nn.Module, t: TrainerConfig, device: torch.device) -> torch.optim.Optimizer:
-    fused = device.type == "cuda"
+    # The fused kernel (one pass over all parameters) where torch has one: CUDA, and the CPU since torch 2.4,
+    # where it is ~6x faster than the foreach path (MiniLM, 22M params, 2 threads: 14 vs 88 ms a step; the HF
+    # Trainer's default, adamw_torch_fused, uses it too).
+    fused = device.type in _fused_devices()
     o = t.optimizer
     return torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, fused=fused)
+
+
+def _fused_devices() -> tuple[str, ...]:
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        return tuple(_get_fused_kernels_supported_devices())
+    except ImportError:  # older torch: CUDA only
+        return ("cuda",)
 
 
 def lr_factor(step: int, t: TrainerConfig) -> float:
