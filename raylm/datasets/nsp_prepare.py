@@ -217,7 +217,6 @@ def nsp_tokenizer(cfg: DataConfig, source: str) -> str:
 def prepare_nsp(cfg: DataConfig, force: bool = False) -> dict:
     """Prepare sentence-pair shards (Ray must be initialised); idempotent and resumable per unit,
     as `prepare.prepare` is (the same driver steps with `NSPUnitWorker`)."""
-    import ray
 
     from raylm.datasets import prepare as lm
 
@@ -240,14 +239,14 @@ def prepare_nsp(cfg: DataConfig, force: bool = False) -> dict:
                        key=lambda u: (u.uri, u.start))
     done = {u.key for u in units if (out / PROGRESS / f"{u.key}.json").is_file()}
     todo = sorted((u for u in units if u.key not in done), key=lm._unit_bytes, reverse=True)
-    dedup = lm._start_dedup(cfg, out, done)
+    here = lm.in_driver(cfg, todo)
+    dedup = lm._start_dedup(cfg, out, done, here)
     try:
         if todo:
             lm._run_units(cfg, TASK, tok_dir, out, todo, dedup, sum(lm._unit_bytes(u) for u in units),
-                          lm._validation_files(cfg), worker=NSPUnitWorker)
+                          lm._validation_files(cfg), worker=NSPUnitWorker, here=here)
     finally:
-        for actor in dedup or []:
-            ray.kill(actor)
+        lm.stop_dedup(dedup)
     markers = [json.loads((out / PROGRESS / f"{u.key}.json").read_text()) for u in units]
     lm._remove_orphans(out, markers)
     _check_pairs(cfg, markers)

@@ -166,7 +166,8 @@ class UnitWorker:
         self.cfg, self.out_dir, self.task = cfg, out_dir, task
         self.validation_files = set(validation_files or [])
         self.backend, self.eos = toks.load_backend(tokenizer_dir)  # without tokenizer.json's padding/truncation
-        self.dedup = ShardedDedup(dedup) if dedup else None
+        # The dedup index: Ray actors, or one in-process index when the units are prepared in the driver.
+        self.dedup = dedup[0] if dedup and isinstance(dedup[0], DedupIndex) else ShardedDedup(dedup) if dedup else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         stats = [self.process(Unit(**d)) for d in batch.column("unit").to_pylist()]
@@ -285,7 +286,7 @@ def _batched(rows: Iterator[dict], n: int) -> Iterator[list[dict]]:
 
 # Knobs that change how fast prepare runs or how training reads the shards, not what the shards
 # hold: a change keeps the prepared shards.
-_SPEED_KNOBS = {"tokenize_batch_size", "tokenize_actors", "shuffle_buffer_rows", "seed", "dedup_shards",
+_SPEED_KNOBS = {"tokenize_batch_size", "tokenize_actors", "prepare_in_driver_mb", "shuffle_buffer_rows", "seed", "dedup_shards",
                 "unit_bytes", "progress_seconds", "group_by_length", "length_group_batches"}
 
 
@@ -309,7 +310,6 @@ def _start_fresh_if_changed(out: Path, inputs_fp: str, force: bool) -> None:
 
 def prepare(cfg: DataConfig, task: str = "causal-lm", force: bool = False) -> dict:
     """Prepare shards (Ray must be initialised). Idempotent and resumable (see module doc)."""
-    import ray
 
     from raylm.datasets import task_prepare
 
@@ -340,14 +340,14 @@ def prepare(cfg: DataConfig, task: str = "causal-lm", force: bool = False) -> di
     todo = sorted((u for u in units if u.key not in done), key=_unit_bytes, reverse=True)  # big first: balance
     if done:
         log.info("prepare: resuming, %d of %d units already done", len(done), len(units))
-    dedup = _start_dedup(cfg, out, done)
+    here = in_driver(cfg, todo)
+    dedup = _start_dedup(cfg, out, done, here)
     try:
         if todo:
             _run_units(cfg, task, tok_dir, out, todo, dedup, sum(_unit_bytes(u) for u in units),
-                       _validation_files(cfg))
+                       _validation_files(cfg), here=here)
     finally:
-        for actor in dedup or []:
-            ray.kill(actor)
+        stop_dedup(dedup)
     markers = [json.loads((out / PROGRESS / f"{u.key}.json").read_text()) for u in units]
     _remove_orphans(out, markers)
     manifest = build_manifest(cfg, task, tok_dir, tok_fp, inputs_fp, markers)
@@ -370,11 +370,33 @@ def _runtime_env() -> dict | None:
     return {"env_vars": env} if env else None
 
 
-def _start_dedup(cfg: DataConfig, out: Path, done: set[str]) -> list | None:
+def in_driver(cfg: DataConfig, todo: list[Unit]) -> bool:
+    """Whether the units are few enough bytes, and local, to be prepared in this process: starting the
+    actor pool (a Ray Data execution, an actor per CPU, a tokenizer in each) costs ~5 s on a small
+    machine, longer than tokenizing a few MB here. The shards, markers and rejects are the same."""
+    from raylm.cluster.storage import is_remote
+
+    return (bool(todo) and sum(_unit_bytes(u) for u in todo) <= cfg.prepare_in_driver_mb * 2**20
+            and not any(is_remote(u.uri) for u in todo))
+
+
+def stop_dedup(dedup: list | None) -> None:
+    import ray
+
+    for actor in dedup or []:
+        if not isinstance(actor, DedupIndex):
+            ray.kill(actor)
+
+
+def _start_dedup(cfg: DataConfig, out: Path, done: set[str], here: bool = False) -> list | None:
     import ray
 
     if not cfg.dedup:
         return None
+    if here:  # one index in this process
+        index = DedupIndex(0, 1)
+        index.load([str(out / PROGRESS / f"{k}.hashes.npy") for k in sorted(done)])
+        return [index]
     actors = [ray.remote(DedupIndex).options(num_cpus=0).remote(i, cfg.dedup_shards) for i in range(cfg.dedup_shards)]
     paths = [str(out / PROGRESS / f"{k}.hashes.npy") for k in sorted(done)]
     ray.get([a.load.remote(paths) for a in actors])  # the claims of units finished before
@@ -382,11 +404,14 @@ def _start_dedup(cfg: DataConfig, out: Path, done: set[str]) -> list | None:
 
 
 def _run_units(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: list[Unit], dedup: list | None,
-               total_bytes: int, validation_files: list[str] | None, worker: type = UnitWorker) -> None:
+               total_bytes: int, validation_files: list[str] | None, worker: type = UnitWorker,
+               here: bool = False) -> None:
     import ray
 
     from raylm.datasets.progress import Progress
 
+    if here:
+        return _run_units_here(cfg, task, tok_dir, out, todo, dedup, total_bytes, validation_files, worker)
     items = [{"unit": u.to_dict()} for u in todo]
     actors = max(1, min(_pool_size(cfg), len(todo)))
     threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)  # tokenizer threads per actor
@@ -408,6 +433,29 @@ def _run_units(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: list[U
         if bad:
             raise UserError(f"{bad} (data.on_error=fail)", hint="fix the file or set data.on_error=skip") from None
         raise
+    progress.finish()
+
+
+def _run_units_here(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: list[Unit], dedup: list | None,
+                    total_bytes: int, validation_files: list[str] | None, worker: type) -> None:
+    """The units one after another in this process, by the pool's own worker class (see `in_driver`)."""
+    from raylm.datasets.progress import Progress
+
+    saved = {k: os.environ.get(k) for k in ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS")}
+    try:  # the worker sets the tokenizer's thread pool in the environment: all of this machine's cores
+        w = worker(cfg, tok_dir, str(out), task, dedup, validation_files, os.cpu_count() or 1)
+        progress = Progress(total_bytes, total_bytes - sum(_unit_bytes(u) for u in todo), len(todo),
+                            cfg.progress_seconds)
+        for u in todo:
+            progress.update(w.process(u))
+    except BadRowError as err:
+        raise UserError(f"{err} (data.on_error=fail)", hint="fix the file or set data.on_error=skip") from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     progress.finish()
 
 

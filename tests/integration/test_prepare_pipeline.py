@@ -51,8 +51,10 @@ def make_corpus(root: Path) -> dict:
 
 def test_prepare_ledger_shards_idempotent_and_resumable(ray_session, tmp_path, tokenizer):
     expect = make_corpus(tmp_path / "corpus")
+    # prepare_in_driver_mb=0: the actor pool, as for any corpus over 8 MB (this one would be prepared in the driver).
     cfg = DataConfig(source=str(tmp_path / "corpus"), prepared_dir=str(tmp_path / "prep"), block_size=16, tokenize_actors=2,
-                     shard_rows=7, unit_bytes=4096, validation_fraction=0.2, tokenizer={"path": tokenizer})
+                     shard_rows=7, unit_bytes=4096, validation_fraction=0.2, tokenizer={"path": tokenizer},
+                     prepare_in_driver_mb=0)
     m = prepare(cfg)
     assert m["units"] > 4  # a.jsonl was read as several byte ranges
     assert m["rows_in"] == expect["rows_in"] and m["ledger_balanced"]
@@ -78,6 +80,14 @@ def test_prepare_ledger_shards_idempotent_and_resumable(ray_session, tmp_path, t
             ids.update(table.column("sample_id").to_pylist())
         assert sum(f["rows"] for f in s["files"]) == s["rows"]
     assert len(ids) == m["splits"]["train"]["rows"] + m["splits"]["validation"]["rows"]
+
+    # The same corpus prepared in the driver (small and local: no actor pool): the same splits and ledger.
+    here = prepare(cfg.model_copy(update={"prepared_dir": str(tmp_path / "here"), "prepare_in_driver_mb": 8.0}))
+    for key in ("rows_in", "rows_kept", "rejected", "ledger_balanced", "units"):
+        assert here[key] == m[key], key
+    assert_same_splits(here, m)
+    assert [r["row_id"] for r in read_rejects(str(tmp_path / "here"), reason="malformed_json")] == [
+        f"{tmp_path}/corpus/a.jsonl:51"]
 
     mtimes = {p: p.stat().st_mtime_ns for split in ("train", "validation")
               for p in Path(cfg.prepared_dir, split).glob("*.parquet")}

@@ -31,7 +31,8 @@ def test_killed_prepare_resumes_and_matches_a_clean_run(ray_session, tmp_path):
     train_bpe([f"file {i} document some words repeated shared across" for i in range(200)], tok, vocab_size=300, min_frequency=1)
     prep = tmp_path / "prep"
     args = [f"data.source={corpus}", f"data.prepared_dir={prep}", f"data.tokenizer.path={tok}",
-            "data.tokenize_actors=1", "data.shard_rows=50", "data.block_size=16"]
+            "data.tokenize_actors=1", "data.shard_rows=50", "data.block_size=16",
+            "data.prepare_in_driver_mb=0"]  # the actor pool is what is killed (the resumed run prepares in the driver)
     proc = subprocess.Popen([sys.executable, "-m", "raylm", "prepare", str(ROOT / "configs" / "demo.yaml"), *args],
                             env=dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
