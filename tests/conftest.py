@@ -16,6 +16,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # for the `ray start --head` clusters and CLI subprocesses tests start (Ray's default nice 15 starves them
 # behind any other busy process on a shared CI machine).
 os.environ.setdefault("RAY_worker_niceness", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # as the embedded start, too
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 TESTS = Path(__file__).resolve().parent
 # A test's tier is its folder: tests/unit -> unit (no Ray), tests/integration -> ray (a real local

@@ -50,6 +50,9 @@ def init_kwargs(cfg: ClusterConfig, address: str | None = None) -> dict:
 
 STARTUP_ATTEMPTS = 3
 WORKER_NICENESS_ENV = "RAY_worker_niceness"  # read by the raylet it starts (RayConfig worker_niceness)
+# How often Ray Train's controller polls its workers (default 2 s): how long a finished (or failed) run
+# waits before the controller sees it. Read by the controller, a process of the raylet started here.
+HEALTH_CHECK_ENV, EMBEDDED_HEALTH_CHECK_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
 
 
 def init_ray(**kw: Any) -> None:
@@ -67,6 +70,9 @@ def init_ray(**kw: Any) -> None:
         # a core and a 2-minute run takes an hour. The embedded Ray is the user's job: its workers run at
         # the priority of the command that started it (RAY_worker_niceness set by the user still wins).
         os.environ.setdefault(WORKER_NICENESS_ENV, "0")
+        # One machine, a few workers: a poll every 0.5 s costs nothing and a short fine-tune ends ~2 s sooner
+        # (SST-2, 30 steps: checkpoint reported to the result in the driver 4.6 s -> 1.3 s).
+        os.environ.setdefault(HEALTH_CHECK_ENV, EMBEDDED_HEALTH_CHECK_S)
     for attempt in range(1, STARTUP_ATTEMPTS + 1):
         try:
             ray.init(**kw)

@@ -25,6 +25,8 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
+import numpy as np
+
 from raylm.datasets.bucketing import length_grouped
 from raylm.datasets.sharding import stride_share
 
@@ -173,11 +175,14 @@ class TrainStream:
         return batch
 
 
-def eval_batches(ds: Any, batch_size: int, rank: int, world: int, limit: int) -> list[dict]:
+def eval_batches(ds: Any, batch_size: int, rank: int, world: int, limit: int,
+                 sort_by_length: bool = False) -> list[dict]:
     """Worker `rank`'s share of the first `limit * world` validation batches (the same every eval).
 
     Read once and kept in memory by the caller: a fixed, small evaluation set, so that each
-    evaluation costs model time only, not a new Ray Data execution.
+    evaluation costs model time only, not a new Ray Data execution. `sort_by_length` (tasks whose
+    metrics do not depend on the order: sums over examples) regroups this rank's rows by length, so
+    that a batch is padded to its own length, not to the longest of 32 random rows.
     """
     out = []
     for i, batch in enumerate(ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=1)):
@@ -185,4 +190,22 @@ def eval_batches(ds: Any, batch_size: int, rank: int, world: int, limit: int) ->
             break
         if i % world == rank:
             out.append(batch)
-    return out
+    return regroup_by_length(out, batch_size) if sort_by_length else out
+
+
+def regroup_by_length(batches: list[dict], batch_size: int) -> list[dict]:
+    """The same rows in batches of `batch_size`, ordered by the length of `input_ids` (stable)."""
+    if not batches:
+        return batches
+    cols: dict[str, list] = {k: [x for b in batches for x in b[k]] for k in batches[0]}
+    order = np.argsort([len(x) for x in cols["input_ids"]], kind="stable")
+
+    def column(items: list) -> np.ndarray:
+        if all(np.ndim(x) == 0 for x in items):
+            return np.asarray(items)
+        arr = np.empty(len(items), dtype=object)  # variable-length rows
+        arr[:] = [np.asarray(x) for x in items]
+        return arr
+
+    return [{k: column([v[j] for j in order[i: i + batch_size]]) for k, v in cols.items()}
+            for i in range(0, len(order), batch_size)]

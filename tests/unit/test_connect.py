@@ -13,16 +13,18 @@ class _Calls(list):
     """ray.init's keyword arguments per call, and RAY_worker_niceness as the raylet would have seen it."""
 
     niceness: list
+    health: list  # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S
 
 
 def _fake_ray(monkeypatch, failures: int, message: str) -> _Calls:
     import ray
 
-    calls, niceness = _Calls(), []
+    calls, niceness, health = _Calls(), [], []
 
     def init(**kw):
         calls.append(kw)
         niceness.append(os.environ.get(_connect.WORKER_NICENESS_ENV))
+        health.append(os.environ.get(_connect.HEALTH_CHECK_ENV))
         if len(calls) <= failures:
             raise Exception(message)
 
@@ -30,7 +32,7 @@ def _fake_ray(monkeypatch, failures: int, message: str) -> _Calls:
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     # Would kill this process's Ray children: the test session's own cluster, if any.
     monkeypatch.setattr(_connect, "_stop_started_ray_processes", lambda: None)
-    calls.niceness = niceness
+    calls.niceness, calls.health = niceness, health
     return calls
 
 
@@ -63,9 +65,11 @@ def test_retries_are_bounded_and_other_errors_are_not_retried(monkeypatch):
 def test_the_embedded_ray_runs_its_workers_at_the_commands_priority(monkeypatch):
     """Ray's default worker niceness (15) starves training behind any other busy process."""
     monkeypatch.delenv(_connect.WORKER_NICENESS_ENV, raising=False)
+    monkeypatch.delenv(_connect.HEALTH_CHECK_ENV, raising=False)
     calls = _fake_ray(monkeypatch, failures=0, message="")
     _connect.init_ray(num_cpus=8)
     assert calls.niceness == ["0"]
+    assert calls.health == ["0.5"]  # the controller sees a finished run within 0.5 s, not 2 s
     monkeypatch.setenv(_connect.WORKER_NICENESS_ENV, "10")  # the user's choice stands
     _connect.init_ray(num_cpus=8)
     assert calls.niceness[-1] == "10"
@@ -73,6 +77,7 @@ def test_the_embedded_ray_runs_its_workers_at_the_commands_priority(monkeypatch)
 
 def test_joining_a_cluster_leaves_its_worker_priority_alone(monkeypatch):
     monkeypatch.delenv(_connect.WORKER_NICENESS_ENV, raising=False)
+    monkeypatch.delenv(_connect.HEALTH_CHECK_ENV, raising=False)
     calls = _fake_ray(monkeypatch, failures=0, message="")
     _connect.init_ray(address="auto")
-    assert calls.niceness == [None]
+    assert calls.niceness == [None] and calls.health == [None]
