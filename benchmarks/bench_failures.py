@@ -32,6 +32,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 # The synthetic data, tiny config and sample-ledger reader the tests use (tests/testkit.py).
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+# The local cluster's head runs with token auth (raylm.cluster._localray); this driver presents the token
+# only in token mode, which Ray reads when it is imported: set before `import ray`.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 DEMO = ["model.n_layer=4", "model.n_embd=128", "model.n_head=4", "data.block_size=128"]  # configs/demo.yaml
@@ -151,7 +154,6 @@ def main() -> None:
         # One epoch exactly: every sample once is checkable.
         manifest = write_synthetic(data, n_train=args.steps * BATCH * 2, n_val=64, files=8, block_size=128,
                                    vocab=4096)
-        os.environ.setdefault("RAY_AUTH_MODE", cluster.env.get("RAY_AUTH_MODE", ""))
         ray.init(address=cluster.gcs_address, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         base = run(cluster, root, data, manifest, "straight", args.steps, args.every, model, None)

@@ -161,9 +161,11 @@ def main() -> None:
     ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1")
     os.makedirs(RESULTS, exist_ok=True)
     for which in (["memory", "big", "stall"] if args.which == "all" else [args.which]):
+        load_start = os.getloadavg()
         with tempfile.TemporaryDirectory(prefix=f"bench-fsdp-{which}-") as root:
             res = {"benchmark": which, "tiny": args.tiny, "cpus": os.cpu_count(),
                    **{"memory": memory, "big": big, "stall": stall}[which](root, args.tiny)}
+        res["load"] = {"start": load_start, "end": os.getloadavg()}
         path = os.path.join(RESULTS, f"fsdp_{which}{'_tiny' if args.tiny else ''}.json")
         with open(path, "w") as f:
             json.dump(res, f, indent=2)
