@@ -1,7 +1,7 @@
 """FSDP2 benchmarks on CPU (2 workers, gloo, fp32 + AdamW). JSON into benchmarks/results/.
 
-  python benchmarks/bench_fsdp.py memory   # peak RSS per worker: FSDP2 vs DDP on a ~1B Llama-style model
-  python benchmarks/bench_fsdp.py big      # ~1.3B (DDP cannot hold it on 24 GiB): 3 FSDP2 steps on 2 workers,
+  python benchmarks/bench_fsdp.py memory   # peak RSS per worker: FSDP2 vs DDP on a 0.74B Llama-style model
+  python benchmarks/bench_fsdp.py big      # 0.87B (DDP cannot hold it on 24 GiB): 3 FSDP2 steps on 2 workers,
                                            # checkpoint, resume on 1 worker, export, from_pretrained; wall times
   python benchmarks/bench_fsdp.py stall    # checkpoint stall: synchronous full-state save vs sharded async save
   python benchmarks/bench_fsdp.py all [--tiny]   # --tiny: the same paths on a tiny model (a smoke test)
@@ -9,8 +9,15 @@
 Peak RSS is each worker process's VmHWM (/proc/<pid>/status), polled while the run is alive.
 DDP is measured on a smaller model (`--ddp-layers`) and extrapolated per parameter to the FSDP model's
 size (its memory is linear in the parameter count at a fixed batch): the JSON says so. The big run
-saves synchronously (`trainer.fsdp.async_checkpoint=false`): staging a 1.3B model's shard for an async
-write would need another ~8 GB per worker, more than 24 GiB holds.
+saves synchronously (`trainer.fsdp.async_checkpoint=false`): staging its shard for an async write would
+need another ~7 GB per worker, more than 24 GiB holds.
+
+Sizes, for this 24 GiB machine: fp32 + AdamW is 16 bytes a parameter (weights, gradients, two moments).
+2 DDP workers each hold all of it (32 B/param on the machine: at most ~0.6B fits); 2 FSDP2 workers hold
+half each (16 B/param on the machine). The issue's ~1B (memory) and ~1.3B (big) were tried first: 16 and
+21 GB of state alone, plus ~1 GB of runtime per worker, and with an async checkpoint's staging copy, passed
+Ray's memory monitor threshold (95% of the machine) and the runs were killed. So memory uses 0.74B and big
+0.87B (DDP would need ~30 GB), both with synchronous sharded checkpoints.
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 VOCAB, BLOCK = 32000, 128
-# Llama-style, hidden 2048, MLP 4x (tasks.py), tied embeddings: 14 layers ~1.0B, 18 layers ~1.3B.
-SIZES = {"1b": (14, 2048, 16), "1.3b": (18, 2048, 16), "ddp": (4, 2048, 16), "stall": (8, 1024, 16),
+# Llama-style, hidden 2048, MLP 4x (tasks.py), tied embeddings: 10 layers 0.74B, 12 layers 0.87B.
+SIZES = {"0.74b": (10, 2048, 16), "0.87b": (12, 2048, 16), "ddp": (4, 2048, 16), "stall": (8, 1024, 16),
          "tiny": (2, 64, 4)}
 
 
@@ -99,8 +106,12 @@ def _fit(cfg, manifest: dict, ids: str, workers: int) -> dict:
 
 def memory(root: str, tiny: bool) -> dict:
     data, manifest = _data(root, tiny)
-    fsdp_size, ddp_size = ("tiny", "tiny") if tiny else ("1b", "ddp")
-    fsdp = _fit(_cfg(data, root, "mem-fsdp", fsdp_size, "fsdp", 2), manifest, f"{root}/fsdp.ids", 2)
+    fsdp_size, ddp_size = ("tiny", "tiny") if tiny else ("0.74b", "ddp")
+    # Synchronous checkpoints: an async save stages a copy of the shard's weights and optimizer state in CPU
+    # memory (+12 bytes a parameter per worker), which is checkpoint memory, not training memory (and with it
+    # the 0.74B run was killed by Ray's memory monitor at 9.95 GB a worker).
+    sync = ["trainer.fsdp.async_checkpoint=false"]
+    fsdp = _fit(_cfg(data, root, "mem-fsdp", fsdp_size, "fsdp", 2, 2, sync), manifest, f"{root}/fsdp.ids", 2)
     ddp = _fit(_cfg(data, root, "mem-ddp", ddp_size, "ddp", 2), manifest, f"{root}/ddp.ids", 2)
     n_fsdp, n_ddp = _params(fsdp_size, manifest["vocab_size"]), _params(ddp_size, manifest["vocab_size"])
     ddp_gib = max(ddp["peak_rss_gib"].values())
@@ -117,7 +128,7 @@ def big(root: str, tiny: bool) -> dict:
     from raylm.trainers.export import main as export
 
     data, manifest = _data(root, tiny)
-    size = "tiny" if tiny else "1.3b"
+    size = "tiny" if tiny else "0.87b"
     sync = ["trainer.fsdp.async_checkpoint=false"]
     out = {"model_params": _params(size, manifest["vocab_size"])}
     out["train_2_workers"] = _fit(_cfg(data, root, "big", size, "fsdp", 3, 2, sync), manifest, f"{root}/big.ids", 2)
