@@ -151,7 +151,10 @@ def raylm_side(kind: str, mdir: str, train_path: str, dev_path: str, args: argpa
     cfg = validate({
         "cluster": {"storage_path": f"{root}/runs"},
         "data": {"source": train_path, "validation_source": dev_path, "prepared_dir": f"{root}/prepared",
-                 "tokenizer": {"path": mdir}, "max_length": args.max_length, "qa": {"doc_stride": args.doc_stride}},
+                 "tokenizer": {"path": mdir}, "max_length": args.max_length, "qa": {"doc_stride": args.doc_stride},
+                 # as configs/ner-conll.yaml: without it the features stream in file order (CoNLL's
+                 # documents one after another) while the Trainer draws a random permutation each epoch
+                 "shuffle_buffer_rows": 2048},
         "model": {"init_from": mdir, "n_layer": 6, "n_embd": 384, "n_head": 12},
         "trainer": {"task": TASK[kind], "run_name": kind, "num_workers": args.workers, "cpus_per_worker": THREADS,
                     "torch_threads": THREADS, "batch_size": args.batch, "max_steps": args.max_steps, "lr": args.lr,
@@ -373,16 +376,19 @@ def main() -> None:
 
     ray.init(num_cpus=max(4, THREADS * args.workers + 2), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="raylm-tasks-") as root:
         tasks = [run_s2s_task(k, args, root) if k in S2S_DATA else run_task(k, mdir, args, root) for k in kinds]
     res = {"benchmark": "downstream_tasks", "train_rows": args.train_rows, "dev_rows": args.dev_rows,
            "max_steps": args.max_steps, "batch": args.batch, "workers": args.workers, "lr": args.lr,
            "max_length": args.max_length, "budget_s": args.budget_s, "s2s_layers": args.s2s_layers,
-           "s2s_dim": args.s2s_dim, "s2s_batch": args.s2s_batch, "num_beams": args.num_beams, "tasks": tasks, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+           "s2s_dim": args.s2s_dim, "s2s_batch": args.s2s_batch, "num_beams": args.num_beams, "tasks": tasks, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "load": {"start": load_start, "end": os.getloadavg(), "cpus": os.cpu_count()}}
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "tasks.json"), "w") as f:
+    name = "tasks_" + "_".join(kinds)  # one file per selection: a NER run does not overwrite the QA figures
+    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(res, f, indent=2)
-    with open(os.path.join(args.out, "tasks.md"), "w") as f:
+    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write(markdown(res))
     print(markdown(res))
 
