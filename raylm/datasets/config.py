@@ -117,7 +117,10 @@ class DataConfig(BaseModel):
         "(no re-read per epoch); larger ones stream from the shards every epoch.",
     )
     shuffle_buffer_rows: int = Field(
-        0, ge=0, description="Local shuffle buffer when streaming into training (0: block order only)."
+        2048, ge=0, description="Rows in the seeded local shuffle buffer when streaming into training (exact on "
+        "resume: the same order per epoch and seed). Without it rows arrive in file order, one document's or "
+        "article's rows together (the demo: validation perplexity 205 without, 166 with 4,096; CoNLL NER F1 "
+        "4 points lower at 250 steps). 0: shard order only."
     )
     sharding: Literal["auto", "split", "stride"] = Field(
         "auto", description="How workers share the train split. split: Ray Data splits it, each row read "
