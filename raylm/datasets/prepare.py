@@ -393,12 +393,12 @@ def _start_dedup(cfg: DataConfig, out: Path, done: set[str], here: bool = False)
 
     if not cfg.dedup:
         return None
+    paths = [str(out / PROGRESS / f"{k}.hashes.npy") for k in sorted(done)]
     if here:  # one index in this process
         index = DedupIndex(0, 1)
-        index.load([str(out / PROGRESS / f"{k}.hashes.npy") for k in sorted(done)])
+        index.load(paths)
         return [index]
     actors = [ray.remote(DedupIndex).options(num_cpus=0).remote(i, cfg.dedup_shards) for i in range(cfg.dedup_shards)]
-    paths = [str(out / PROGRESS / f"{k}.hashes.npy") for k in sorted(done)]
     ray.get([a.load.remote(paths) for a in actors])  # the claims of units finished before
     return actors
 
@@ -431,7 +431,7 @@ def _run_units(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: list[U
     except Exception as err:  # a BadRowError raised in a worker arrives wrapped
         bad = _find_bad_row(err)
         if bad:
-            raise UserError(f"{bad} (data.on_error=fail)", hint="fix the file or set data.on_error=skip") from None
+            raise _bad_row_error(bad) from None
         raise
     progress.finish()
 
@@ -441,15 +441,14 @@ def _run_units_here(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: l
     """The units one after another in this process, by the pool's own worker class (see `in_driver`)."""
     from raylm.datasets.progress import Progress
 
+    progress = Progress(total_bytes, total_bytes - sum(_unit_bytes(u) for u in todo), len(todo), cfg.progress_seconds)
     saved = {k: os.environ.get(k) for k in ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS")}
     try:  # the worker sets the tokenizer's thread pool in the environment: all of this machine's cores
         w = worker(cfg, tok_dir, str(out), task, dedup, validation_files, os.cpu_count() or 1)
-        progress = Progress(total_bytes, total_bytes - sum(_unit_bytes(u) for u in todo), len(todo),
-                            cfg.progress_seconds)
         for u in todo:
             progress.update(w.process(u))
     except BadRowError as err:
-        raise UserError(f"{err} (data.on_error=fail)", hint="fix the file or set data.on_error=skip") from None
+        raise _bad_row_error(str(err)) from None
     finally:
         for k, v in saved.items():
             if v is None:
@@ -469,6 +468,10 @@ def _pool_size(cfg: DataConfig) -> int:
     import ray
 
     return cfg.tokenize_actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _bad_row_error(bad: str) -> UserError:
+    return UserError(f"{bad} (data.on_error=fail)", hint="fix the file or set data.on_error=skip")
 
 
 def _find_bad_row(err: BaseException | None) -> str | None:

@@ -113,6 +113,7 @@ class TokenClassification(EncoderTask):
     """Tags per word (CoNLL NER): first sub-token labels, entity-level seqeval P/R/F1."""
 
     metric, mode = "val_f1", "max"
+    eval_order_free = True
     auto_class = "AutoModelForTokenClassification"
     model_keys = ("input_ids", "attention_mask", "labels")
     meta_keys = ("labels", "num_labels")

@@ -39,9 +39,6 @@ from raylm.trainers.step import Feeder, StepContext, Window, evaluate, to_batch,
 from raylm.trainers.tasks import Task, get_task
 from raylm.trainers.tracking import make_sink
 
-# Tasks whose validation metrics are sums over examples: their eval batches are regrouped by length.
-LENGTH_SORTED_EVAL = ("sequence-classification", "token-classification")
-
 
 @dataclass
 class LoopConfig:
@@ -156,7 +153,7 @@ def setup(lc: LoopConfig) -> Run:
                       skip_nonfinite=t.nan_policy == "skip")
     # Validation batches are collated once (a fixed seed per batch: MLM masks are the same every eval).
     val_raw = eval_batches(ray.train.get_dataset_shard("validation"), batch_size, rank, world, t.eval.batches,
-                           sort_by_length=t.task in LENGTH_SORTED_EVAL)
+                           sort_by_length=task.eval_order_free)
     val = [to_batch(collate(raw, i * 31 + rank), device) for i, raw in enumerate(val_raw)]
     d = cfg.data
     stream = TrainStream(ray.train.get_dataset_shard("train"), batch_size, d.seed, d.shuffle_buffer_rows,

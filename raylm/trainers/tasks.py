@@ -30,6 +30,9 @@ class Task:
     name = ""
     metric = "val_loss"  # what "best" means
     mode = "min"
+    # Validation metrics are sums over examples (not over the batches' order): the loop may regroup the
+    # eval batches by length, so that each pads to its own longest row.
+    eval_order_free = False
 
     def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
         raise NotImplementedError
@@ -171,6 +174,7 @@ def replace_chosen(ids: torch.Tensor, chosen: torch.Tensor, meta: dict, gen: tor
 @register("sequence-classification")
 class SequenceClassification(Task):
     metric, mode = "val_accuracy", "max"
+    eval_order_free = True
 
     def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification, BertConfig

@@ -40,9 +40,9 @@ def _raw(step: int, rows: int = 4) -> dict[str, np.ndarray]:
     return {"input_ids": (5 + (starts + np.arange(16)) % 59).astype(np.int32), "sample_id": np.arange(rows) + 10 * step}
 
 
-def _ctx(model: torch.nn.Module, t: TrainerConfig, loss_fn=None, fused: bool = False) -> StepContext:
-    # fused: AdamW's fused kernel, as raylm builds it on CUDA and on the CPU (its step counts stay on the device).
-    opt = build_optimizer(model, t, torch.device("cuda") if fused else CPU)
+def _ctx(model: torch.nn.Module, t: TrainerConfig, loss_fn=None) -> StepContext:
+    # AdamW's fused kernel, as raylm builds it on CUDA and on the CPU (its step counts stay on the device).
+    opt = build_optimizer(model, t, CPU)
     task = get_task("causal-lm")
     return StepContext(model, opt, build_scheduler(opt, t), torch.amp.GradScaler("cpu", enabled=False),
                        loss_fn or task.loss, CPU, None, t.optimizer.grad_clip, skip_nonfinite=t.nan_policy == "skip")
@@ -109,7 +109,7 @@ class _SyncCounter:
 
 
 def test_no_host_sync_between_log_steps(monkeypatch):
-    ctx = _ctx(_gpt2(), T, fused=True)
+    ctx = _ctx(_gpt2(), T)
     batches = [_batches(s, 2) for s in range(4)]  # collated beforehand: the feeder's host work is not the step's
     window = Window(CPU)
     counter = _SyncCounter(monkeypatch)
