@@ -169,7 +169,9 @@ def eval_cmd(model_dir: str, config: str = typer.Option(None, "--config", help="
 @user_errors
 def generate_cmd(model_dir: str, prompt: str = typer.Option("", help="Text to continue (seq2seq: to translate or summarize)."),
                  max_new_tokens: int = typer.Option(None, help="Longest output (default: 60; seq2seq: the model's)."),
-                 temperature: float = 0.8, seed: int = 0,
+                 temperature: float = 0.7, seed: int = 0,
+                 top_p: float = typer.Option(0.9, help="Nucleus sampling: draw from the tokens of this much probability."),
+                 no_repeat_ngram: int = typer.Option(3, help="No n-gram of this many tokens twice (0: off)."),
                  num_beams: int = typer.Option(None, help="seq2seq: beams (default: the model's generation_config)."),
                  length_penalty: float = typer.Option(None, help="seq2seq: beam length penalty (default: the model's).")) -> None:
     """Sample text from an exported causal LM, or translate/summarize with a seq2seq model (beam search)."""
@@ -180,7 +182,8 @@ def generate_cmd(model_dir: str, prompt: str = typer.Option("", help="Text to co
 
         if is_encoder_decoder(model_dir):
             return typer.echo(generate_text(model_dir, prompt, num_beams, length_penalty, max_new_tokens))
-    typer.echo(generate(model_dir, prompt, max_new_tokens or 60, temperature, seed=seed))
+    typer.echo(generate(model_dir, prompt, max_new_tokens or 60, temperature, top_p=top_p,
+                        no_repeat_ngram_size=no_repeat_ngram, seed=seed))
 
 
 @app.command("report")

@@ -21,15 +21,17 @@ def main(cfg: RootConfig, address: str | None = None, prompt: str = "Return the"
         summary = train(cfg)
     manifest = load_manifest(cfg.data.prepared_dir)
     ev = perplexity(summary["export_dir"], cfg.data.prepared_dir, manifest)
-    sample = generate(summary["export_dir"], prompt, max_new_tokens=48, seed=cfg.trainer.seed)
+    # Three draws, not one: a single sample of a small model is luck either way.
+    samples = [generate(summary["export_dir"], prompt, max_new_tokens=48, seed=cfg.trainer.seed + i) for i in range(3)]
     rep = report(summary["run_dir"])
-    out = {"validation": ev, "sample": sample, "loss_png": rep["png"], "export_dir": summary["export_dir"],
+    out = {"validation": ev, "sample": samples[0], "samples": samples, "loss_png": rep["png"],
+           "export_dir": summary["export_dir"],
            "run_dir": summary["run_dir"], "seconds": round(time.time() - t0, 1)}
     with open(os.path.join(summary["run_dir"], "main.json"), "w") as f:
         json.dump(out, f, indent=2)
     print(f"\n[raylm] validation perplexity: {ev['perplexity']:.2f} (loss {ev['loss']:.4f} nats/token, "
           f"{ev['nats_per_char']:.4f} nats/char)")
-    print(f"[raylm] sample: {sample!r}")
+    print("[raylm] samples (temperature 0.7, top-p 0.9):\n" + "\n".join(f"  {s!r}" for s in samples))
     print(rep["table"])
     print(f"[raylm] loss curves: {rep['png']}\n[raylm] model: {summary['export_dir']}  "
           f"(AutoModelForCausalLM.from_pretrained)\n[raylm] done in {out['seconds']:.0f}s")

@@ -116,8 +116,10 @@ def classify(model_dir: str, prepared_dir: str, manifest: dict, split: str = "va
 
 
 @torch.no_grad()
-def generate(model_dir: str, prompt: str, max_new_tokens: int = 60, temperature: float = 0.8,
-             top_k: int = 50, seed: int = 0) -> str:
+def generate(model_dir: str, prompt: str, max_new_tokens: int = 60, temperature: float = 0.7,
+             top_k: int = 50, top_p: float = 0.9, no_repeat_ngram_size: int = 3, seed: int = 0) -> str:
+    """Sample a continuation of `prompt`: temperature, top-k and nucleus (top-p) sampling, and no
+    n-gram of `no_repeat_ngram_size` tokens twice (a small model's loops: "the list of the list of")."""
     from transformers import AutoTokenizer
 
     torch.manual_seed(seed)
@@ -129,5 +131,6 @@ def generate(model_dir: str, prompt: str, max_new_tokens: int = 60, temperature:
     limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
     ids = ids[:, -limit + 1:]
     out = model.generate(ids, max_new_tokens=min(max_new_tokens, limit - ids.shape[1]), do_sample=True,
-                         temperature=temperature, top_k=top_k, pad_token_id=tok.eos_token_id)
+                         temperature=temperature, top_k=top_k, top_p=top_p,
+                         no_repeat_ngram_size=no_repeat_ngram_size, pad_token_id=tok.eos_token_id)
     return tok.decode(out[0], skip_special_tokens=True)
