@@ -72,6 +72,12 @@ class FsdpConfig(BaseModel):
         True, description="sharded only: stage the shard to CPU memory, then write it in the background "
         "(dcp.async_save) while training goes on; Ray Train registers the checkpoint once the write completes.",
     )
+    release_host_memory: bool = Field(
+        True, description="Workers return freed host buffers of 1 MiB and up to the OS (glibc: a fixed mmap "
+        "threshold, two arenas): the per-block all-gather and reduce-scatter buffers no longer pile up in "
+        "the heap (CPU, 0.74B, 2 workers: peak RSS 8.08 -> 7.24 GiB a worker). DDP keeps glibc's defaults "
+        "(there the threshold cost a small model 40% of its step time).",
+    )
 
 
 # --- `trainer` sections (torchtitan / Ray Train V2 layout: scaling, optimizer, schedule, eval, ...)

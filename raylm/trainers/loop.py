@@ -29,6 +29,7 @@ from raylm.trainers import state as ckpt
 from raylm.trainers.autobatch import resolve_batch_size
 from raylm.trainers.driver import sharding
 from raylm.trainers.hooks import SampleLog, check_nonfinite
+from raylm.trainers.hostmem import release_freed_memory
 from raylm.trainers.kernels import apply_fused_kernels, loss_fn_for
 from raylm.trainers.materialize import build_on_meta, init_weights, materialize
 from raylm.trainers.metrics import device_peak_flops, non_embedding_params, peak_memory_mb
@@ -100,6 +101,8 @@ def setup(lc: LoopConfig) -> Run:
     t, c = cfg.trainer, ray.train.get_context()
     rank, world = c.get_world_rank(), c.get_world_size()
     torch.set_num_threads(t.torch_threads)
+    if t.scaling.strategy == "fsdp" and t.fsdp.release_host_memory:
+        release_freed_memory()
     device, task, meta = ray.train.torch.get_device(), get_task(t.task), lc.meta
 
     seed_everything(t.seed)
