@@ -27,6 +27,7 @@ def train_bpe(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 4096,
         min_frequency=min_frequency,
         special_tokens=SPECIALS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,  # off a terminal its bars leave only blank lines on stdout
     )
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
