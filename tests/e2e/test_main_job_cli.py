@@ -20,9 +20,11 @@ def test_demo_job_end_to_end(tmp_path):
            "data.tokenizer.sample_docs=2000", "tracking.wandb.mode=disabled"]
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "validation perplexity:" in res.stdout and "sample:" in res.stdout
+    assert "validation perplexity:" in res.stdout and "samples (" in res.stdout
     out = json.load(open(tmp_path / "runs" / "demo" / "main.json"))
-    assert out["validation"]["perplexity"] > 1 and out["sample"].startswith("Return the")
+    assert out["validation"]["perplexity"] > 1
+    assert len(out["samples"]) == 3 and all(s.startswith("Return the") for s in out["samples"])
+    assert all(f"  {s!r}" in res.stdout for s in out["samples"])  # each draw on its own line
     png = tmp_path / "runs" / "demo" / "loss.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from transformers import AutoModelForCausalLM, AutoTokenizer
