@@ -21,12 +21,14 @@ Sizes, for this 24 GiB machine: fp32 + AdamW is 16 bytes a parameter (weights, g
 half each (16 B/param on the machine). The issue's ~1B (memory) and ~1.3B (big) were tried first: 16 and
 21 GB of state alone, plus ~1 GB of runtime per worker, and with an async checkpoint's staging copy, passed
 Ray's memory monitor threshold (95% of the machine) and the runs were killed. So memory uses 0.74B and big
-0.87B (DDP would need ~30 GB), both with synchronous sharded checkpoints.
+0.87B (DDP would need ~30 GB), both with synchronous sharded checkpoints. Since FSDP workers release freed
+buffers, `memory --size 1.0b` (1.005B) fits too: 9.25 GiB a worker, 0.494 of DDP extrapolated (18.72 GiB).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -41,8 +43,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 VOCAB, BLOCK = 32000, 128
-# Llama-style, hidden 2048, MLP 4x (tasks.py), tied embeddings: 10 layers 0.74B, 12 layers 0.87B.
-SIZES = {"0.74b": (10, 2048, 16), "0.87b": (12, 2048, 16), "ddp": (4, 2048, 16), "stall": (8, 1024, 16),
+# Llama-style, hidden 2048, MLP 4x (tasks.py), tied embeddings: 10 layers 0.74B, 12 layers 0.87B, 14 layers 1.0B.
+SIZES = {"0.74b": (10, 2048, 16), "0.87b": (12, 2048, 16), "1.0b": (14, 2048, 16), "ddp": (4, 2048, 16),
+         "stall": (8, 1024, 16),
          "tiny": (2, 64, 4)}
 
 
@@ -108,9 +111,9 @@ def _fit(cfg, manifest: dict, ids: str, workers: int) -> dict:
     return {"wall_s": round(time.time() - t0, 1), "peak_rss_gib": peak}
 
 
-def memory(root: str, tiny: bool) -> dict:
+def memory(root: str, tiny: bool, size: str = "0.74b") -> dict:
     data, manifest = _data(root, tiny)
-    fsdp_size, ddp_size = ("tiny", "tiny") if tiny else ("0.74b", "ddp")
+    fsdp_size, ddp_size = ("tiny", "tiny") if tiny else (size, "ddp")
     # Synchronous checkpoints: an async save stages a copy of the shard's weights and optimizer state in CPU
     # memory (+12 bytes a parameter per worker), which is checkpoint memory, not training memory (and with it
     # the 0.74B run was killed by Ray's memory monitor at 9.95 GB a worker).
@@ -170,6 +173,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("which", choices=["memory", "big", "stall", "all"])
     ap.add_argument("--tiny", action="store_true", help="the same paths on a tiny model (smoke test)")
+    ap.add_argument("--size", default="0.74b", choices=["0.74b", "1.0b"],
+                    help="memory: the FSDP2 model (1.0b: synchronous saves only, ~20 of 24 GiB)")
     args = ap.parse_args()
     import ray
 
@@ -178,10 +183,11 @@ def main() -> None:
     for which in (["memory", "big", "stall"] if args.which == "all" else [args.which]):
         load_start = os.getloadavg()
         with tempfile.TemporaryDirectory(prefix=f"bench-fsdp-{which}-") as root:
-            res = {"benchmark": which, "tiny": args.tiny, "cpus": os.cpu_count(),
-                   **{"memory": memory, "big": big, "stall": stall}[which](root, args.tiny)}
+            run = functools.partial(memory, size=args.size) if which == "memory" else {"big": big, "stall": stall}[which]
+            res = {"benchmark": which, "tiny": args.tiny, "cpus": os.cpu_count(), **run(root, args.tiny)}
         res["load"] = {"start": load_start, "end": os.getloadavg()}
-        path = os.path.join(RESULTS, f"fsdp_{which}{'_tiny' if args.tiny else ''}.json")
+        size = f"_{args.size}" if which == "memory" and args.size != "0.74b" else ""
+        path = os.path.join(RESULTS, f"fsdp_{which}{size}{'_tiny' if args.tiny else ''}.json")
         with open(path, "w") as f:
             json.dump(res, f, indent=2)
         print(json.dumps(res, indent=2), flush=True)
