@@ -81,16 +81,12 @@ def _headers(ids: str, rank: int) -> list[dict[str, str]]:
 
 def _checkpoints(run_dir: str) -> tuple[int, int]:
     """(latest checkpoint written to storage, latest registered by Ray Train) as steps; 0 if none."""
+    from raylm.cluster.jobs import latest_checkpoint
+
     written = [int(d.rsplit("_", 1)[1]) for d in os.listdir(run_dir)
                if d.startswith("checkpoint_") and os.path.exists(os.path.join(run_dir, d, "state.pt"))]
-    registered = 0
-    try:
-        with open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")) as f:
-            latest = json.load(f).get("latest_checkpoint_result") or {}
-        registered = int(latest.get("checkpoint_dir_name", "_0").rsplit("_", 1)[1])
-    except (OSError, ValueError):  # none yet, or being rewritten
-        pass
-    return max(written, default=0), registered
+    latest = latest_checkpoint(os.path.dirname(run_dir), os.path.basename(run_dir))  # what `raylm jobs status` reads
+    return max(written, default=0), (latest[1] or 0) if latest else 0
 
 
 def _lose_node(cluster, ids: str, run_dir: str, how: str) -> dict:

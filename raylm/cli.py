@@ -183,7 +183,7 @@ def generate_cmd(model_dir: str, prompt: str = typer.Option("", help="Text to co
         if is_encoder_decoder(model_dir):
             return typer.echo(generate_text(model_dir, prompt, num_beams, length_penalty, max_new_tokens))
     typer.echo(generate(model_dir, prompt, max_new_tokens or 60, temperature, top_p=top_p,
-                        no_repeat_ngram_size=no_repeat_ngram, seed=seed))
+                        no_repeat_ngram_size=no_repeat_ngram, seed=seed)[0])
 
 
 @app.command("report")

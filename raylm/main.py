@@ -22,7 +22,7 @@ def main(cfg: RootConfig, address: str | None = None, prompt: str = "Return the"
     manifest = load_manifest(cfg.data.prepared_dir)
     ev = perplexity(summary["export_dir"], cfg.data.prepared_dir, manifest)
     # Three draws, not one: a single sample of a small model is luck either way.
-    samples = [generate(summary["export_dir"], prompt, max_new_tokens=48, seed=cfg.trainer.seed + i) for i in range(3)]
+    samples = generate(summary["export_dir"], prompt, max_new_tokens=48, seed=cfg.trainer.seed, draws=3)
     rep = report(summary["run_dir"])
     out = {"validation": ev, "sample": samples[0], "samples": samples, "loss_png": rep["png"],
            "export_dir": summary["export_dir"],

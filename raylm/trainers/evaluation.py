@@ -117,12 +117,13 @@ def classify(model_dir: str, prepared_dir: str, manifest: dict, split: str = "va
 
 @torch.no_grad()
 def generate(model_dir: str, prompt: str, max_new_tokens: int = 60, temperature: float = 0.7,
-             top_k: int = 50, top_p: float = 0.9, no_repeat_ngram_size: int = 3, seed: int = 0) -> str:
-    """Sample a continuation of `prompt`: temperature, top-k and nucleus (top-p) sampling, and no
-    n-gram of `no_repeat_ngram_size` tokens twice (a small model's loops: "the list of the list of")."""
+             top_k: int = 50, top_p: float = 0.9, no_repeat_ngram_size: int = 3, seed: int = 0,
+             draws: int = 1) -> list[str]:
+    """`draws` continuations of `prompt` (seeds seed, seed+1, ...; the model loaded once): temperature,
+    top-k and nucleus (top-p) sampling, and no n-gram of `no_repeat_ngram_size` tokens twice (a small
+    model's loops: "the list of the list of")."""
     from transformers import AutoTokenizer
 
-    torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = _load("AutoModelForCausalLM", model_dir)
     ids = tok(prompt, return_tensors="pt").input_ids
@@ -130,7 +131,11 @@ def generate(model_dir: str, prompt: str, max_new_tokens: int = 60, temperature:
         ids = torch.tensor([[tok.eos_token_id]])
     limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
     ids = ids[:, -limit + 1:]
-    out = model.generate(ids, max_new_tokens=min(max_new_tokens, limit - ids.shape[1]), do_sample=True,
-                         temperature=temperature, top_k=top_k, top_p=top_p,
-                         no_repeat_ngram_size=no_repeat_ngram_size, pad_token_id=tok.eos_token_id)
-    return tok.decode(out[0], skip_special_tokens=True)
+    out = []
+    for i in range(draws):
+        torch.manual_seed(seed + i)
+        ids_out = model.generate(ids, max_new_tokens=min(max_new_tokens, limit - ids.shape[1]), do_sample=True,
+                                 temperature=temperature, top_k=top_k, top_p=top_p,
+                                 no_repeat_ngram_size=no_repeat_ngram_size, pad_token_id=tok.eos_token_id)
+        out.append(tok.decode(ids_out[0], skip_special_tokens=True))
+    return out

@@ -44,8 +44,8 @@ def _trigrams(words: list[str]) -> list[tuple[str, ...]]:
 
 def test_no_repeat_ngram_keeps_a_looping_model_from_repeating_itself(tmp_path):
     d = str(_export(tmp_path / "m"))
-    looped = generate(d, "return", max_new_tokens=30, no_repeat_ngram_size=0, seed=1).split()
-    guarded = generate(d, "return", max_new_tokens=30, no_repeat_ngram_size=3, seed=1).split()
+    looped = generate(d, "return", max_new_tokens=30, no_repeat_ngram_size=0, seed=1)[0].split()
+    guarded = generate(d, "return", max_new_tokens=30, no_repeat_ngram_size=3, seed=1)[0].split()
     assert len(looped) == len(guarded) == 31
     assert len(set(_trigrams(looped))) < len(_trigrams(looped))  # the model alone repeats 3-grams
     assert len(set(_trigrams(guarded))) == len(_trigrams(guarded))  # the guard: none twice
@@ -54,3 +54,6 @@ def test_no_repeat_ngram_keeps_a_looping_model_from_repeating_itself(tmp_path):
 def test_samples_are_reproducible_by_seed(tmp_path):
     d = str(_export(tmp_path / "m"))
     assert generate(d, "return", max_new_tokens=12, seed=3) == generate(d, "return", max_new_tokens=12, seed=3)
+    # draws from one load: the same as one call per seed
+    assert generate(d, "return", max_new_tokens=12, seed=3, draws=2) == [
+        *generate(d, "return", max_new_tokens=12, seed=3), *generate(d, "return", max_new_tokens=12, seed=4)]
