@@ -4,7 +4,9 @@
 #   device: bash benchmarks/gpu_mfu.sh                          (~7 min: kit install, 3 sizes x 2 runs)
 set -euo pipefail
 source .gpu-kit/env.sh
+# the kit's Ray comes out of a zip, which keeps no file modes: its binaries (gcs_server, raylet) need +x
+find /tmp/site/ray/core -type f -exec chmod a+x {} +
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python3 -c "import liger_kernel; print('liger-kernel', liger_kernel.__version__)" 2>/dev/null || echo "liger-kernel: not installed"
+python3 -c "import liger_kernel.transformers; print('liger-kernel: importable')" 2>&1 | tail -2
 python3 benchmarks/gpu_mfu.py "$@"
 if [ -n "${OUT:-}" ]; then cp benchmarks/results/gpu_mfu.json benchmarks/results/gpu_mfu.md "$OUT"/; fi

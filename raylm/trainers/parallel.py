@@ -58,8 +58,32 @@ def compile_blocks(model: torch.nn.Module) -> int:
     return len(blocks)
 
 
+def no_kv_cache(model: torch.nn.Module) -> bool:
+    """Forward calls that do not ask for a KV cache get none (`use_cache=False`); True if the model takes
+    the argument. HF decoders build a cache whenever `config.use_cache` is on (the default), in training
+    too: every block then writes its keys and values to it, and under regional compilation the cache's
+    per-layer state is a guard, so each block recompiles until dynamo's limit (8) and the blocks after
+    it run eager: GPT-2 124M on an H200 took 100 ms a step with the cache, 74 ms without. `generate`
+    passes `use_cache` itself, so sampling keeps its cache; the config (and the export) is unchanged."""
+    import inspect
+
+    try:
+        if "use_cache" not in inspect.signature(model.forward).parameters:
+            return False
+    except (TypeError, ValueError):
+        return False
+    model.register_forward_pre_hook(_no_cache_unless_asked, with_kwargs=True)
+    return True
+
+
+def _no_cache_unless_asked(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    kwargs.setdefault("use_cache", False)
+    return args, kwargs
+
+
 def prepare_module(model: torch.nn.Module, t: TrainerConfig, device: torch.device | None = None) -> torch.nn.Module:
     """Per-model options applied before wrapping (they keep parameter names unchanged)."""
+    no_kv_cache(model)
     if t.gradient_checkpointing:
         # Non-reentrant checkpointing works under DDP/FSDP without find_unused_parameters.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -16,7 +16,7 @@ from raylm.trainers.hooks import check_nonfinite
 from raylm.trainers.kernels import apply_fused_kernels, causal_lm_fused_loss, chunked_linear_cross_entropy, liger
 from raylm.trainers.loop import grad_accum_for
 from raylm.trainers.optim import build_optimizer, build_scheduler
-from raylm.trainers.parallel import compile_enabled, transformer_blocks
+from raylm.trainers.parallel import compile_enabled, no_kv_cache, transformer_blocks
 from raylm.trainers.step import StepContext, Window, evaluate, to_batch, train_step
 from raylm.trainers.tasks import get_task
 
@@ -188,6 +188,34 @@ def test_compile_auto_is_off_on_cpu_and_on_for_cuda():
     assert compile_enabled(TrainerConfig(compile=True), CPU) and not compile_enabled(TrainerConfig(compile=False),
                                                                                       torch.device("cuda"))
     assert [type(b).__name__ for b in transformer_blocks(_gpt2())] == ["GPT2Block", "GPT2Block"]
+
+
+def test_training_forward_builds_no_kv_cache_so_compiled_blocks_share_one_graph():
+    """HF decoders build a KV cache in training too (config.use_cache defaults on); its per-layer state
+    guards each regionally compiled block, so every block recompiled (and past dynamo's limit of 8 ran
+    eager: 100 vs 74 ms a step for GPT-2 124M on an H200). The eager backend traces without inductor."""
+    def run(hook: bool, **kw):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        model = _gpt2()
+        if hook:
+            assert no_kv_cache(model)
+        for block in transformer_blocks(model):
+            block.compile(backend="eager")
+        ids = torch.randint(5, 64, (2, 16))
+        out = model(input_ids=ids, labels=ids, **kw)
+        cached = any(k in out for k in ("past_key_values", "cache"))
+        return torch._dynamo.utils.counters["stats"]["unique_graphs"], cached, out.loss.item()
+
+    try:
+        plain, fixed = run(False), run(True)
+        assert plain[:2] == (2, True)  # one graph per block, and a cache nobody reads
+        assert fixed[:2] == (1, False)
+        assert fixed[2] == pytest.approx(plain[2], rel=1e-6)  # the same loss
+        assert run(True, use_cache=True)[1]  # a caller who asks (generate does) still gets its cache
+    finally:
+        torch._dynamo.reset()
+    assert not no_kv_cache(torch.nn.Linear(2, 2))  # a module without the argument is left alone
 
 
 def test_batch_size_search_finds_the_largest_that_fits_a_fake_memory_limit():
