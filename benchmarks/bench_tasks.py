@@ -328,7 +328,7 @@ def run_s2s_task(kind: str, args: argparse.Namespace, root: str) -> dict:
 def markdown(res: dict) -> str:
     lines = [f"# raylm vs HF Trainer, downstream tasks ({res['date']})", "",
              (f"all-MiniLM-L6-v2, {res['train_rows']} train / {res['dev_rows']} dev examples, {res['max_steps']} steps, "
-             f"batch {res['batch']} x {res['workers']} worker(s), lr {res['lr']}, seed {SEED}; seq2seq: a "
+             f"batch {res['batch']} x {res['workers']} worker(s), lr {res['lr']}, seed {res.get('seed', SEED)}; seq2seq: a "
              f"{res.get('s2s_layers')}+{res.get('s2s_layers')}-layer, {res.get('s2s_dim')}-dim BART from scratch, "
              f"{res.get('budget_s')} s of training per side, batch {res.get('s2s_batch')}, beams {res.get('num_beams')}"), "",
              "| task | metric | HF Trainer | raylm | delta (points) | HF wall s | raylm wall s (prepare) |",
@@ -346,6 +346,7 @@ def markdown(res: dict) -> str:
 
 
 def main() -> None:
+    global SEED
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", default="ner,qa")
     ap.add_argument("--train-rows", type=int, default=2000)
@@ -367,7 +368,9 @@ def main() -> None:
     ap.add_argument("--num-beams", type=int, default=4, help="seq2seq: beams when decoding the dev pairs")
     ap.add_argument("--shared", default=os.environ.get("RAYLM_SHARED", os.path.join(os.path.dirname(__file__), "..", "..", "shared")))
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    ap.add_argument("--seed", type=int, default=SEED, help="both sides: model init, data order, dropout")
     args = ap.parse_args()
+    SEED = args.seed
     if not os.path.isdir(os.path.join(args.shared, "data", "conll2003")):
         sys.exit(f"the task data is not under {args.shared}/data (pass --shared or set RAYLM_SHARED)")
     kinds = args.tasks.split(",")
@@ -382,7 +385,7 @@ def main() -> None:
     res = {"benchmark": "downstream_tasks", "train_rows": args.train_rows, "dev_rows": args.dev_rows,
            "max_steps": args.max_steps, "batch": args.batch, "workers": args.workers, "lr": args.lr,
            "max_length": args.max_length, "budget_s": args.budget_s, "s2s_layers": args.s2s_layers,
-           "s2s_dim": args.s2s_dim, "s2s_batch": args.s2s_batch, "num_beams": args.num_beams, "tasks": tasks, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "s2s_dim": args.s2s_dim, "s2s_batch": args.s2s_batch, "num_beams": args.num_beams, "seed": SEED, "tasks": tasks, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "load": {"start": load_start, "end": os.getloadavg(), "cpus": os.cpu_count()}}
     os.makedirs(args.out, exist_ok=True)
     name = "tasks_" + "_".join(kinds)  # one file per selection: a NER run does not overwrite the QA figures
