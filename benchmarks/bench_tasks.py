@@ -239,8 +239,10 @@ def s2s_config(kind: str, args: argparse.Namespace, root: str, train_path: str, 
                     # validation inside the loop only at the end (it would eat the budget): 1 small batch
                     "eval": {"every": args.s2s_max_steps, "batches": 1},
                     "checkpoint": {"every": args.s2s_max_steps},
+                    # eval_batches 0: the final validation computes the loss only; the HF side decodes nothing
+                    # in training either, and both exports are decoded afterwards by the same scorer
                     "generation": {"num_beams": args.num_beams, "length_penalty": 1.0, "max_new_tokens": new_tokens,
-                                   "eval_batches": 1}},
+                                   "eval_batches": 0}},
         "tracking": {"wandb": {"mode": "disabled"}}}
 
 
