@@ -155,17 +155,15 @@ def main() -> None:
         try:  # one size failing (out of memory, a kernel) still leaves the others measured
             raylm = run_raylm(size, args)
             bare = run_bare(size, int(raylm["batch_size"]), args)
+            rows.append({"size": size, "arch": SIZES[size][0], "compile": args.compile, "raylm": raylm, "bare": bare,
+                         "ratio": raylm["tokens_per_s"] / bare["tokens_per_s"]})
+            print(table(rows[-1:]), flush=True)
         except Exception as e:  # noqa: BLE001 - recorded in the results, the next size runs
             failed.append({"size": size, "error": f"{type(e).__name__}: {e}"[:2000]})
             print(f"gpu_mfu: {size} failed: {failed[-1]['error']}", flush=True)
-            continue
-        rows.append({"size": size, "arch": SIZES[size][0], "compile": args.compile, "raylm": raylm, "bare": bare,
-                     "ratio": raylm["tokens_per_s"] / bare["tokens_per_s"]})
-        print(table(rows[-1:]), flush=True)
         if torch.cuda.is_available():  # after every size: a run cut short by its time limit keeps what it measured
             write_results(rows, failed)
     if torch.cuda.is_available():
-        write_results(rows, failed)
         print(table(rows))
     if failed:
         sys.exit(1)
@@ -173,9 +171,10 @@ def main() -> None:
 
 def write_results(rows: list[dict], failed: list[dict]) -> None:
     import torch
+    import transformers
 
     res = {"benchmark": "gpu_mfu", "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
-           "transformers": __import__("transformers").__version__, "targets": {"ratio": 0.97, "mfu": TARGET},
+           "transformers": transformers.__version__, "targets": {"ratio": 0.97, "mfu": TARGET},
            "runs": rows, "failed": failed, "load": os.getloadavg(),
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     os.makedirs(RESULTS, exist_ok=True)
