@@ -262,8 +262,8 @@ class TrainerConfig(BaseModel):
         "short). auto: on for CUDA, off on CPU.",
     )
     fused_kernels: Literal["auto", "on", "off"] = Field(
-        "auto", description="Fused kernels: Liger Kernel (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) "
-        "for llama on CUDA when `raylm[kernels]` is installed, and a chunked cross-entropy that never "
+        "auto", description="Fused kernels: Liger Kernel (fused linear cross-entropy; RMSNorm, RoPE, SwiGLU "
+        "for llama when its blocks are not compiled) on CUDA when `raylm[kernels]` is installed, and a chunked cross-entropy that never "
         "materialises the full fp32 logits. auto: on for CUDA; on: also on CPU (chunked loss only).",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")

@@ -2,7 +2,8 @@
 full fp32 logits.
 
 - Liger Kernel (`pip install 'raylm[kernels]'`, CUDA only): RMSNorm, RoPE and SwiGLU for the
-  `llama` architecture, and its fused linear cross-entropy (the logits are computed chunk by chunk
+  `llama` architecture when its blocks are not compiled (compiled, inductor fuses those better), and
+  its fused linear cross-entropy (the logits are computed chunk by chunk
   inside the kernel and never stored), applied to the model instance: the HF export is unchanged.
 - Elsewhere (GPT-2 blocks, CPU, no Liger): `chunked_linear_cross_entropy`, which computes the lm
   head and the loss over chunks of positions under activation checkpointing, so at most one chunk
@@ -43,8 +44,12 @@ _FUSED_LOSS_MODELS = ("gpt2", "llama")  # their lm head reads the final hidden s
 
 
 def apply_fused_kernels(model: torch.nn.Module, task: str, mode: str, device: torch.device,
-                        say: Callable[[str], None]) -> bool:
-    """Patch the model instance with Liger's kernels where they apply; True when the fused loss is used."""
+                        say: Callable[[str], None], compiled: bool = False) -> bool:
+    """Patch the model instance with Liger's kernels where they apply; True when the fused loss is used.
+    `compiled`: the blocks will be torch.compiled; inductor then fuses RMSNorm, RoPE and SwiGLU itself,
+    and Liger's hand-written kernels inside a compiled block only cut its graph into pieces
+    (H200, 1.1B llama: 43.5% MFU with them against 49.0% for the same blocks compiled without), so
+    only the fused linear cross-entropy (outside the blocks) is used."""
     kind = getattr(model.config, "model_type", "")
     if not enabled(mode, device) or task != "causal-lm" or kind not in _FUSED_LOSS_MODELS:
         return False
@@ -52,7 +57,7 @@ def apply_fused_kernels(model: torch.nn.Module, task: str, mode: str, device: to
     if device.type == "cuda" and lk is None:
         say("[raylm] fused kernels: Liger Kernel is not installed (pip install 'raylm[kernels]'); "
             "using the chunked cross-entropy only")
-    elif device.type == "cuda" and kind == "llama":
+    elif device.type == "cuda" and kind == "llama" and not compiled:
         lk._apply_liger_kernel_to_instance(model=model, fused_linear_cross_entropy=False, cross_entropy=False)
     _pass_hidden(model.get_output_embeddings())
     return True

@@ -4,6 +4,7 @@ steps, the fused loss equals HF's, compile/batch-size resolution, device-side me
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
 import pytest
@@ -180,6 +181,26 @@ def test_fused_kernels_are_off_on_cpu_by_default_and_import_guarded():
     assert not apply_fused_kernels(model, "causal-lm", "auto", CPU, print)
     assert not apply_fused_kernels(model, "masked-lm", "on", CPU, print)
     assert liger() is None or hasattr(liger(), "LigerFusedLinearCrossEntropyLoss")
+
+
+def test_liger_block_kernels_only_when_the_blocks_are_not_compiled(monkeypatch):
+    """Liger and CUDA cannot run here: a recorder stands in for liger_kernel.transformers and the
+    device is only named (apply_fused_kernels launches nothing). Compiled blocks keep HF's modules
+    (inductor fuses them); the fused loss applies either way."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import raylm.trainers.kernels as kernels
+
+    calls = []
+    monkeypatch.setattr(kernels, "liger", lambda: types.SimpleNamespace(
+        _apply_liger_kernel_to_instance=lambda **kw: calls.append(kw)))
+    cuda = torch.device("cuda")
+    conf = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64, max_position_embeddings=16)
+    assert apply_fused_kernels(LlamaForCausalLM(conf), "causal-lm", "auto", cuda, print, compiled=True)
+    assert calls == []
+    assert apply_fused_kernels(LlamaForCausalLM(conf), "causal-lm", "auto", cuda, print, compiled=False)
+    assert len(calls) == 1 and calls[0]["fused_linear_cross_entropy"] is False
 
 
 def test_compile_auto_is_off_on_cpu_and_on_for_cuda():
