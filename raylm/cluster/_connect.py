@@ -18,6 +18,28 @@ def resolve_address(cfg: ClusterConfig, address: str | None = None) -> str | Non
     return address or cfg.address or os.environ.get("RAY_ADDRESS") or None
 
 
+_EMBEDDED: dict[str, int] = {}  # {"cores": n} while this process runs the embedded Ray it started
+
+
+def machine_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def usable_cpus() -> int:
+    """CPUs a pool of CPU-bound actors should size itself by: the cluster's CPU resources, but on the
+    embedded Ray (whose logical CPUs oversubscribe a small machine on purpose: max(cores, 8)) the
+    machine's real cores. `raylm prepare` on 2 cores started 8 tokenizer actors: 29.2 s for 100 MB,
+    against 18.5 s with 2."""
+    import ray
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return min(cpus, _EMBEDDED["cores"]) if "cores" in _EMBEDDED else cpus
+
+
 def embedded_num_cpus(cfg: ClusterConfig) -> int:
     # Logical CPUs: training workers and Ray Data tasks oversubscribe a small machine on purpose.
     return cfg.num_cpus or max(os.cpu_count() or 1, 8)
@@ -120,11 +142,14 @@ def connect(cfg: ClusterConfig, address: str | None = None) -> Iterator[None]:
     kw = init_kwargs(cfg, address)
     log.info("ray: %s", f"joining {kw['address']}" if "address" in kw else f"embedded, {kw['num_cpus']} CPUs")
     init_ray(**kw)
+    if "address" not in kw:
+        _EMBEDDED["cores"] = machine_cores()
     _quiet_data()
     route_library_logs()  # ray.data set up its own console handler on import
     try:
         yield
     finally:
+        _EMBEDDED.clear()
         ray.shutdown()
 
 

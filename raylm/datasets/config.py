@@ -105,7 +105,8 @@ class DataConfig(BaseModel):
     shard_rows: int = Field(8192, ge=1, description="Rows per Parquet shard.")
     tokenize_batch_size: int = Field(1024, ge=1, description="Documents per tokenize batch.")
     tokenize_actors: int | None = Field(
-        None, ge=1, description="Actors in the tokenizer pool; unset: one per CPU of the Ray cluster."
+        None, ge=1, description="Actors in the tokenizer pool; unset: one per CPU of the Ray cluster (of this "
+        "machine's cores on the embedded Ray, whose logical CPUs oversubscribe it)."
     )
     prepare_in_driver_mb: float = Field(
         8.0, ge=0, description="Local inputs of at most this many MB are prepared in the command's own process "

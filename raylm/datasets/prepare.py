@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raylm.cluster._connect import usable_cpus
 from raylm.datasets import _fs
 from raylm.datasets import tokenizers as toks
 from raylm.datasets.clean import DedupIndex, RejectsWriter, ShardedDedup, normalize, reject_reason, text_hashes
@@ -415,7 +416,7 @@ def _run_units(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: list[U
         return _run_units_here(cfg, task, tok_dir, out, todo, dedup, total_bytes, validation_files, worker)
     items = [{"unit": u.to_dict()} for u in todo]
     actors = max(1, min(_pool_size(cfg), len(todo)))
-    threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)  # tokenizer threads per actor
+    threads = max(1, usable_cpus() // actors)  # tokenizer threads per actor
     stats = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         worker,
         fn_constructor_args=(cfg, tok_dir, str(out), task, dedup, validation_files, threads),
@@ -468,9 +469,7 @@ def _validation_files(cfg: DataConfig) -> list[str] | None:
 
 
 def _pool_size(cfg: DataConfig) -> int:
-    import ray
-
-    return cfg.tokenize_actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return cfg.tokenize_actors or usable_cpus()
 
 
 def _bad_row_error(bad: str) -> UserError:

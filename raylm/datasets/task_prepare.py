@@ -418,10 +418,10 @@ def _write_split(feats: Any, split: str, out: Path, shard_rows: int) -> dict:
 
 
 def _pool_size(cfg: DataConfig) -> int:
-    import ray
+    from raylm.cluster._connect import usable_cpus
 
     # One CPU left for the tasks around the pool (reading blocks, the ledger), else they wait on the actors.
-    return cfg.tokenize_actors or max(1, min(4, int(ray.cluster_resources().get("CPU", 1)) - 1))
+    return cfg.tokenize_actors or max(1, min(4, usable_cpus() - 1))
 
 
 def _fingerprint(cfg: DataConfig, task: str, tok_dir: str, files: dict[str, list[tuple[str, int]]]) -> str:

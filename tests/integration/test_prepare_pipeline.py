@@ -138,3 +138,20 @@ def test_read_corpus_streams_rows_with_their_reasons(ray_session, tmp_path):
     rows = read_corpus(DataConfig(source=str(tmp_path / "corpus"), unit_bytes=4096)).take_all()
     assert len(rows) == 456
     assert sum(1 for r in rows if r["reject"]) == 5 and len({r["row_id"] for r in rows}) == 456
+
+
+def test_tokenizer_pools_size_by_the_machine_on_the_embedded_ray(ray_session, monkeypatch):
+    """The embedded Ray's logical CPUs (max(cores, 8)) oversubscribe a small machine on purpose; a pool
+    of CPU-bound tokenizer actors must not follow them (8 actors on 2 cores: 100 MB in 29 s, not 22)."""
+    from raylm.cluster import _connect
+    from raylm.datasets import prepare as prep
+    from raylm.datasets import task_prepare
+
+    cfg = DataConfig(source="x", prepared_dir="y")
+    assert prep._pool_size(cfg) == 8  # a cluster raylm joined: its CPU resources (this session's Ray: 8)
+    monkeypatch.setitem(_connect._EMBEDDED, "cores", 2)  # as connect() records when it starts the embedded Ray
+    assert _connect.usable_cpus() == 2
+    assert prep._pool_size(cfg) == 2
+    assert task_prepare._pool_size(cfg) == 1  # one core left for the tasks around the pool
+    assert prep._pool_size(DataConfig(source="x", prepared_dir="y", tokenize_actors=3)) == 3
+    assert 1 <= _connect.machine_cores() <= (os.cpu_count() or 1)
