@@ -72,8 +72,6 @@ def _encode(encode, batch: list[str], tokens: int, seconds: float) -> tuple[int,
 def run_raylm(corpus: Path, tok_dir: str, out: Path) -> dict:
     """`raylm prepare` as a user runs it: the CLI, the embedded Ray with its defaults (dashboard, one
     tokenizer actor per core of this machine), a config file naming the corpus and the tokenizer."""
-    import re
-
     cfg = out / "prepare.yaml"
     out.mkdir(parents=True, exist_ok=True)
     cfg.write_text(
@@ -91,10 +89,9 @@ def run_raylm(corpus: Path, tok_dir: str, out: Path) -> dict:
     if p.returncode:
         raise SystemExit(f"raylm prepare failed (exit {p.returncode})")
     m = json.loads((out / "prepared" / "manifest.json").read_text())
-    said = re.search(r"prepared .* in ([0-9.]+)s", p.stdout)
     tokens = sum(m["splits"][s]["tokens_in"] for s in ("train", "validation"))
     return {"tokens": tokens, "seconds": m["seconds"], "command_wall_s": round(wall, 2),
-            "tokens_per_s_command": round(tokens / wall), "said_s": float(said.group(1)) if said else None,
+            "tokens_per_s_command": round(tokens / wall),
             "rows_in": m["rows_in"], "rows_kept": m["rows_kept"], "rejected": m["rejected"],
             "shards": sum(len(m["splits"][s]["files"]) for s in m["splits"]),
             "note": "`python -m raylm.cli prepare` in a subprocess; 'seconds' is the time the command reports "

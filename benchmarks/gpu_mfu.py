@@ -74,7 +74,7 @@ def synthetic_corpus(work: str, mb: int = 24, seed: int = 0) -> str:
     return path
 
 
-def overrides(size: str, batch: str, steps: int, compile_: str, work: str, corpus: str = "demo") -> list[str]:
+def overrides(size: str, batch: str, steps: int, compile_: str, work: str, corpus: str) -> list[str]:
     arch, n_layer, n_embd, n_head, default_batch = SIZES[size]
     source = [] if corpus == "demo" else [f"data.source={synthetic_corpus(work)}", "data.tokenizer.sample_docs=8000"]
     return [*source, f"model.arch={arch}", f"model.n_layer={n_layer}", f"model.n_embd={n_embd}", f"model.n_head={n_head}",

@@ -121,9 +121,9 @@ def setup(lc: LoopConfig) -> Run:
             batch_size = resolve_batch_size(t.batch_size, model, task, meta, device, amp, rank)
         # The fused loss reads the lm head's weight outside the model's forward: not under FSDP's sharding.
         kernels = t.fused_kernels if t.scaling.strategy == "ddp" else "off"
-        fused = apply_fused_kernels(model, t.task, kernels, device, say if rank == 0 else lambda _: None,
-                                    compiled=compile_enabled(t, device))
-        if compile_enabled(t, device) and rank == 0:
+        compiled = compile_enabled(t, device)
+        fused = apply_fused_kernels(model, t.task, kernels, device, say if rank == 0 else lambda _: None, compiled)
+        if compiled and rank == 0:
             say("[raylm] compiling the transformer blocks (torch.compile, regional) during the first step...")
         model = wrap_model(model, t, device)
         if is_meta(model):
