@@ -81,7 +81,9 @@ def read_small_split(prepared_dir: str, split: str, manifest: dict, limit: int |
             t = t.slice(0, limit - rows)
         tables.append(t)
         rows += t.num_rows
-    return ray.data.from_arrow(tables)
+    # from_blocks computes each block's metadata here; from_arrow ran a Ray task per table for it (a worker
+    # process started on the driver's critical path: 1.9 s of `raylm train`'s start-up on 2 cores).
+    return ray.data.from_blocks(tables)
 
 
 # Tasks whose examples vary in length: their batches are length-grouped under group_by_length="auto".
