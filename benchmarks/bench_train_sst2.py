@@ -280,7 +280,7 @@ def main() -> None:
     model_dir()
     steps = args.max_steps or args.rows * args.epochs // HP["batch_size"]
     train, dev = read_tsv(os.path.join(sst2, "train.tsv"), args.rows), read_tsv(os.path.join(sst2, "dev.tsv"))
-    argv = [a for a in sys.argv[1:]]
+    argv = sys.argv[1:]
     runs = []
     with tempfile.TemporaryDirectory(prefix="raylm-sst2-") as tmp:
         for i in range(args.repeats):
@@ -325,10 +325,10 @@ def summary(runs: list[dict]) -> dict:
         return statistics.median(xs) if xs else None
 
     side = {s: {k: (statistics.fmean if k == "accuracy" else med)([r[s][k] for r in runs]) for k in SUMMARY_KEYS}
-            | {"load_mean_1m_during": med([r[s]["load"]["mean_1m_during"] or 0 for r in runs])}
+            | {"load_mean_1m_during": med([r[s]["load"]["mean_1m_during"] for r in runs])}
             for s in ("hf_trainer", "raylm")}
     side["raylm"] |= {"padding_frac": med([r["raylm"]["padding_frac"] for r in runs]),
-                      "startup_reported_s": med([r["raylm"]["startup_reported_s"] or 0 for r in runs])}
+                      "startup_reported_s": med([r["raylm"]["startup_reported_s"] for r in runs])}
     return {**side, "accuracy_delta_points": 100 * (side["raylm"]["accuracy"] - side["hf_trainer"]["accuracy"]),
             **{k: med([r[k] for r in runs]) for k in ("wall_ratio", "startup_ratio", "step_ratio")},
             "accuracy_sd_points": {s: 100 * statistics.pstdev([r[s]["accuracy"] for r in runs]) for s in ("hf_trainer", "raylm")}}

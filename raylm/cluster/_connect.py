@@ -158,10 +158,10 @@ def _start_autoscaling_coordinator() -> None:
     """Start Ray Data's AutoscalingCoordinator actor now, without waiting for it (embedded Ray only).
 
     Ray Train's controller blocks on a request to this named actor before it starts any worker, and
-    creates it itself when missing: a new worker process in the controller's runtime env (~2 s of
-    `raylm train`'s start-up on 2 cores). Created here, one of the idle workers the job prestarted
-    takes it while the driver is still preparing. Best effort: an internal Ray API, so a Ray that moved
-    it just leaves the controller to create it as before."""
+    creates it itself when missing: a new worker process started only then (~2 s of `raylm train`'s
+    start-up on 2 cores). Created here, its process starts while the driver prepares and the controller
+    starts, and is up by the time the controller asks. Best effort: an internal Ray API, so a Ray that
+    moved it just leaves the controller to create it as before."""
     try:
         from ray.data._internal.cluster_autoscaler import get_or_create_autoscaling_coordinator
 
