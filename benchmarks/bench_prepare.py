@@ -1,4 +1,4 @@
-"""`raylm prepare` side by side with its bounds, one run, JSON into benchmarks/results/.
+"""`raylm prepare` side by side with its bounds, in alternating rounds, JSON into benchmarks/results/.
 
 1. tokens/s of `raylm prepare` (the CLI in a subprocess, embedded Ray, Ray Data actor pool; the time
    the command reports, and its whole wall time beside it) against the physical bound: the same tokenizer's
@@ -12,6 +12,9 @@ Each measurement runs in its own process; a sampler sums the RSS of that process
 seconds. On a loaded, shared machine wall time means nothing: compare CPU seconds per MB (and
 tokens per CPU second) instead, which the results carry too.
 
+Throughput runs in rounds (`--repeats`, default 3), each side once a round in a rotated order; the
+ratios are taken within a round and their median reported (each round's too).
+
     python benchmarks/bench_prepare.py --throughput-mb 200 --memory-mb 100 1000
 """
 
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import threading
@@ -207,25 +211,42 @@ def _has_hf_datasets() -> bool:
     return importlib.util.find_spec("datasets") is not None
 
 
-def throughput(corpus: Path, tok_dir: str) -> dict:
-    bound, ours = (measure(k, corpus, tok_dir) for k in ("bound", "raylm"))
-    hf = measure("hf", corpus, tok_dir) if _has_hf_datasets() else None
+RATIOS = {  # name: (raylm's key, the other side, its key)
+    "raylm_vs_bound": ("tokens_per_s", "bound", "tokens_per_s"),
+    "raylm_vs_hf": ("tokens_per_s", "hf", "tokens_per_s"),
+    # Per CPU second (the whole process tree, start-up included): what a shared machine skews least.
+    "raylm_vs_bound_per_cpu_s": ("tokens_per_cpu_s", "bound", "tokens_per_cpu_s"),
+    # The whole command (Python and Ray start-up included) against the HF side's in-process time.
+    "raylm_command_vs_hf": ("tokens_per_s_command", "hf", "tokens_per_s"),
+    "raylm_vs_hf_per_cpu_s": ("tokens_per_cpu_s", "hf", "tokens_per_cpu_s"),
+}
 
-    def ratio(key: str, other: dict | None) -> float | None:
-        return round(ours[key] / other[key], 3) if other else None
 
-    return {
-        "corpus_mib": ours["corpus_mib"], "bound": bound, "raylm": ours,
-        "hf_datasets": hf or {"skipped": "Hugging Face `datasets` is not installed here"},
-        "raylm_vs_bound": ratio("tokens_per_s", bound), "target_vs_bound": 0.8,
-        "raylm_vs_hf": ratio("tokens_per_s", hf), "target_vs_hf": 1.5,
-        # Per CPU second (the whole process tree, start-up included): what a shared machine skews least.
-        "raylm_vs_bound_per_cpu_s": ratio("tokens_per_cpu_s", bound),
-        # The whole command (Python and Ray start-up included) against the HF side's in-process time.
-        "raylm_command_vs_hf": round(ours["tokens_per_s_command"] / hf["tokens_per_s"], 3) if hf else None,
-        "raylm_vs_hf_per_cpu_s": ratio("tokens_per_cpu_s", hf),
-        "loadavg_after": os.getloadavg(),
-    }
+def throughput(corpus: Path, tok_dir: str, repeats: int = 3) -> dict:
+    """`repeats` rounds of bound, raylm and HF, each round in a rotated order. This machine's speed drifts
+    by tens of percent within minutes (the bound alone, back to back: 17.4 s then 21.2 s), so one run of
+    each side, minutes apart, says little: each round's ratios are taken within the round, and the result
+    is their median."""
+    kinds = ["bound", "raylm"] + (["hf"] if _has_hf_datasets() else [])
+    rounds = []
+    for i in range(repeats):
+        order = kinds[i % len(kinds):] + kinds[: i % len(kinds)]
+        rounds.append({k: measure(k, corpus, tok_dir) for k in order} | {"order": order, "loadavg": os.getloadavg()})
+        print(f"[bench] round {i + 1}/{repeats}: " + ", ".join(
+            f"{name} {v}" for name, spec in RATIOS.items() if (v := _ratio(rounds[-1], *spec))), flush=True)
+    out = {"corpus_mib": rounds[0]["raylm"]["corpus_mib"], "repeats": repeats, "rounds": rounds,
+           "target_vs_bound": 0.8, "target_vs_hf": 1.5, "loadavg_after": os.getloadavg()}
+    for name, spec in RATIOS.items():
+        vals = [v for r in rounds if (v := _ratio(r, *spec)) is not None]
+        out[name] = round(statistics.median(vals), 3) if vals else None
+        out[name + "_each"] = vals
+    if "hf" not in kinds:
+        out["hf_datasets"] = {"skipped": "Hugging Face `datasets` is not installed here"}
+    return out
+
+
+def _ratio(rnd: dict, ours: str, other: str, key: str) -> float | None:
+    return round(rnd["raylm"][ours] / rnd[other][key], 3) if other in rnd else None
 
 
 def main() -> None:
@@ -234,6 +255,7 @@ def main() -> None:
     ap.add_argument("--memory-mb", type=int, nargs=2, default=[100, 1000])
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true", help="keep the last throughput figures")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of bound, raylm and HF (ratios: their median)")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()
@@ -245,7 +267,7 @@ def main() -> None:
     if args.skip_throughput:
         results["throughput"] = json.loads(path.read_text())["throughput"]
     else:
-        results["throughput"] = throughput(corpus, tok_dir)
+        results["throughput"] = throughput(corpus, tok_dir, args.repeats)
     if not args.skip_memory:
         small, large = (build_corpus(WORK / f"corpus-{mb}mb", mb << 20) for mb in args.memory_mb)
         s, big = measure("raylm", small, tok_dir), measure("raylm", large, tok_dir)
@@ -258,7 +280,7 @@ def main() -> None:
             results["memory"] = old["memory"]
             results["memory"]["from_earlier_run_with_loadavg"] = old["machine"].get("loadavg_end")
     path.write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: v for k, v in results["throughput"].items() if not isinstance(v, dict)}, indent=1))
+    print(json.dumps({k: v for k, v in results["throughput"].items() if k != "rounds"}))
     if "memory" in results:
         print(f"[bench] memory: {results['memory']['ratio']}x (target <= 1.25)")
     print(f"[bench] wrote {path}")
