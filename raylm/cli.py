@@ -46,6 +46,16 @@ def _load(config: str, overrides: list[str] | None, command: str | None = None):
     return cfg
 
 
+def _load_overlapped(config: str, overrides: list[str] | None, command: str):
+    """(config, checked): `_load`, the slow part of the preflight left running beside Ray's start;
+    `checked()` waits for it (raising its UserError) and goes first inside `connect`."""
+    from raylm.config import load_config
+    from raylm.preflight import preflight_overlapped
+
+    cfg = load_config(config, overrides or [])
+    return cfg, preflight_overlapped(cfg, command)
+
+
 @app.command()
 @user_errors
 def prepare(config: str, overrides: list[str] = OVERRIDES, force: bool = typer.Option(False, help="Rebuild even if up to date."),
@@ -55,9 +65,10 @@ def prepare(config: str, overrides: list[str] = OVERRIDES, force: bool = typer.O
     from raylm.datasets.prepare import prepare as run_prepare
     from raylm.datasets.report import print_manifest
 
-    cfg = _load(config, overrides, command="prepare")
+    cfg, checked = _load_overlapped(config, overrides, "prepare")
     setup_logging(verbose, _run_log(cfg))
     with connect(cfg.cluster, address):
+        checked()
         print_manifest(run_prepare(cfg.data, task=cfg.trainer.task, force=force), cfg.data.prepared_dir)
 
 
@@ -85,9 +96,10 @@ def train(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS,
     from raylm.cluster import connect
     from raylm.trainers.driver import train as run_train
 
-    cfg = _load(config, overrides, command="train")
+    cfg, checked = _load_overlapped(config, overrides, "train")
     setup_logging(verbose, _run_log(cfg))
     with connect(cfg.cluster, address):
+        checked()
         summary = run_train(cfg, started_at=command_started())
     typer.echo(f"[raylm] run: {summary['run_dir']}\n[raylm] exported model: {summary['export_dir']}")
 
@@ -205,9 +217,9 @@ def run(config: str = typer.Argument("configs/demo.yaml"), overrides: list[str] 
     """The main job: prepare -> train -> evaluate -> generate a sample -> report."""
     from raylm.main import main
 
-    cfg = _load(config, overrides, command="run")
+    cfg, checked = _load_overlapped(config, overrides, "run")
     setup_logging(verbose, _run_log(cfg))
-    main(cfg, address=address, prompt=prompt)
+    main(cfg, address=address, prompt=prompt, checked=checked)
 
 
 # Sub-commands owned by other components, registered explicitly: an import error fails loudly

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 
 from raylm.config import RootConfig
 
 
-def main(cfg: RootConfig, address: str | None = None, prompt: str = "Return the") -> dict:
+def main(cfg: RootConfig, address: str | None = None, prompt: str = "Return the",
+         checked: Callable[[], None] | None = None) -> dict:
     from raylm.cluster import connect
     from raylm.datasets.prepare import load_manifest
     from raylm.trainers.driver import train
@@ -18,6 +20,8 @@ def main(cfg: RootConfig, address: str | None = None, prompt: str = "Return the"
 
     t0 = time.time()
     with connect(cfg.cluster, address):
+        if checked:  # the preflight's slow checks, run beside Ray's start (raylm.preflight.preflight_overlapped)
+            checked()
         summary = train(cfg)
     manifest = load_manifest(cfg.data.prepared_dir)
     ev = perplexity(summary["export_dir"], cfg.data.prepared_dir, manifest)

@@ -7,6 +7,7 @@ missing `model.init_from` is not its problem (it is `raylm train`'s).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 
 from raylm.cluster.storage import is_remote
@@ -75,3 +76,51 @@ def preflight(cfg: RootConfig, command: str = "run") -> None:
     problems = [p for name in USES[command] for p in CHECKS[name](cfg)]
     if problems:
         raise UserError(problems)
+
+
+# Checks whose cost is importing libraries, not reading the input: loading the tokenizer imports
+# transformers and torch (~3.5 s on 2 cores), which the command imports anyway.
+SLOW = ("tokenizer",)
+
+
+def _tokenizer_files_there(cfg: RootConfig) -> bool:
+    """False when data.tokenizer.path names a local directory without tokenizer files (a typo): a
+    problem found without importing anything, so it is reported before Ray starts."""
+    from raylm.datasets.tokenizers import has_tokenizer_files
+
+    path = cfg.data.tokenizer.path
+    return not path or is_remote(path) or has_tokenizer_files(path)
+
+
+def preflight_overlapped(cfg: RootConfig, command: str = "run") -> Callable[[], None]:
+    """`preflight`, with its slow checks in a thread: the command starts Ray meanwhile (`ray.init` leaves
+    much of a small machine idle while its processes start), then calls the returned function before it
+    reads any input, which raises the UserError then. The fast checks run here first; when one finds a
+    problem the slow ones run here too, so a bad config still fails with every problem listed before
+    Ray starts. Measured on 2 cores, `raylm train` of SST-2 up to ray.train imported: 11.1 s -> 9.2 s
+    (median of 3 alternating runs)."""
+    fast = [n for n in USES[command] if n not in SLOW]
+    slow = [n for n in USES[command] if n in SLOW]
+    problems = [p for name in fast for p in CHECKS[name](cfg)]
+    if problems or not slow or not _tokenizer_files_there(cfg):
+        preflight(cfg, command)
+        return lambda: None
+    found: dict[str, object] = {}
+
+    def check() -> None:
+        try:
+            found["problems"] = [p for name in slow for p in CHECKS[name](cfg)]
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+            found["error"] = err
+
+    thread = threading.Thread(target=check, name="raylm-preflight", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if "error" in found:
+            raise found["error"]  # type: ignore[misc]
+        if found["problems"]:
+            raise UserError(found["problems"])  # type: ignore[arg-type]
+
+    return wait

@@ -44,12 +44,17 @@ def train_bpe(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 4096,
     return fast
 
 
+def has_tokenizer_files(path: str | Path) -> bool:
+    p = Path(path)
+    return (p / "tokenizer.json").is_file() or (p / "tokenizer_config.json").is_file()
+
+
 def load_tokenizer(path: str | Path):
+    p = Path(path)
+    if not has_tokenizer_files(p):  # before importing transformers: a wrong path fails at once
+        raise UserError(f"tokenizer: no tokenizer files in '{p}'", hint="run `raylm tokenizer train CONFIG` or set data.tokenizer.path")
     from transformers import AutoTokenizer
 
-    p = Path(path)
-    if not (p / "tokenizer.json").is_file() and not (p / "tokenizer_config.json").is_file():
-        raise UserError(f"tokenizer: no tokenizer files in '{p}'", hint="run `raylm tokenizer train CONFIG` or set data.tokenizer.path")
     tok = AutoTokenizer.from_pretrained(str(p))
     if not tok.is_fast:
         raise UserError(f"tokenizer: '{p}' is not a fast tokenizer (tokenizer.json needed)")
