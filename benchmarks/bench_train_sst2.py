@@ -11,7 +11,10 @@ raylm logs every LOG_EVERY steps, as its default), end-to-end wall (command to e
 evaluation and the saved model), raylm's padding fraction from its own per-step token counts; with
 the machine load (os.getloadavg) before, during and after it. The two sides run as pairs, alternately, a
 seed each (--repeats, default 3): this machine's speed drifts by 10-20% within minutes, so a ratio is the
-median of the pairs' own ratios, accuracy the mean over the seeds (one seed's accuracy moves by a point). Last, `env_probe`: the same forward+backward
+median of the pairs' own ratios, accuracy the mean over the seeds (one seed's accuracy moves by a point).
+A third side each round (--hf-on-ray, default on): the same HF Trainer script inside Ray Train on an embedded
+Ray started as raylm's, i.e. raylm's platform without raylm; raylm against it (the *_vs_hf_on_ray ratios) is
+what raylm itself costs, the bare HF side what Ray's processes and start-up add on this machine besides. Last, `env_probe`: the same forward+backward
 in this process and in a Ray task (what being inside Ray costs the computation itself on this machine). The default run is one epoch of 8,000 rows
 (250 steps): long enough that start-up does not dominate. JSON into benchmarks/results/train_sst2.json.
 
@@ -115,7 +118,34 @@ def hf_trainer(mdir: str, train: list, dev: list, epochs: int, steps: int, out: 
     acc = classification_metrics(confusion_counts(torch.as_tensor(np.argmax(pred.predictions, -1)),
                                                   torch.as_tensor(pred.label_ids), 2))["accuracy"]
     return {"accuracy": acc, "steps": trainer.state.global_step, "first_step_at": clock.ends[0],
-            "train_s": clock.ends[-1] - clock.ends[0], **steady_state(clock.ends)}
+            "train_s": clock.ends[-1] - clock.ends[0], "model_wrapped": type(trainer.model_wrapped).__name__,
+            **steady_state(clock.ends)}
+
+
+def hf_on_ray(mdir: str, train: list, dev: list, epochs: int, steps: int, out: str) -> dict:
+    """The same HF `Trainer` script run inside Ray Train (TorchTrainer, 1 worker of 2 CPUs) on an embedded Ray
+    started as raylm starts its own (8 logical CPUs, workers at nice 0, no dashboard): what a Ray user runs
+    without raylm. It shares raylm's platform (Ray's processes beside the worker on the same cores, the Train
+    controller, the worker's start), so raylm against it is raylm's own cost; the bare HF side is the target."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as raylm's embedded start (see raylm.cluster._connect)
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    ray.init(num_cpus=8, include_dashboard=False, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+
+    def loop(config: dict) -> None:
+        res = hf_trainer(mdir, train, dev, epochs, steps, out)
+        with open(os.path.join(out, "result.json"), "w") as f:
+            json.dump(res, f)
+
+    os.makedirs(out, exist_ok=True)
+    TorchTrainer(loop, scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": HP["threads"]}),
+                 run_config=RunConfig(name="hf_on_ray", storage_path=os.path.join(out, "runs"))).fit()
+    ray.shutdown()
+    with open(os.path.join(out, "result.json")) as f:
+        return json.load(f)
 
 
 def raylm_finetune(mdir: str, train_tsv: str, dev_tsv: str, steps: int, root: str) -> dict:
@@ -235,9 +265,10 @@ def run_side(side: str, argv: list[str], root: str) -> dict:
 def child(args: argparse.Namespace) -> None:
     mdir, steps = model_dir(), args.max_steps or args.rows * args.epochs // HP["batch_size"]
     root = args.root
-    if args.side == "hf":
+    if args.side in ("hf", "hf_ray"):
         train, dev = read_tsv(os.path.join(root, "train.tsv")), read_tsv(os.path.join(root, "dev.tsv"))
-        res = hf_trainer(mdir, train, dev, args.epochs, args.max_steps or -1, os.path.join(root, "hf"))
+        fn = hf_trainer if args.side == "hf" else hf_on_ray
+        res = fn(mdir, train, dev, args.epochs, args.max_steps or -1, os.path.join(root, args.side))
     else:
         res = raylm_finetune(mdir, os.path.join(root, "train.tsv"), os.path.join(root, "dev.tsv"), steps, root)
     with open(os.path.join(root, f"{args.side}.json"), "w") as f:
@@ -261,7 +292,9 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.join(RESULTS, "train_sst2.json"))
     ap.add_argument("--probe-only", action="store_true", help="only the in-Ray vs in-process compute probe, "
                     "merged into --out")
-    ap.add_argument("--side", choices=["hf", "raylm"], help=argparse.SUPPRESS)  # internal: one side's command
+    ap.add_argument("--hf-on-ray", choices=["on", "off"], default="on",
+                    help="a third side each round: the HF Trainer inside Ray Train (raylm's platform, not raylm)")
+    ap.add_argument("--side", choices=["hf", "raylm", "hf_ray"], help=argparse.SUPPRESS)  # internal: one side's command
     ap.add_argument("--root", help=argparse.SUPPRESS)
     args = ap.parse_args()
     HP["lr"], HP["group_by_length"], HP["seed"] = args.lr, args.group_by_length == "on", args.seed
@@ -295,7 +328,9 @@ def main() -> None:
                     f.write("label\tsentence\n" + "".join(f"{y}\t{t}\n" for t, y in rows))
             pair = {"seed": seed, "hf_trainer": run_side("hf", [*argv, "--seed", str(seed)], root),
                     "raylm": run_side("raylm", [*argv, "--seed", str(seed)], root)}
-            runs.append(pair | pair_ratios(pair["hf_trainer"], pair["raylm"]))
+            if args.hf_on_ray == "on":
+                pair["hf_on_ray"] = run_side("hf_ray", [*argv, "--seed", str(seed)], root)
+            runs.append(pair | pair_ratios(pair["hf_trainer"], pair["raylm"], pair.get("hf_on_ray")))
     res = {"benchmark": "sst2_finetune", "rows": args.rows, "epochs": args.epochs, "steps": steps,
            "scaled_down": bool(args.max_steps), "hyperparameters": HP | {"seed": [r["seed"] for r in runs]},
            "repeats": len(runs), **summary(runs),
@@ -308,10 +343,15 @@ def main() -> None:
     print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=2))
 
 
-def pair_ratios(hf: dict, ours: dict) -> dict:
-    return {"accuracy_delta_points": 100 * (ours["accuracy"] - hf["accuracy"]),
-            "wall_ratio": ratio(ours["wall_s"], hf["wall_s"]), "startup_ratio": ratio(ours["startup_s"], hf["startup_s"]),
-            "step_ratio": ratio(ours["step_s_mean"], hf["step_s_mean"])}
+RATIO_KEYS = {"wall_ratio": "wall_s", "startup_ratio": "startup_s", "step_ratio": "step_s_mean"}
+
+
+def pair_ratios(hf: dict, ours: dict, hf_ray: dict | None = None) -> dict:
+    out = {"accuracy_delta_points": 100 * (ours["accuracy"] - hf["accuracy"]),
+           **{k: ratio(ours[v], hf[v]) for k, v in RATIO_KEYS.items()}}
+    if hf_ray:  # against the HF Trainer on the same platform (Ray Train, Ray's processes beside it)
+        out |= {f"{k}_vs_hf_on_ray": ratio(ours[v], hf_ray[v]) for k, v in RATIO_KEYS.items()}
+    return out
 
 
 SUMMARY_KEYS = ("accuracy", "step_s_mean", "startup_s", "wall_s", "train_s")
@@ -326,12 +366,13 @@ def summary(runs: list[dict]) -> dict:
 
     side = {s: {k: (statistics.fmean if k == "accuracy" else med)([r[s][k] for r in runs]) for k in SUMMARY_KEYS}
             | {"load_mean_1m_during": med([r[s]["load"]["mean_1m_during"] for r in runs])}
-            for s in ("hf_trainer", "raylm")}
+            for s in ("hf_trainer", "raylm", "hf_on_ray") if all(s in r for r in runs)}
     side["raylm"] |= {"padding_frac": med([r["raylm"]["padding_frac"] for r in runs]),
                       "startup_reported_s": med([r["raylm"]["startup_reported_s"] for r in runs])}
     return {**side, "accuracy_delta_points": 100 * (side["raylm"]["accuracy"] - side["hf_trainer"]["accuracy"]),
-            **{k: med([r[k] for r in runs]) for k in ("wall_ratio", "startup_ratio", "step_ratio")},
-            "accuracy_sd_points": {s: 100 * statistics.pstdev([r[s]["accuracy"] for r in runs]) for s in ("hf_trainer", "raylm")}}
+            **{k: med([r.get(k) for r in runs]) for k in RATIO_KEYS},
+            **{f"{k}_vs_hf_on_ray": med([r.get(f"{k}_vs_hf_on_ray") for r in runs]) for k in RATIO_KEYS if "hf_on_ray" in side},
+            "accuracy_sd_points": {s: 100 * statistics.pstdev([r[s]["accuracy"] for r in runs]) for s in side}}
 
 
 if __name__ == "__main__":
