@@ -49,10 +49,9 @@ def _load(config: str, overrides: list[str] | None, command: str | None = None):
 def _load_overlapped(config: str, overrides: list[str] | None, command: str):
     """(config, checked): `_load`, the slow part of the preflight left running beside Ray's start;
     `checked()` waits for it (raising its UserError) and goes first inside `connect`."""
-    from raylm.config import load_config
     from raylm.preflight import preflight_overlapped
 
-    cfg = load_config(config, overrides or [])
+    cfg = _load(config, overrides)
     return cfg, preflight_overlapped(cfg, command)
 
 

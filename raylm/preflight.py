@@ -102,8 +102,10 @@ def preflight_overlapped(cfg: RootConfig, command: str = "run") -> Callable[[], 
     fast = [n for n in USES[command] if n not in SLOW]
     slow = [n for n in USES[command] if n in SLOW]
     problems = [p for name in fast for p in CHECKS[name](cfg)]
-    if problems or not slow or not _tokenizer_files_there(cfg):
-        preflight(cfg, command)
+    if problems or not slow or not _tokenizer_files_there(cfg):  # all here, without running the fast ones again
+        problems += [p for name in slow for p in CHECKS[name](cfg)]
+        if problems:
+            raise UserError(problems)
         return lambda: None
     found: dict[str, object] = {}
 
