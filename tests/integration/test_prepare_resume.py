@@ -33,17 +33,22 @@ def test_killed_prepare_resumes_and_matches_a_clean_run(ray_session, tmp_path):
     args = [f"data.source={corpus}", f"data.prepared_dir={prep}", f"data.tokenizer.path={tok}",
             "data.tokenize_actors=1", "data.shard_rows=50", "data.block_size=16",
             "data.prepare_in_driver_mb=0"]  # the actor pool is what is killed (the resumed run prepares in the driver)
-    proc = subprocess.Popen([sys.executable, "-m", "raylm", "prepare", str(ROOT / "configs" / "demo.yaml"), *args],
-                            env=dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "prepare.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "raylm", "prepare", str(ROOT / "configs" / "demo.yaml"), *args],
+                                env=dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0"),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     markers = lambda: [p for p in (prep / PROGRESS).glob("*.json") if p.name != "inputs.json"]  # noqa: E731
     deadline = time.time() + 300
     while len(markers()) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
+    ended = proc.poll()  # None: still running, as it should be
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = {p.name.split(".")[0] for p in markers()}
-    assert 3 <= len(finished) < 40 and not (prep / "manifest.json").exists(), "the kill did not land mid-run"
+    assert 3 <= len(finished) < 40 and not (prep / "manifest.json").exists(), (
+        f"the kill did not land mid-run: {len(finished)} units done, exit code before the kill {ended}; its output:\n"
+        + log.read_text()[-4000:])
     before = {p: p.stat().st_mtime_ns for p in prep.glob("train/*.parquet") if p.name.split("-")[0] in finished}
 
     cfg = DataConfig(source=str(corpus), prepared_dir=str(prep), tokenizer={"path": str(tok)}, tokenize_actors=2,
