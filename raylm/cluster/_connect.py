@@ -75,6 +75,11 @@ WORKER_NICENESS_ENV = "RAY_worker_niceness"  # read by the raylet it starts (Ray
 # How often Ray Train's controller polls its workers (default 2 s): how long a finished (or failed) run
 # waits before the controller sees it. Read by the controller, a process of the raylet started here.
 HEALTH_CHECK_ENV, EMBEDDED_HEALTH_CHECK_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
+# How long `ray.init` waits for the dashboard it starts (Ray's default 60 s). The dashboard is ~10 Python
+# processes; on a loaded 2-core machine they took 2-3 minutes (seen in a CI run with two busy processes
+# beside it) and `ray.init` failed. A broken dashboard (a missing dependency) exits, which Ray sees at
+# once: a longer wait only ever waits for a slow one.
+DASHBOARD_TIMEOUT_ENV, EMBEDDED_DASHBOARD_TIMEOUT_S = "RAY_DASHBOARD_STARTUP_TIMEOUT_S", "600"
 
 
 def init_ray(**kw: Any) -> None:
@@ -86,6 +91,9 @@ def init_ray(**kw: Any) -> None:
     """
     import ray
 
+    starts_a_node = kw.get("address") in (None, "local")  # not joining a running cluster
+    if starts_a_node:
+        _wait_longer_for_the_dashboard()
     if "address" not in kw:
         # Ray starts its workers at nice 15 (RayConfig worker_niceness), so on a machine with any other
         # busy process (a shared CI runner, a laptop compiling) the training workers get a few percent of
@@ -100,13 +108,22 @@ def init_ray(**kw: Any) -> None:
             ray.init(**kw)
             return
         except Exception as e:
-            if "timed out during startup" not in str(e) or "address" in kw or attempt == STARTUP_ATTEMPTS:
+            if "timed out during startup" not in str(e) or not starts_a_node or attempt == STARTUP_ATTEMPTS:
                 raise
             log.warning("ray: the local node did not start within Ray's 30 s (a loaded machine?); "
                         "retrying (%d of %d)", attempt + 1, STARTUP_ATTEMPTS)
             _stop_started_ray_processes()
             with contextlib.suppress(Exception):
                 ray.shutdown()
+
+
+def _wait_longer_for_the_dashboard() -> None:
+    """Ray reads RAY_DASHBOARD_STARTUP_TIMEOUT_S once, when it is imported; a value the user set wins."""
+    from ray._private import ray_constants
+
+    os.environ.setdefault(DASHBOARD_TIMEOUT_ENV, EMBEDDED_DASHBOARD_TIMEOUT_S)
+    with contextlib.suppress(ValueError):
+        ray_constants.RAY_DASHBOARD_STARTUP_TIMEOUT_S = int(os.environ[DASHBOARD_TIMEOUT_ENV])
 
 
 def _stop_started_ray_processes() -> None:

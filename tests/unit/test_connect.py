@@ -81,3 +81,29 @@ def test_joining_a_cluster_leaves_its_worker_priority_alone(monkeypatch):
     calls = _fake_ray(monkeypatch, failures=0, message="")
     _connect.init_ray(address="auto")
     assert calls.niceness == [None] and calls.health == [None]
+
+
+def test_a_node_started_here_waits_minutes_for_its_dashboard(monkeypatch):
+    """Ray gives the dashboard it starts 60 s; on a loaded 2-core machine it took 2-3 minutes and
+    ray.init failed (`raylm prepare` in a CI run with two busy processes beside it). The address
+    "local" (the test session's own cluster) starts a node too, and is retried like the embedded one."""
+    from ray._private import ray_constants
+
+    monkeypatch.setattr(ray_constants, "RAY_DASHBOARD_STARTUP_TIMEOUT_S", 60)  # restored after the test
+    monkeypatch.delenv(_connect.DASHBOARD_TIMEOUT_ENV, raising=False)
+    calls = _fake_ray(monkeypatch, failures=1, message=SLOW)
+    _connect.init_ray(address="local", num_cpus=8)
+    assert len(calls) == 2 and ray_constants.RAY_DASHBOARD_STARTUP_TIMEOUT_S == 600
+    monkeypatch.setenv(_connect.DASHBOARD_TIMEOUT_ENV, "90")  # the user's choice stands
+    _connect.init_ray(num_cpus=8)
+    assert ray_constants.RAY_DASHBOARD_STARTUP_TIMEOUT_S == 90
+
+
+def test_joining_a_cluster_leaves_the_dashboard_wait_alone(monkeypatch):
+    from ray._private import ray_constants
+
+    monkeypatch.setattr(ray_constants, "RAY_DASHBOARD_STARTUP_TIMEOUT_S", 60)
+    monkeypatch.delenv(_connect.DASHBOARD_TIMEOUT_ENV, raising=False)
+    _fake_ray(monkeypatch, failures=0, message="")
+    _connect.init_ray(address="auto")
+    assert ray_constants.RAY_DASHBOARD_STARTUP_TIMEOUT_S == 60
