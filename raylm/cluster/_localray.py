@@ -7,6 +7,7 @@ the processes started here -- never `ray stop`, which stops every Ray on the mac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+STARTED = "Ray runtime started."  # what `ray start` prints once its node is registered
 
 
 def free_ports(n: int) -> list[int]:
@@ -51,6 +54,8 @@ class LocalRay:
         self._logs: list[Any] = []
         self._env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         self._env["RAY_USAGE_STATS_ENABLED"] = "0"
+        self._env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "600")  # Ray's 60 s fails on a loaded machine
+        self._env["PYTHONUNBUFFERED"] = "1"  # `ray start`'s lines reach its log as printed (see _wait_started)
         # Ray >= 2.52 starts heads with token auth on; worker nodes and drivers only present the
         # token (~/.ray/auth_token, made by the head if missing) in token mode.
         self._env.setdefault("RAY_AUTH_MODE", "token")
@@ -70,12 +75,12 @@ class LocalRay:
         self._start(f"head-{attempt}", head, num_cpus, resources)
 
     def _retrying(self, start: Callable[[int], None]) -> None:
-        """Start a node and wait until it is alive; up to three times: a raylet gives up after
-        30 s, which a loaded 2-core machine can exceed."""
+        """Start a node and wait until it is up; up to three times: a raylet gives up after 30 s
+        ("timed out during startup"), which a loaded 2-core machine can exceed."""
         for attempt in (1, 2, 3):
             start(attempt)
             try:
-                self.wait_nodes(len(self.procs))
+                self._wait_started(self.procs[-1], self._logs[-1].name)
                 return
             except RuntimeError:
                 if attempt == 3:
@@ -118,31 +123,19 @@ class LocalRay:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self._env, start_new_session=True)
         self.procs.append(proc)
 
-    def wait_nodes(self, n: int, timeout_s: float = 180) -> None:
-        """Wait until `n` nodes are alive (asked from a separate process: this one may have its
-        own Ray initialised)."""
-        probe = (
-            "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
-            "print(sum(1 for x in ray.nodes() if x['Alive']))"
-        )
+    def _wait_started(self, proc: subprocess.Popen, log_path: str, timeout_s: float = 300) -> None:
+        """Wait for `ray start` to print that its node is up: it does so once the node is registered
+        with the GCS. Read from its log rather than asked of the cluster: a probe is a Python that
+        imports Ray and connects (~13 s of CPU here), which on a loaded machine slows the very start
+        it waits for."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                res = subprocess.run(
-                    [self.python, "-c", probe, self.gcs_address], capture_output=True, text=True, env=self._env, timeout=60
-                )
-            except subprocess.TimeoutExpired:
-                continue
-            if res.returncode == 0 and res.stdout.strip().splitlines()[-1:] == [str(n)]:
+            if proc.poll() is not None:
+                raise RuntimeError(f"`ray start` exited with {proc.returncode} (logs in {self.temp_dir})")
+            if STARTED in Path(log_path).read_text(errors="replace"):
                 return
-            time.sleep(2)
-        raise TimeoutError(f"{n} Ray nodes not alive within {timeout_s}s (logs in {self.temp_dir})")
-
-    def _check_alive(self) -> None:
-        for p in self.procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"`ray start` exited with {p.returncode} (logs in {self.temp_dir})")
+            time.sleep(0.5)
+        raise TimeoutError(f"`ray start` did not report its node up within {timeout_s}s (log: {log_path})")
 
     def node_running(self, pid: int) -> subprocess.Popen:
         """The `ray start` process of the node that runs process `pid`."""
@@ -177,14 +170,27 @@ class LocalRay:
                        check=True, capture_output=True, env=self._env, timeout=120)
 
     def stop(self) -> None:
+        """SIGTERM every node, then SIGKILL what is left after a few seconds. `ray start --block` takes
+        ~30 s to wind down on SIGTERM (measured: the teardown of tests/integration/test_jobs.py); the
+        processes are listed first, since Ray starts some in sessions of their own and they would
+        outlive their node's process group."""
+        import psutil
+
+        tree: list = []
+        for p in self.procs:
+            with contextlib.suppress(psutil.Error):
+                tree += [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
         for p in reversed(self.procs):  # workers first, the head last
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in reversed(self.procs):
-            try:
-                p.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                pass
+        _gone, alive = psutil.wait_procs(tree, timeout=5)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=10)
+        for p in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=10)
             _kill_group(p)
         for log in self._logs:
             log.close()
