@@ -20,6 +20,8 @@ N_TRAIN, N_TEST = 60, 12
 
 def raylm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
+    if args[0] == "prepare":  # its embedded Ray without the dashboard (~10 processes, not what is tested here)
+        args = (*args, "cluster.include_dashboard=false")
     return subprocess.run([sys.executable, "-m", "raylm", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 

@@ -35,6 +35,7 @@ def test_demo_job_end_to_end(tmp_path):
     assert "max_steps: 6" in saved
 
 
+@pytest.mark.long  # two `raylm train` with their own Ray (~2.3 min loaded): CI keeps the killed worker (test_resume)
 def test_killed_train_resumes_from_last_checkpoint(tmp_path):
     """SIGKILL `raylm train` (driver and its embedded Ray) mid-run; the same command resumes."""
     import contextlib

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_prepare(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0")
     return subprocess.run([sys.executable, "-m", "raylm", "prepare", str(ROOT / "configs" / "demo.yaml"),
-                           f"data.prepared_dir={tmp_path / 'prep'}", *overrides],
+                           f"data.prepared_dir={tmp_path / 'prep'}", "cluster.include_dashboard=false", *overrides],
                           capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
 
 

@@ -94,6 +94,7 @@ def test_sigkilled_worker_restarts_from_checkpoint_and_every_sample_is_trained_o
     assert [s for _, s, _ in logs[0]] == list(range(40))  # rolled-back steps were cut from the log
 
 
+@pytest.mark.long  # two Train runs; stride positions are unit-tested (test_sharding), exact resume is the test above
 def test_stride_position_resumes_with_another_worker_count_and_every_sample_once(ray_session, tmp_path):
     """data.sharding=stride: 2 workers train 6 steps, the run resumes with 1 worker and finishes the epoch;
     the sample ledger holds every row exactly once (issues 11 and 13: resharding, elastic runs)."""

@@ -84,6 +84,7 @@ def _first_record(run_dir: str) -> dict:
         return json.loads(f.readline())
 
 
+@pytest.mark.long  # three Train runs (~4.5 min with two busy processes beside it): CI's 35 minutes; unit tests cover the config
 def test_pbt_exploit_restores_the_donor_checkpoint(ray_session: Any, corpus: Path, tmp_path: Path) -> None:
     """Every exploit restores exactly the checkpoint pbt_exploits.jsonl records. Timing-free:
     the clone's run is named by its exploit (no glob over a trial's clones), what it restored is
@@ -115,7 +116,7 @@ def test_pbt_exploit_restores_the_donor_checkpoint(ray_session: Any, corpus: Pat
         assert _checkpoint_steps(clone)[0] == ex["donor_step"] + EVERY, (ex, os.listdir(clone))
 
 
-@pytest.mark.long  # the real-model PBT test above checks the same exploit path end to end (CI time)
+@pytest.mark.long  # the real-model PBT test above checks the same exploit path end to end
 def test_pbt_plumbing_with_the_standin_trainer(ray_session: Any, tmp_path: Path) -> None:
     """Tune side of PBT (exploit -> clone restarts from the donor's Train checkpoint path) with a
     loop that honours `resume_from` and reports the step it restored (`restored_step`)."""
@@ -204,6 +205,7 @@ def test_sweep_outputs_plots_and_best_hf_model(asha: tuple[SweepSummary, Any]) -
     assert model.config.n_layer == 2
 
 
+@pytest.mark.long  # one more Train run after the sweep (CI's 35 minutes); the sweep's own outputs are checked above
 def test_best_config_trains_with_raylm_train(asha: tuple[SweepSummary, Any], tmp_path: Path) -> None:
     from raylm.trainers.driver import train
 
