@@ -87,6 +87,14 @@ class LocalRay:
                     raise
                 _kill_group(self.procs.pop())  # what it left behind; its log stays in temp_dir
 
+    @staticmethod
+    def agent_timed_out(temp_dir: str) -> bool:
+        """Whether a node in `temp_dir` failed because its raylet gave up waiting for the dashboard agent:
+        Ray 2.60's raylet allows the agent a fixed 15 s to start (not configurable), which ~15 Python
+        processes starting at once on a loaded 2-core machine can exceed."""
+        return any("Timed out waiting for file" in log.read_text(errors="replace")
+                   for log in Path(temp_dir).glob("**/logs/raylet.out"))
+
     @property
     def env(self) -> dict[str, str]:
         """Environment for a driver process that joins this cluster."""

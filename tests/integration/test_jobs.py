@@ -47,7 +47,18 @@ def ray_head():
         pytest.skip("the Ray Jobs API needs ray[default] (dashboard); set RAYLM_JOBS_PYTHON to a Python with it")
     # Own ports and temp dir, so it stays apart from any other local Ray; teardown ends exactly
     # its processes (never `ray stop`, which stops every Ray on the machine).
-    with LocalRay(num_cpus=6, dashboard=True, python=py) as head:
+    try:
+        head = LocalRay(num_cpus=6, dashboard=True, python=py)
+    except RuntimeError as err:
+        # Ray's own limit, not raylm's: the raylet gives its dashboard agent a fixed 15 s. With the suite's
+        # Ray and two busy processes beside it, a head with a dashboard (~15 processes) missed it three
+        # times in one loaded CI run (passing in the next). On a machine that can start Ray, these run.
+        temp_dir = str(err).rsplit("logs in ", 1)[-1].rstrip(")")
+        if LocalRay.agent_timed_out(temp_dir):
+            pytest.skip(f"this machine is too loaded to start a Ray head with a dashboard: its raylet gave up "
+                        f"waiting 15 s for the dashboard agent, three times (logs in {temp_dir})")
+        raise
+    with head:
         wait_jobs_api(head, timeout_s=120)
         yield head.dashboard_url
 
@@ -88,6 +99,7 @@ def test_submit_follow_succeeds_and_resubmit_does_not_duplicate(ray_head: str, t
     assert "RUN jobs-ok 42" in res.output + capfd.readouterr().out
 
 
+@pytest.mark.long  # a 2-worker raylm train on the head (~2.5 min loaded): CI's 35 minutes; the Jobs API itself is tested above
 def test_submit_raylm_train_job(ray_head: str, tmp_path: Path, capfd) -> None:
     """The real job: `raylm train` on a tiny corpus, run by the cluster from the shipped config.
     The cluster's Python has no raylm installed here, so the job runs `python -m raylm` with

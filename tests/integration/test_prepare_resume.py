@@ -33,9 +33,10 @@ def test_killed_prepare_resumes_and_matches_a_clean_run(ray_session, tmp_path):
     args = [f"data.source={corpus}", f"data.prepared_dir={prep}", f"data.tokenizer.path={tok}",
             "data.tokenize_actors=1", "data.shard_rows=50", "data.block_size=16",
             "data.prepare_in_driver_mb=0",  # the actor pool is what is killed (the resumed run prepares in the driver)
-            # Not what is tested, and ~10 processes to start: with two busy processes beside the suite
-            # its start took minutes (ray.init then gives up on it: see init_ray).
-            "cluster.include_dashboard=false"]
+            # The session's cluster, not an embedded Ray of its own: with the suite's Ray and two busy
+            # processes beside it, a new node failed to start three times in a row (its raylet gives the
+            # dashboard agent a fixed 15 s). Killing the driver ends its actors there, as on a lost node.
+            f"cluster.address={ray_session.get_runtime_context().gcs_address}"]
     log = tmp_path / "prepare.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "raylm", "prepare", str(ROOT / "configs" / "demo.yaml"), *args],
