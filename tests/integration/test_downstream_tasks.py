@@ -131,6 +131,7 @@ def squad_file(path, n_paragraphs: int, seed: int, bad: bool = False) -> str:
     return str(path)
 
 
+@pytest.mark.long  # CI's 35 minutes under load; QA's spans, offsets and metrics are unit-tested (test_downstream_units)
 def test_question_answering_prepare_train_eval_predict(ray_session, tmp_path):
     from transformers import AutoModelForQuestionAnswering
 

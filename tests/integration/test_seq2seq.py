@@ -62,6 +62,7 @@ def raw_config(tmp_path, source: str, validation: str, **data) -> dict:
     }
 
 
+@pytest.mark.long  # CI's 35 minutes under load; prepare, predict, eval and generate are unit-tested (test_seq2seq_units)
 def test_translation_tokenizer_prepare_train_eval_predict(ray_session, tmp_path):
     from transformers import AutoModelForSeq2SeqLM
 

@@ -68,6 +68,7 @@ def test_causal_lm_trains_exports_and_logs_to_wandb_offline(ray_session, tmp_pat
     assert len(glob.glob(str(tmp_path / "runs" / "t" / "wandb" / "offline-run-*"))) == 1
 
 
+@pytest.mark.long  # CI's 35 minutes under load; masked LM (with NSP) trains in CI (test_nsp)
 def test_masked_lm_trains_with_dynamic_masking_bf16_and_gradient_checkpointing(ray_session, tmp_path):
     from transformers import AutoModelForMaskedLM
 
@@ -84,6 +85,7 @@ def test_masked_lm_trains_with_dynamic_masking_bf16_and_gradient_checkpointing(r
         assert AutoModelForMaskedLM.from_pretrained(os.path.join(d, "model")).config.num_hidden_layers == 2
 
 
+@pytest.mark.long  # CI's 35 minutes under load; loading init_from is tested in CI by test_fsdp_init
 def test_sequence_classification_from_a_pretrained_dir(ray_session, tmp_path):
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForMaskedLM
 
