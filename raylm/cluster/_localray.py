@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from raylm.cluster._connect import DASHBOARD_TIMEOUT_ENV, EMBEDDED_DASHBOARD_TIMEOUT_S
+
 STARTED = "Ray runtime started."  # what `ray start` prints once its node is registered
 
 
@@ -41,6 +43,22 @@ def _kill_group(p: subprocess.Popen) -> None:
         pass
 
 
+class StartFailed(RuntimeError):
+    """A `ray start` exited before its node was up; its logs stay in `temp_dir`."""
+
+    def __init__(self, returncode: int, temp_dir: str) -> None:
+        super().__init__(f"`ray start` exited with {returncode} (logs in {temp_dir})")
+        self.temp_dir = temp_dir
+
+    @property
+    def agent_timed_out(self) -> bool:
+        """The raylet gave up waiting for its dashboard agent: Ray 2.60's raylet allows the agent a fixed
+        15 s to start (not configurable), which ~15 Python processes starting at once on a loaded 2-core
+        machine can exceed."""
+        return any("Timed out waiting for file" in log.read_text(errors="replace")
+                   for log in Path(self.temp_dir).glob("**/logs/raylet.out"))
+
+
 class LocalRay:
     """`with LocalRay(num_cpus=4, dashboard=True) as ray_: ray_.add_worker(...)`."""
 
@@ -54,7 +72,7 @@ class LocalRay:
         self._logs: list[Any] = []
         self._env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         self._env["RAY_USAGE_STATS_ENABLED"] = "0"
-        self._env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "600")  # Ray's 60 s fails on a loaded machine
+        self._env.setdefault(DASHBOARD_TIMEOUT_ENV, EMBEDDED_DASHBOARD_TIMEOUT_S)  # as the embedded Ray (see there)
         self._env["PYTHONUNBUFFERED"] = "1"  # `ray start`'s lines reach its log as printed (see _wait_started)
         # Ray >= 2.52 starts heads with token auth on; worker nodes and drivers only present the
         # token (~/.ray/auth_token, made by the head if missing) in token mode.
@@ -82,18 +100,10 @@ class LocalRay:
             try:
                 self._wait_started(self.procs[-1], self._logs[-1].name)
                 return
-            except RuntimeError:
+            except StartFailed:
                 if attempt == 3:
                     raise
                 _kill_group(self.procs.pop())  # what it left behind; its log stays in temp_dir
-
-    @staticmethod
-    def agent_timed_out(temp_dir: str) -> bool:
-        """Whether a node in `temp_dir` failed because its raylet gave up waiting for the dashboard agent:
-        Ray 2.60's raylet allows the agent a fixed 15 s to start (not configurable), which ~15 Python
-        processes starting at once on a loaded 2-core machine can exceed."""
-        return any("Timed out waiting for file" in log.read_text(errors="replace")
-                   for log in Path(temp_dir).glob("**/logs/raylet.out"))
 
     @property
     def env(self) -> dict[str, str]:
@@ -139,7 +149,7 @@ class LocalRay:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"`ray start` exited with {proc.returncode} (logs in {self.temp_dir})")
+                raise StartFailed(proc.returncode, self.temp_dir)
             if STARTED in Path(log_path).read_text(errors="replace"):
                 return
             time.sleep(0.5)

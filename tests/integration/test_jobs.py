@@ -18,7 +18,7 @@ import typer
 from typer.testing import CliRunner
 
 from raylm.cluster import jobs
-from raylm.cluster._localray import LocalRay
+from raylm.cluster._localray import LocalRay, StartFailed
 
 from testkit import wait_job, wait_jobs_api
 
@@ -49,14 +49,13 @@ def ray_head():
     # its processes (never `ray stop`, which stops every Ray on the machine).
     try:
         head = LocalRay(num_cpus=6, dashboard=True, python=py)
-    except RuntimeError as err:
+    except StartFailed as err:
         # Ray's own limit, not raylm's: the raylet gives its dashboard agent a fixed 15 s. With the suite's
         # Ray and two busy processes beside it, a head with a dashboard (~15 processes) missed it three
         # times in one loaded CI run (passing in the next). On a machine that can start Ray, these run.
-        temp_dir = str(err).rsplit("logs in ", 1)[-1].rstrip(")")
-        if LocalRay.agent_timed_out(temp_dir):
+        if err.agent_timed_out:
             pytest.skip(f"this machine is too loaded to start a Ray head with a dashboard: its raylet gave up "
-                        f"waiting 15 s for the dashboard agent, three times (logs in {temp_dir})")
+                        f"waiting 15 s for the dashboard agent, three times (logs in {err.temp_dir})")
         raise
     with head:
         wait_jobs_api(head, timeout_s=120)

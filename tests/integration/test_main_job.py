@@ -68,5 +68,20 @@ def test_train_checkpoint_export(job):
     saved = load_config(os.path.join(summary["run_dir"], "config.yaml"))
     assert saved.trainer.max_steps == 8 and saved.trainer.optimizer.lr == 3e-3
 
-    # Resuming a run (same name, more steps) is tests/integration/test_resume.py's; `raylm train` killed and
-    # rerun is tests/e2e/test_main_job_cli.py's (long).
+
+
+@pytest.mark.long  # two more Train runs (CI's 35 minutes); resuming by run name is also test_resume's, in CI
+def test_train_resumes_with_more_steps(job):
+    from raylm.trainers.driver import train
+
+    from testkit import read_state
+
+    root, overrides = job
+    overrides = overrides + ["trainer.run_name=tiny-resume"]  # its own run, whichever test ran first
+    train(load_config(None, overrides))
+    # Resume: same run name, more steps -> continues at step 9 from the step-8 checkpoint.
+    summary2 = train(load_config(None, overrides + ["trainer.max_steps=12"]))
+    steps = [r["step"] for r in metrics(summary2["run_dir"]) if "train_loss" in r]
+    assert steps == list(range(1, 13)), steps  # no step repeated, none restarted from zero
+    state = read_state(os.path.join(summary2["run_dir"], "checkpoint_00000012"))
+    assert state.step == 12 and state.tokens_seen == 12 * 2 * 8 * 32
