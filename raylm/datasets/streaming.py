@@ -22,7 +22,7 @@ seeded rng, so the grouped stream is as repeatable as the plain one.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -178,21 +178,47 @@ class TrainStream:
 
 
 def eval_batches(ds: Any, batch_size: int, rank: int, world: int, limit: int,
-                 sort_by_length: bool = False) -> list[dict]:
-    """Worker `rank`'s share of the first `limit * world` validation batches (the same every eval).
+                 sort_by_length: bool = False) -> list[tuple[dict, bool]]:
+    """Worker `rank`'s share of the first `limit * world` validation batches (the same every eval), as
+    (batch, counts) pairs: every rank gets as many batches as the rank with the most (see `deal_eval_batches`).
 
     Read once and kept in memory by the caller: a fixed, small evaluation set, so that each
     evaluation costs model time only, not a new Ray Data execution. `sort_by_length` (tasks whose
     metrics do not depend on the order: sums over examples) regroups this rank's rows by length, so
     that a batch is padded to its own length, not to the longest of 32 random rows.
     """
-    out = []
-    for i, batch in enumerate(ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=1)):
+    it = ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=1)
+    return deal_eval_batches(it, batch_size, rank, world, limit, sort_by_length)
+
+
+def deal_eval_batches(batches: Iterable[dict], batch_size: int, rank: int, world: int, limit: int,
+                      sort_by_length: bool = False) -> list[tuple[dict, bool]]:
+    """Batch i of the first `limit * world` goes to rank i % world; then every rank pads its share with
+    fillers up to the largest share, so that all ranks run the same number of forward passes.
+
+    Under FSDP every forward is a collective (the all-gathers of the shards): a rank with one batch fewer
+    would wait forever in its all-reduce of the sums while another is still in a forward (issue 27).
+    A filler is a copy of the split's first batch, paired with counts=False: it is run and its results
+    count for nothing, so metrics are exactly those of the real rows. Every rank reads every batch (it
+    skips the others' after counting their rows), so the shares' sizes are known without a collective.
+    """
+    mine: list[dict] = []
+    rows = [0] * world  # each rank's rows, and batches before regrouping
+    shares = [0] * world
+    first = None
+    for i, batch in enumerate(batches):
         if i >= limit * world:
             break
+        first = batch if first is None else first
+        rows[i % world] += len(batch["input_ids"])
+        shares[i % world] += 1
         if i % world == rank:
-            out.append(batch)
-    return regroup_by_length(out, batch_size) if sort_by_length else out
+            mine.append(batch)
+    if sort_by_length:
+        mine = regroup_by_length(mine, batch_size)
+        shares = [-(-n // batch_size) for n in rows]  # regrouped: ceil(rows / batch_size) batches each
+    dealt = [(b, True) for b in mine]
+    return dealt + [(first, False)] * (max(shares, default=0) - len(mine))
 
 
 def regroup_by_length(batches: list[dict], batch_size: int) -> list[dict]:

@@ -25,6 +25,7 @@ leaves the previous checkpoint as the latest.
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import tempfile
@@ -123,7 +124,8 @@ class Checkpointer:
         self.run_dir, self.hold_s = run_dir, hold_s
         # The background write's collectives (plan, metadata gather) get their own group: on the
         # default one they could interleave with the training thread's all-reduces.
-        self.pg = dist.new_group(backend="gloo") if self.async_ and _dist() else None
+        timeout = datetime.timedelta(seconds=t.watchdog.collective_timeout_s)  # as the default group's
+        self.pg = dist.new_group(backend="gloo", timeout=timeout) if self.async_ and _dist() else None
         self.pending: Future | None = None
         self.stall_s = 0.0  # training-thread seconds spent saving (staging included), for benchmarks
 

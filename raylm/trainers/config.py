@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+log = logging.getLogger(__name__)
 
 
 class ModelConfig(BaseModel):
@@ -194,6 +197,38 @@ class CheckpointSection(BaseModel):
     )
 
 
+class WatchdogSection(BaseModel):
+    """No run hangs: collectives time out, and a worker that stops making progress leaves its stacks.
+
+    A collective (DDP's gradient all-reduce, FSDP's all-gathers, the log step's all-reduce, a checkpoint's
+    barrier) waits at most `collective_timeout_s` for the other ranks; then it fails the attempt with a
+    message naming the rank, the collective and the step, and Ray Train restarts from the last checkpoint
+    (within scaling.max_failures). After the first step, a worker with no progress (step, sync, evaluation
+    batch, checkpoint) for max(min_stall_s, stall_factor x the longest recent interval between them) writes
+    every thread's Python stack to <run>/stacks/ (faulthandler: no ptrace, no dashboard needed).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    collective_timeout_s: int = Field(
+        900, ge=1, description="Seconds a collective waits for the other ranks before the attempt fails (the "
+        "process group's timeout: gloo, and NCCL with async error handling). Generous: a rank may be slow to "
+        "load or save a large checkpoint while the others wait.",
+    )
+    stall_factor: float = Field(
+        20.0, gt=1, description="Stacks are dumped after this multiple of the longest recent interval between "
+        "two progress points (steps, syncs, evaluation batches, checkpoints) without progress.",
+    )
+    min_stall_s: float = Field(
+        300.0, gt=0, description="...but never before this many seconds without progress (a first evaluation "
+        "or checkpoint has no history to compare with).",
+    )
+    enabled: bool = Field(
+        True, description="Run the progress watchdog (stack dumps; a worker still stuck collective_timeout_s "
+        "after its dump ends itself so the run restarts). The collective timeout applies either way.",
+    )
+
+
 class ExportSection(BaseModel):
     """The HF model `raylm train` writes at the end."""
 
@@ -282,6 +317,7 @@ class TrainerConfig(BaseModel):
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection, description=CheckpointSection.__doc__)
     fsdp: FsdpConfig = Field(default_factory=FsdpConfig, description="FSDP2 options (scaling.strategy: fsdp).")
     export: ExportSection = Field(default_factory=ExportSection, description=ExportSection.__doc__)
+    watchdog: WatchdogSection = Field(default_factory=WatchdogSection, description=WatchdogSection.__doc__)
     generation: GenerationSection = Field(default_factory=GenerationSection, description=GenerationSection.__doc__)
 
     @model_validator(mode="after")
@@ -293,10 +329,10 @@ class TrainerConfig(BaseModel):
             raise ValueError(f"trainer.fsdp.replicate ({self.fsdp.replicate}) must divide scaling.num_workers "
                              f"({s.num_workers}): HSDP shards inside equal groups")
         if self.schedule.warmup_steps > self.max_steps:
-            raise ValueError(
-                f"schedule.warmup_steps ({self.schedule.warmup_steps}) is above max_steps ({self.max_steps}): "
-                "lower trainer.schedule.warmup_steps"
-            )
+            # A short try of a recipe (trainer.max_steps=8) should run, not fail on the recipe's warmup.
+            log.warning("trainer.schedule.warmup_steps (%d) is above max_steps (%d): warming up over all %d steps",
+                        self.schedule.warmup_steps, self.max_steps, self.max_steps)
+            self.schedule.warmup_steps = self.max_steps
         return self
 
 

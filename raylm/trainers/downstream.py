@@ -141,6 +141,8 @@ class TokenClassification(EncoderTask):
         for b in batches:
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 out = model(**{k: b.inputs[k] for k in self.model_keys})
+            if not b.counts:  # a filler only keeps the ranks' forward passes equal
+                continue
             loss_sum, n = loss_sum + float(out.loss) * b.n, n + b.n  # host sync per batch: eval only
             gold = b.inputs["labels"].cpu()
             for p, g in zip(out.logits.argmax(-1).cpu(), gold):
@@ -194,6 +196,8 @@ class QuestionAnswering(EncoderTask):
         for b in batches:
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 out = model(**{k: b.inputs[k] for k in self.model_keys})
+            if not b.counts:  # a filler only keeps the ranks' forward passes equal
+                continue
             loss_sum, n = loss_sum + float(out.loss) * b.n, n + b.n
             if "_text" not in b.inputs:
                 continue

@@ -146,7 +146,7 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
                   loop_overrides: dict | None = None) -> Any:
     """A TorchTrainer for this config (used by `raylm train` and by the Tune driver)."""
     from ray.train import CheckpointConfig, DataConfig, RunConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from raylm.cluster.storage import run_storage
     from raylm.datasets.prepare import load_manifest
@@ -179,6 +179,9 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config.to_dict(),
+        # The process group's timeout: a collective another rank never joins fails the attempt (gloo; NCCL with
+        # Ray's TORCH_NCCL_ASYNC_ERROR_HANDLING=1) instead of hanging it (raylm.trainers.watchdog).
+        torch_config=TorchConfig(timeout_s=t.watchdog.collective_timeout_s),
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=name,

@@ -39,6 +39,7 @@ from raylm.trainers.progress import Progress, say
 from raylm.trainers.step import Feeder, StepContext, Window, evaluate, to_batch, train_step
 from raylm.trainers.tasks import Task, get_task
 from raylm.trainers.tracking import make_sink
+from raylm.trainers.watchdog import Watchdog
 
 
 @dataclass
@@ -88,18 +89,18 @@ class Run:
     grad_accum: int
     last_ckpt: str | None
     checkpointer: checkpoint.Checkpointer
+    watchdog: Watchdog
 
 
 # ---------------------------------------------------------------- setup
 
 
-def setup(lc: LoopConfig) -> Run:
+def setup(lc: LoopConfig, cfg: RootConfig, watchdog: Watchdog) -> Run:
     import ray.train
     import ray.train.torch
 
-    cfg = validate(lc.cfg, origin="train_loop_config")
-    t, c = cfg.trainer, ray.train.get_context()
-    rank, world = c.get_world_rank(), c.get_world_size()
+    t = cfg.trainer
+    rank, world = watchdog.rank, watchdog.world
     torch.set_num_threads(t.torch_threads)
     if t.scaling.strategy == "fsdp" and t.fsdp.release_host_memory:
         release_freed_memory()
@@ -156,9 +157,10 @@ def setup(lc: LoopConfig) -> Run:
     ctx = StepContext(model, opt, sched, scaler, loss_fn_for(task, fused), device, amp, t.optimizer.grad_clip,
                       skip_nonfinite=t.nan_policy == "skip")
     # Validation batches are collated once (a fixed seed per batch: MLM masks are the same every eval).
+    # Every rank gets as many (fillers included) as the rank with the most: FSDP's forwards are collectives.
     val_raw = eval_batches(ray.train.get_dataset_shard("validation"), batch_size, rank, world, t.eval.batches,
                            sort_by_length=task.eval_order_free)
-    val = [to_batch(collate(raw, i * 31 + rank), device) for i, raw in enumerate(val_raw)]
+    val = [to_batch(collate(raw, i * 31 + rank), device, counts=counts) for i, (raw, counts) in enumerate(val_raw)]
     d = cfg.data
     stream = TrainStream(ray.train.get_dataset_shard("train"), batch_size, d.seed, d.shuffle_buffer_rows,
                          lambda raw, seed: (raw, seed), st.epoch, st.batches_in_epoch, task=t.task,
@@ -168,7 +170,7 @@ def setup(lc: LoopConfig) -> Run:
                SampleLog(lc.sample_log or os.environ.get("RAYLM_SAMPLE_LOG"), rank, st.step, world),
                Progress(t.max_steps, st.step, cfg.tracking.progress_every_s, enabled=rank == 0),
                rank, world, batch_size, grad_accum, last_ckpt,
-               checkpoint.Checkpointer(t, lc.run_dir, lc.checkpoint_hold_s))
+               checkpoint.Checkpointer(t, lc.run_dir, lc.checkpoint_hold_s), watchdog)
 
 
 def build_model(task: Task, cfg: RootConfig, meta: dict, hf_weights: str | None,
@@ -204,9 +206,21 @@ def grad_accum_for(global_batch_tokens: int | None, grad_accum: int, batch_size:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train's entry point: the loop under the watchdog (a collective timeout names rank and step)."""
+    import ray.train
+
     lc = LoopConfig.from_dict(loop_config)
-    r = setup(lc)
-    t, st = r.cfg.trainer, r.st
+    c, cfg = ray.train.get_context(), validate(lc.cfg, origin="train_loop_config")
+    watchdog = Watchdog(cfg.trainer.watchdog, c.get_world_rank(), c.get_world_size(),
+                        os.path.join(lc.run_dir, "stacks"), log=say)
+    with watchdog.guard():
+        watchdog.beat("setup (restore, shard, first batches)", 0)
+        run_loop(lc, setup(lc, cfg, watchdog))
+
+
+def run_loop(lc: LoopConfig, r: Run) -> None:
+    """Restore is done: step, log, eval and checkpoint at their cadence until max_steps (or a stop)."""
+    t, st, beat = r.cfg.trainer, r.st, r.watchdog.beat
     n_params = non_embedding_params(ckpt.unwrap(r.ctx.model))
     peak = device_peak_flops(r.ctx.device, t.peak_flops)
     # A run restored at (or past) its end has nothing left to train (a PBT clone of a finished donor).
@@ -217,6 +231,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     r.feeder.prefetch(r.grad_accum)
     while not last:
         t0, wait0 = time.perf_counter(), r.feeder.wait_s
+        beat(f"train step ({STEP_COLLECTIVES[t.scaling.strategy]})", st.step + 1)
         batches = r.feeder.take(r.grad_accum)
         for b in batches:
             r.samples.write(b.epoch, st.step, b.sample_ids)
@@ -233,6 +248,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if not (st.step % t.log_every == 0 or eval_now or save_now or st.step == first_step):
             continue
         # ---- a sync step: the host reads the window (one all-reduce); a bad step never reaches a checkpoint
+        if st.step == first_step:
+            r.watchdog.arm()  # after the first step: compile and start-up are not measured
+        beat("the log step's all-reduce of the window", st.step)
         synced = window.sync(r.rank == 0 and t.max_train_seconds is not None and train_s >= t.max_train_seconds,
                              stop=preemption.requested())
         dt = time.perf_counter() - window.t0
@@ -248,9 +266,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         save_now = save_now or last
         if save_now or eval_now:  # every checkpoint carries validation metrics: "best" ranks by them
             task_eval = getattr(r.task, "evaluate", None)  # downstream tasks score decoded predictions
-            metrics.update(task_eval(r.ctx.model, r.val, r.ctx.device, r.ctx.amp, lc.meta) if task_eval else
-                           evaluate(r.ctx.model, r.task.eval_step, r.val, r.ctx.device, r.ctx.amp,
+            val = r.watchdog.paced(r.val, "evaluation (forward passes, then the all-reduce of the sums)", st.step)
+            metrics.update(task_eval(r.ctx.model, val, r.ctx.device, r.ctx.amp, lc.meta) if task_eval else
+                           evaluate(r.ctx.model, r.task.eval_step, val, r.ctx.device, r.ctx.amp,
                                     lc.meta.get("num_labels") if r.task.name == "sequence-classification" else None))
+            beat("checkpoint and report (barrier, checkpoint collectives)" if save_now else "report", st.step)
             r.sink.log({k: v for k, v in metrics.items() if k.startswith("val_")}, st.step)
             r.progress.eval(st.step, metrics)
             saved = report(metrics, st, r.ctx, r.rank, save_now, r.sink, r.checkpointer)
@@ -258,10 +278,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
     r.samples.close()
     r.sink.close()
     if stop and st.step < t.max_steps:  # restart from this step's checkpoint
+        beat("the last checkpoint's write", st.step)
         r.checkpointer.flush()
         if r.rank == 0:
             say(f"[raylm] {stop}: checkpointed step {st.step}, exiting for a restart")
         raise preemption.Preempted(f"{stop}: checkpointed step {st.step} ({r.last_ckpt})")
+
+
+# What a step's forward and backward wait for from the other ranks (named when one times out).
+STEP_COLLECTIVES = {"ddp": "forward/backward: DDP's gradient all-reduce",
+                    "fsdp": "forward/backward: FSDP's all-gathers and reduce-scatters"}
 
 
 def stop_reason(sigterm_ranks: int, drained: bool) -> str | None:

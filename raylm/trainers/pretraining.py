@@ -11,6 +11,7 @@ and `val_nsp_accuracy`, `val_nsp_loss` over every rank's validation pairs (one a
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -119,14 +120,16 @@ def metrics(total: list[float], prefix: str = "val_") -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: list, device: torch.device, amp: torch.dtype | None) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, batches: Iterable, device: torch.device, amp: torch.dtype | None) -> dict[str, float]:
     """MLM loss (val_loss) and NSP accuracy over every rank's validation batches: sums stay on the
     device, one all-reduce and one host read."""
     model.eval()
     total = torch.zeros(5, device=device, dtype=torch.float64)
     for b in batches:
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            total += score(model, b.inputs).double()
+            scored = score(model, b.inputs).double()
+        if b.counts:  # a filler only keeps the ranks' forward passes equal
+            total += scored
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(total)
     return metrics(total.tolist())  # host sync: once per evaluation

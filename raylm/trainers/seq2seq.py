@@ -193,17 +193,34 @@ class Seq2Seq(Task):
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 loss = self.loss(model, b.inputs)
                 if k < n_decode and "_ref" in b.inputs:
-                    out = core.generate(input_ids=b.inputs["input_ids"], attention_mask=b.inputs["attention_mask"],
-                                        generation_config=core.generation_config, synced_gpus=_sharded(model))
-                    hyps += decode(tok, out.tolist())
-                    refs += [_text(r) for r in b.inputs["_ref"].cpu()]
-            loss_sum, n = loss_sum + float(loss) * b.n, n + b.n  # host sync per batch: eval only
+                    out = _generate(model, core, b.inputs)
+                    if b.counts:
+                        hyps += decode(tok, out.tolist())
+                        refs += [_text(r) for r in b.inputs["_ref"].cpu()]
+            if b.counts:  # a filler only keeps the ranks' forward passes (and generate's steps) equal
+                loss_sum, n = loss_sum + float(loss) * b.n, n + b.n  # host sync per batch: eval only
         parts = gather((loss_sum, n, hyps, refs))
         hyps, refs = [h for p in parts for h in p[2]], [r for p in parts for r in p[3]]
         out = {"val_loss": sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)}
         if refs:
             out |= {f"val_{k}": v for k, v in text_scores(hyps, refs).items()}
         return out
+
+
+def _generate(model: torch.nn.Module, core: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Beam search with the model's decoding settings. Under FSDP, generate calls the encoder and the decoder
+    directly, past the root module's forward whose hook gathers the root's own parameters (the shared
+    embeddings, the lm head): they are gathered around the call instead, and every rank runs as many
+    decoder steps as the slowest (synced_gpus)."""
+    sharded = _sharded(model)
+    if sharded:
+        model.unshard()
+    try:
+        return core.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                             generation_config=core.generation_config, synced_gpus=sharded)
+    finally:
+        if sharded:
+            model.reshard()
 
 
 def _sharded(model: torch.nn.Module) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,9 +39,13 @@ class Batch:
     sample_ids: np.ndarray
     epoch: int = 0
     position: int = 0  # batches of `epoch` consumed once this one is (the resumable data position)
+    # False: an evaluation filler, run only so that every rank makes as many forward passes (FSDP's
+    # forwards are collectives); its loss and predictions count for nothing (streaming.deal_eval_batches).
+    counts: bool = True
 
 
-def to_batch(collated: dict[str, torch.Tensor], device: torch.device, epoch: int = 0, position: int = 0) -> Batch:
+def to_batch(collated: dict[str, torch.Tensor], device: torch.device, epoch: int = 0, position: int = 0,
+             counts: bool = True) -> Batch:
     """Host bookkeeping from the CPU tensors, then the inputs to the device (pinned, non-blocking on CUDA)."""
     ids = collated["input_ids"]
     n = int(collated["_n"]) if "_n" in collated else int(collated["labels"].ne(-100).sum())
@@ -50,7 +54,8 @@ def to_batch(collated: dict[str, torch.Tensor], device: torch.device, epoch: int
     cuda = device.type == "cuda"
     inputs = {k: (v.pin_memory() if cuda else v).to(device, non_blocking=cuda)
               for k, v in collated.items() if k not in _META_KEYS}
-    return Batch(inputs, n, ids.numel(), real, ids.shape[1], np.asarray(collated["sample_id"]), epoch, position)
+    return Batch(inputs, n, ids.numel(), real, ids.shape[1], np.asarray(collated["sample_id"]), epoch, position,
+                 counts)
 
 
 class Feeder:
@@ -194,10 +199,10 @@ class Window:
 
 
 def evaluate(model: torch.nn.Module, eval_step: Callable[[torch.nn.Module, dict], tuple[torch.Tensor, Any]],
-             batches: list[Batch], device: torch.device, amp: torch.dtype | None,
+             batches: Iterable[Batch], device: torch.device, amp: torch.dtype | None,
              num_labels: int | None = None) -> dict[str, float]:
     """Validation loss (and accuracy/F1 for classifiers) over all ranks: sums stay on the device,
-    one all-reduce and one host read at the end."""
+    one all-reduce and one host read at the end. Fillers (`Batch.counts` False) run and count for nothing."""
     model.eval()
     k = num_labels or 0
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -206,6 +211,8 @@ def evaluate(model: torch.nn.Module, eval_step: Callable[[torch.nn.Module, dict]
     with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         for b in batches:
             loss, pred = eval_step(model, b.inputs)
+            if not b.counts:
+                continue
             loss_sum += loss.double() * b.n
             n += b.n
             if pred is not None and k:
