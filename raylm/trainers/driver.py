@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 from raylm.cluster.storage import is_remote
@@ -143,8 +144,9 @@ def failure_config(cfg: RootConfig) -> Any:
 
 def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: list | None = None,
                   name: str | None = None, storage_path: str | None = None,
-                  loop_overrides: dict | None = None) -> Any:
-    """A TorchTrainer for this config (used by `raylm train` and by the Tune driver)."""
+                  loop_overrides: dict | None = None, loop: Callable[[dict], None] | None = None) -> Any:
+    """A TorchTrainer for this config (used by `raylm train` and by the Tune driver). `loop` replaces the
+    per-worker entry point (tests wrap it to inject a fault into one worker)."""
     from ray.train import CheckpointConfig, DataConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -177,7 +179,7 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # a deterministic order makes "skip what was consumed" exact on resume
     return TorchTrainer(
-        train_loop_per_worker,
+        loop or train_loop_per_worker,
         train_loop_config=loop_config.to_dict(),
         # The process group's timeout: a collective another rank never joins fails the attempt (gloo; NCCL with
         # Ray's TORCH_NCCL_ASYNC_ERROR_HANDLING=1) instead of hanging it (raylm.trainers.watchdog).

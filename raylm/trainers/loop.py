@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from raylm.cluster.storage import is_remote
 from raylm.config import RootConfig, validate
 from raylm.datasets.sharding import check_resume
 from raylm.datasets.streaming import TrainStream, eval_batches
@@ -39,7 +40,7 @@ from raylm.trainers.progress import Progress, say
 from raylm.trainers.step import Feeder, StepContext, Window, evaluate, to_batch, train_step
 from raylm.trainers.tasks import Task, get_task
 from raylm.trainers.tracking import make_sink
-from raylm.trainers.watchdog import Watchdog
+from raylm.trainers.watchdog import Watchdog, publish_to_storage
 
 
 @dataclass
@@ -211,8 +212,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     lc = LoopConfig.from_dict(loop_config)
     c, cfg = ray.train.get_context(), validate(lc.cfg, origin="train_loop_config")
+    remote = is_remote(cfg.cluster.storage_path)
     watchdog = Watchdog(cfg.trainer.watchdog, c.get_world_rank(), c.get_world_size(),
-                        os.path.join(lc.run_dir, "stacks"), log=say)
+                        os.path.join(lc.run_dir, "stacks"), log=say,
+                        publish=publish_to_storage(cfg.cluster.storage_path, lc.run_id) if remote else None)
     with watchdog.guard():
         watchdog.beat("setup (restore, shard, first batches)", 0)
         run_loop(lc, setup(lc, cfg, watchdog))

@@ -58,15 +58,35 @@ def _end_worker() -> None:
     os._exit(70)  # EX_SOFTWARE: the actor dies, Ray Train restarts the worker group from the last checkpoint
 
 
+def publish_to_storage(storage_path: str, run_name: str) -> Callable[[str], str]:
+    """Copies a stacks file to `<storage>/<run>/stacks/` (s3://, gs://); returns where, or why it could not."""
+
+    def publish(path: str) -> str:
+        import pyarrow.fs as pafs
+
+        from raylm.cluster.storage import resolve
+
+        try:
+            fs, root = resolve(storage_path)
+            dest = f"{root}/{run_name}/stacks/{os.path.basename(path)}"
+            fs.create_dir(os.path.dirname(dest), recursive=True)
+            pafs.copy_files(path, dest, destination_filesystem=fs)
+            return f"{storage_path.rstrip('/')}/{run_name}/stacks/{os.path.basename(path)}"
+        except Exception as err:  # noqa: BLE001 -- the watchdog thread must not die of a storage error
+            return f"(not copied to {storage_path}: {err})"
+
+    return publish
+
+
 class Watchdog:
     """One worker's progress watchdog (see the module docstring). `check` is the decision, `_watch` the
     thread that applies it; `clock`, `end_worker` and `log` are injection points for tests."""
 
     def __init__(self, cfg: WatchdogSection, rank: int, world: int, stacks_dir: str,
                  log: Callable[[str], None] = print, end_worker: Callable[[], None] = _end_worker,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, publish: Callable[[str], str] | None = None) -> None:
         self.cfg, self.rank, self.world, self.stacks_dir = cfg, rank, world, stacks_dir
-        self.log, self.end_worker, self.clock = log, end_worker, clock
+        self.log, self.end_worker, self.clock, self.publish = log, end_worker, clock, publish
         self.last: Beat | None = None
         self.armed = False
         self.dumped_at: float | None = None
@@ -154,6 +174,8 @@ class Watchdog:
             f.flush()
             faulthandler.dump_traceback(f, all_threads=True)
         self.stacks.append(path)
+        if self.publish is not None:  # remote storage: the node's disk may be gone with the pod
+            path = f"{path} and {self.publish(path)}"
         self.log(f"[raylm] rank {self.rank}: no progress for {idle:.0f}s since {last.what if last else 'start'} "
                  f"at step {last.step if last else 0}; Python stacks of every thread: {path}")
         return path

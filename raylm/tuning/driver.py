@@ -20,6 +20,7 @@ from typing import Any
 from raylm.cluster.storage import is_remote
 from raylm.config import RootConfig, validate
 from raylm.tuning.config import TuningConfig
+from raylm.tuning.schedulers import EXPLOIT_KEY, clone_run_name
 from raylm.tuning.space import apply_dotted, overrides_of
 
 # The loop resumes from this checkpoint path when its own run has none (a PBT clone). Train V2
@@ -119,18 +120,10 @@ def train_run_name(trial_id: str, resume_from: str | None) -> str:
     return f"{trial_id}-from-{hashlib.sha1(resume_from.encode()).hexdigest()[:8]}"
 
 
-def clone_run_name(trial_id: str, n: int) -> str:
-    """The Train run of a trial's n-th PBT exploit: a fresh run per exploit, so Train never
-    auto-resumes another clone's checkpoints; the same one when the clone is paused and resumed."""
-    return f"{trial_id}-exploit{n}"
-
-
 def _resume_point(config: dict[str, Any], paths: SweepPaths, trial_id: str) -> tuple[str | None, str]:
     """(checkpoint to restore, Train run name) of a trial: a PBT clone restores the checkpoint
     its exploit recorded (schedulers.EXPLOIT_KEY); any other trial resumes its own run by name."""
     from ray import tune
-
-    from raylm.tuning.schedulers import EXPLOIT_KEY
 
     exploit = config.get(EXPLOIT_KEY)
     if exploit:
@@ -146,8 +139,6 @@ def _resume_point(config: dict[str, Any], paths: SweepPaths, trial_id: str) -> t
 def _write_exploit(config: dict[str, Any], paths: SweepPaths, run_name: str) -> None:
     """The clone's run dir keeps the exploit it started from, beside the metrics whose first
     record (`resumed_from`) says which step the loop restored."""
-    from raylm.tuning.schedulers import EXPLOIT_KEY
-
     if config.get(EXPLOIT_KEY) and not is_remote(paths.train_storage):
         run_dir = os.path.join(paths.train_storage, run_name)
         os.makedirs(run_dir, exist_ok=True)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,8 +220,10 @@ def _interrupted(rows: list[TrialRow], t: TuningConfig) -> bool:
     return t.time_budget_s is None and len(rows) < expected_trials(t)
 
 
-def summarise(grid: Any, cfg: RootConfig, paths: SweepPaths, budget: int, *, resumed: bool = False) -> SweepSummary:
-    """Collect the trials, pick the best, write every output file into the sweep dir."""
+def summarise(grid: Any, cfg: RootConfig, paths: SweepPaths, budget: int, *, resumed: bool = False,
+              plot: Callable[[SweepSummary, Path], list[str]] | None = None) -> SweepSummary:
+    """Collect the trials, pick the best, write every output file into the sweep dir (`plot` draws the
+    PNGs, raylm.tuning.plots.write_plots, before the tables that list them)."""
     t = cfg.tuning
     assert t is not None
     rows = trial_rows(grid, t.metric, t.mode, cfg.trainer.max_steps)
@@ -236,10 +239,8 @@ def summarise(grid: Any, cfg: RootConfig, paths: SweepPaths, budget: int, *, res
     if best is not None:
         summary.best_config = _write_best_config(cfg, best, sweep_dir)
         summary.best_model = _export_model(best, sweep_dir) if t.export_best else None
-    if t.plots:
-        from raylm.tuning.plots import write_plots
-
-        summary.plots = write_plots(summary, sweep_dir / "plots")
+    if plot is not None:
+        summary.plots = plot(summary, sweep_dir / "plots")
     _write_tables(summary, sweep_dir)
     return summary
 

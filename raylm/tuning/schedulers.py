@@ -30,6 +30,12 @@ EXPLOITS_FILE = "pbt_exploits.jsonl"
 EXPLOIT_KEY = "raylm_exploit"
 
 
+def clone_run_name(trial_id: str, n: int) -> str:
+    """The Train run of a trial's n-th PBT exploit: a fresh run per exploit, so Train never
+    auto-resumes another clone's checkpoints; the same one when the clone is paused and resumed."""
+    return f"{trial_id}-exploit{n}"
+
+
 class TrainV2PBT(PopulationBasedTraining):
     """PBT whose exploit clones the better trial's latest *Ray Train* checkpoint.
 
@@ -86,8 +92,6 @@ class TrainV2PBT(PopulationBasedTraining):
 
     def _record(self, trial: Any, donor: Any) -> dict[str, Any]:
         """Append the exploit to <sweep>/pbt_exploits.jsonl (the summary and tests read it)."""
-        from raylm.tuning.driver import clone_run_name
-
         path, step = self._offered[donor.trial_id]  # the checkpoint _exploit hands the clone
         n = self._exploits[trial.trial_id] = self._exploits.get(trial.trial_id, 0) + 1
         rec = {"trial": trial.trial_id, "donor": donor.trial_id, "checkpoint": path, "donor_step": step,

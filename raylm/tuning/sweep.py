@@ -17,6 +17,7 @@ from raylm.tuning.driver import (
     make_driver,
     sweep_paths,
 )
+from raylm.tuning.plots import write_plots
 from raylm.tuning.resources import max_concurrent
 from raylm.tuning.results import SweepSummary, summarise
 from raylm.tuning.schedulers import build_scheduler
@@ -174,4 +175,5 @@ def run_sweep(cfg: RootConfig, *, factory: TrainerFactory | None = None,
     cfg = validate(absolute_paths(cfg.model_dump(mode="json")), origin="config")
     tuner, resumed = build_tuner(cfg, factory=factory, callbacks=callbacks)
     grid = tuner.fit()
-    return summarise(grid, cfg, sweep_paths(cfg), budget_steps(cfg), resumed=resumed)
+    return summarise(grid, cfg, sweep_paths(cfg), budget_steps(cfg), resumed=resumed,
+                     plot=write_plots if cfg.tuning.plots else None)
