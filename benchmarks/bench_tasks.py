@@ -99,7 +99,7 @@ def hf_side(kind: str, mdir: str, train_path: str, args: argparse.Namespace, out
     from transformers import AutoTokenizer, Trainer, TrainingArguments
 
     from raylm.datasets._task_io import plain_tokenizer
-    from raylm.trainers.downstream import pad
+    from raylm.trainers.collate import pad
 
     torch.set_num_threads(THREADS)
     t0 = time.time()
@@ -253,7 +253,7 @@ def s2s_hf_side(kind: str, cfg, manifest: dict, train_path: str, out: str) -> di
 
     from raylm.datasets._task_io import plain_tokenizer
     from raylm.datasets.seq2seq_prepare import features, max_lengths, read_rows, special_ids
-    from raylm.trainers.downstream import pad
+    from raylm.trainers.collate import pad
     from raylm.trainers.driver import model_meta
     from raylm.trainers.seq2seq import Seq2Seq
 

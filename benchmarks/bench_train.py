@@ -76,7 +76,7 @@ def bare_run(data: str, manifest: dict, root: str, steps: int, warmup: int) -> d
     import torch
 
     from raylm.trainers.optim import build_optimizer, build_scheduler
-    from raylm.trainers.tasks import get_task
+    from raylm.trainers.registry import get_task
 
     cfg = _cfg(data, root, "bare", 1, steps)
     torch.set_num_threads(1)

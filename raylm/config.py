@@ -24,6 +24,7 @@ from raylm.cluster.config import ClusterConfig, K8sConfig
 from raylm.datasets.config import DataConfig
 from raylm.errors import UserError
 from raylm.trainers.config import MOVED_TRAINER_KEYS, ModelConfig, TrackingConfig, TrainerConfig
+from raylm.trainers.objectives import task_objective
 from raylm.tuning.config import TuningConfig
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,7 @@ class RootConfig(BaseModel):
     def _tuning_metric_of_the_task(self) -> RootConfig:
         """A sweep that names no `tuning.metric` optimises the task's own (val_f1 for NER and QA, ...)."""
         if self.tuning is not None and "metric" not in self.tuning.model_fields_set:
-            from raylm.trainers.tasks import get_task
-
-            metric, mode = get_task(self.trainer.task).metric_of(self)
+            metric, mode = task_objective(self)
             self.tuning.metric = metric
             self.tuning.mode = self.tuning.mode if "mode" in self.tuning.model_fields_set else mode
         return self

@@ -9,12 +9,14 @@ Task rows follow the corpus rows' convention: `source` (the file), `row_id` (`fi
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 
 import pyarrow as pa
 
 from raylm.datasets import _fs
 from raylm.datasets.sources import BadRowError, compression
+from raylm.errors import UserError
 
 ON_ERROR = ("skip", "fail")
 
@@ -108,3 +110,14 @@ def encoder(tokenizer):
     if backend.truncation is not None or backend.padding is not None:
         raise ValueError("the tokenizer truncates or pads: pass plain_tokenizer(tokenizer), made once per worker")
     return backend
+
+
+def parse_json_object(text: str, where: str) -> dict:
+    """One JSON object (a JSONL line, a JSON file); a UserError naming `where` (file:line) otherwise."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        raise UserError(f"{where}: malformed JSON") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: expected a JSON object")
+    return obj

@@ -29,6 +29,11 @@ def resolve_sharding(sharding: Literal["auto", "split", "stride"], elastic: bool
     return "stride" if elastic else "split"
 
 
+def sharding_for(sharding: Literal["auto", "split", "stride"], num_workers: int | tuple[int, int]) -> str:
+    """`data.sharding` resolved for `trainer.scaling.num_workers`: auto is stride for an elastic [min, max]."""
+    return resolve_sharding(sharding, elastic=not isinstance(num_workers, int))
+
+
 def stride_share(batches: Iterable[T], world: int, rank: int, skip: int = 0) -> Iterator[T]:
     """Rank `rank`'s batches of a global sequence: after `skip` global batches, rounds of `world`
     consecutive batches, of which this rank takes the `rank`-th. An incomplete last round is

@@ -161,3 +161,14 @@ def fingerprint(path: str | Path) -> str:
 
 def resolve_tokenizer_dir(prepared_dir: str, configured: str | None) -> str:
     return configured or os.path.join(prepared_dir, "tokenizer")
+
+
+def cls_sep_ids(tokenizer_dir: str) -> dict:
+    """{cls_id, sep_id} of a BERT-style tokenizer directory (None for GPT-style ones; {} if it does not load)."""
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    except (OSError, ValueError):
+        return {}
+    return {"cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id}

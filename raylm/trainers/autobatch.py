@@ -60,24 +60,18 @@ def fits_within(probe: Callable[[int], float], limit_bytes: float, extra_bytes: 
     return fits
 
 
-def fake_raw_batch(task: str, meta: dict, b: int, seq_len: int) -> dict[str, np.ndarray]:
-    """A full-length raw batch as the shards hold it (the worst case of its task), for the probe."""
+def fake_raw_batch(meta: dict, b: int, seq_len: int) -> dict[str, np.ndarray]:
+    """A full-length raw batch of packed blocks (the shards' layout for the LM tasks), for the probe."""
     rng = np.random.default_rng(0)
     ids = rng.integers(8, max(9, meta["vocab_size"]), size=(b, seq_len)).astype(np.int32)
-    raw = {"input_ids": ids, "sample_id": np.arange(b)}
-    if task == "sequence-classification":  # variable-length rows arrive as an object array of arrays
-        rows = np.empty(b, dtype=object)
-        rows[:] = list(ids[:, : max(1, seq_len - 2)])
-        raw["input_ids"], raw["label"] = rows, np.zeros(b, dtype=np.int64)
-    return raw
+    return {"input_ids": ids, "sample_id": np.arange(b)}
 
 
 def cuda_probe(model: torch.nn.Module, task: Any, meta: dict, device: torch.device, amp: torch.dtype | None,
                seq_len: int) -> Callable[[int], float]:
     def probe(b: int) -> float:
         torch.cuda.reset_peak_memory_stats(device)
-        fake = getattr(task, "fake_raw_batch", None)  # tasks whose shards hold more than input_ids (NER, QA)
-        raw = fake(meta, b, seq_len) if fake else fake_raw_batch(task.name, meta, b, seq_len)
+        raw = task.fake_raw_batch(meta, b, seq_len)  # a task's own columns (NER, QA: more than input_ids)
         inputs = {k: v.to(device) for k, v in task.collate(raw, meta, 0).items()
                   if k not in ("sample_id", "_n")}
         try:
@@ -104,7 +98,7 @@ def resolve_batch_size(batch_size: int | str, model: torch.nn.Module, task: Any,
     import torch.distributed as dist
 
     model.to(device).train()
-    seq_len = (meta.get("max_length") or 128) if task.name == "sequence-classification" else meta["block_size"]
+    seq_len = task.seq_len(meta)
     n_params = sum(p.numel() for p in model.parameters())
     world = dist.get_world_size() if dist.is_initialized() else 1
     extra = n_params * (8 + (4 if world > 1 else 0))  # AdamW moments (fp32) + DDP gradient buckets

@@ -1,5 +1,5 @@
 """Downstream tasks on an encoder (`trainer.task`): token-classification (NER) and question-answering
-(extractive, SQuAD). Registered in `raylm.trainers.tasks.TASKS` like the language-model tasks.
+(extractive, SQuAD). Named in `raylm.trainers.registry` like the language-model tasks.
 
 Each adds `evaluate(model, batches, device, amp, meta)`, which the loop calls instead of the
 loss/accuracy evaluation: the task metric needs whole predictions (entity spans, answer text), so
@@ -16,24 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from raylm.config import RootConfig
 from raylm.errors import UserError
-from raylm.trainers.tasks import Task, register
+from raylm.trainers.collate import IGNORE, pad
+from raylm.trainers.parallel import gather
+from raylm.trainers.tasks import Task
 
-IGNORE = -100
 ENCODERS = ("bert", "roberta")
-
-
-def pad(rows: Any, value: int, width: int | None = None) -> torch.Tensor:
-    """Variable-length int rows -> a [n, width] long tensor (width: the longest row)."""
-    rows = [np.array(r) for r in rows]  # a copy: Ray's arrays are read-only
-    width = width or max(len(r) for r in rows)
-    out = torch.full((len(rows), width), value, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.as_tensor(r[:width], dtype=torch.long)
-    return out
 
 
 def encoder_config(cfg: RootConfig, meta: dict, **kw: Any) -> Any:
@@ -48,15 +38,6 @@ def encoder_config(cfg: RootConfig, meta: dict, **kw: Any) -> Any:
                hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.dropout, **kw)
     conf._attn_implementation = m.attn_implementation
     return conf
-
-
-def gather(obj: Any) -> list[Any]:
-    """Every rank's `obj` (a list of one when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 class EncoderTask(Task):
@@ -108,11 +89,10 @@ class EncoderTask(Task):
 # ---------------------------------------------------------------- NER
 
 
-@register("token-classification")
 class TokenClassification(EncoderTask):
     """Tags per word (CoNLL NER): first sub-token labels, entity-level seqeval P/R/F1."""
 
-    metric, mode = "val_f1", "max"
+    name = "token-classification"
     eval_order_free = True
     auto_class = "AutoModelForTokenClassification"
     model_keys = ("input_ids", "attention_mask", "labels")
@@ -161,11 +141,10 @@ class TokenClassification(EncoderTask):
 # ---------------------------------------------------------------- QA
 
 
-@register("question-answering")
 class QuestionAnswering(EncoderTask):
     """Extractive QA (SQuAD): start/end logits over `[CLS] question [SEP] context [SEP]` windows; EM/F1."""
 
-    metric, mode = "val_f1", "max"
+    name = "question-answering"
     auto_class = "AutoModelForQuestionAnswering"
     model_keys = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions")
     meta_keys = ("qa",)

@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
+from raylm.datasets._task_io import parse_json_object
 from raylm.errors import UserError
+from raylm.trainers.collate import pad
 
 ARCH_TASKS = {"ForTokenClassification": "token-classification", "ForQuestionAnswering": "question-answering",
               # seq2seq: BART/T5 (...ForConditionalGeneration), Marian (MarianMTModel), a warm-started BERT2BERT
@@ -99,7 +101,7 @@ def _unlabelled_rows(path: str, task: str) -> Iterator[dict]:
     if base.endswith((".jsonl", ".json", ".ndjson")):
         for no, line in numbered_lines(path):
             if line.strip():
-                obj = _json(line, f"{path}:{no}")
+                obj = parse_json_object(line, f"{path}:{no}")
                 tokens = obj.get("tokens") or str(obj.get("text", "")).split()
                 yield {"row_id": f"{path}:{no}", "id": obj.get("id"), "tokens": tokens, "reject": ""}
         return
@@ -120,26 +122,16 @@ def _questions(path: str, base: str) -> Iterator[dict]:
     if base.endswith((".jsonl", ".ndjson")):
         for no, line in numbered_lines(path):
             if line.strip():
-                obj = _json(line, f"{path}:{no}")
+                obj = parse_json_object(line, f"{path}:{no}")
                 yield {"row_id": f"{path}:{no}", "id": str(obj.get("id", no)), "question": obj.get("question") or "",
                        "context": obj.get("context") or "", "reject": ""}
         return
-    doc = _json(read_text(path), f"{path}:1")
+    doc = parse_json_object(read_text(path), f"{path}:1")
     for article in doc.get("data", []):
         for para in article.get("paragraphs", []):
             for qa in para.get("qas", []):
                 yield {"row_id": f"{path}:{qa.get('id')}", "id": str(qa.get("id")), "question": qa.get("question") or "",
                        "context": para.get("context") or "", "reject": ""}
-
-
-def _json(text: str, where: str) -> dict:
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        raise UserError(f"{where}: malformed JSON") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{where}: expected a JSON object")
-    return obj
 
 
 # ---------------------------------------------------------------- decoding
@@ -152,8 +144,6 @@ def _batches(feats: list[dict], size: int) -> Iterator[list[dict]]:
 
 @torch.no_grad()
 def _run(model: Any, feats: list[dict], pad_id: int, keys: tuple[str, ...], batch_size: int) -> Iterator[Any]:
-    from raylm.trainers.downstream import pad
-
     for chunk in _batches(feats, batch_size):
         ids = pad([f["input_ids"] for f in chunk], pad_id)
         inputs = {"input_ids": ids, "attention_mask": pad([[1] * len(f["input_ids"]) for f in chunk], 0)}

@@ -12,7 +12,13 @@ from typing import Any
 
 from raylm.cluster.storage import is_remote
 from raylm.config import RootConfig, save_config
+from raylm.datasets.sharding import sharding_for
+from raylm.datasets.tokenizers import cls_sep_ids
 from raylm.errors import UserError
+from raylm.trainers.objectives import best_checkpoint_rule
+
+# The task registry, the loop and export import torch and transformers (~3 s on 2 cores): they are imported
+# where used, after `raylm train` has started Ray beside the preflight (start-up time), not here.
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +53,15 @@ def model_meta(cfg: RootConfig, manifest: dict) -> dict:
         meta["num_labels"] = (manifest.get("num_labels") or len(manifest.get("labels") or [])
                               or _labels_in_data(cfg.data.prepared_dir, manifest))
         if meta["cls_id"] is None and manifest.get("tokenizer_dir"):
-            meta.update(_special_ids(manifest["tokenizer_dir"]))
-    meta |= {k: manifest.get(k) for k in getattr(_task(cfg), "meta_keys", ())}  # e.g. NER's tag names
-    meta |= getattr(_task(cfg), "extra_meta", lambda *_: {})(cfg, manifest)  # e.g. seq2seq's tokenizer
+            meta.update(cls_sep_ids(manifest["tokenizer_dir"]))
+    from raylm.trainers.registry import get_task
+
+    task = get_task(cfg.trainer.task)
+    meta |= {k: manifest.get(k) for k in task.meta_keys}  # e.g. NER's tag names
+    meta |= task.extra_meta(cfg, manifest)  # e.g. seq2seq's tokenizer
     if meta["pad_id"] is None:
         meta["pad_id"] = meta["eos_id"]
     return meta
-
-
-def _task(cfg: RootConfig):
-    from raylm.trainers.tasks import get_task
-
-    return get_task(cfg.trainer.task)
 
 
 def _labels_in_data(prepared_dir: str, manifest: dict) -> int:
@@ -73,51 +76,19 @@ def _labels_in_data(prepared_dir: str, manifest: dict) -> int:
     return max(top + 1, 2)
 
 
-def _special_ids(tokenizer_dir: str) -> dict:
-    """[CLS]/[SEP] ids of a BERT-style tokenizer (None for GPT-style ones)."""
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    except (OSError, ValueError):
-        return {}
-    return {"cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id}
-
-
-def best_checkpoint_rule(cfg: RootConfig) -> tuple[str, str]:
-    """(metric, "min"|"max") that ranks checkpoints: the config's, else the task's."""
-    from raylm.trainers.tasks import get_task
-
-    task_metric, task_mode = get_task(cfg.trainer.task).metric_of(cfg)
-    metric = cfg.trainer.eval.best_metric or task_metric
-    mode = cfg.trainer.eval.best_mode
-    if mode == "auto":
-        mode = task_mode if metric == task_metric else ("max" if metric in _HIGHER_IS_BETTER else "min")
-    return metric, mode
-
-
-_HIGHER_IS_BETTER = {"val_accuracy", "val_f1", "val_exact_match", "val_precision", "val_recall",
-                     "val_bleu", "val_rouge1", "val_rouge2", "val_rougeL", "val_nsp_accuracy"}
-
-
 def check_compatible(cfg: RootConfig, manifest: dict) -> None:
     problems = []
     if manifest.get("task", "causal-lm") != cfg.trainer.task and cfg.trainer.task != "masked-lm":
         problems.append(f"data in {cfg.data.prepared_dir} was prepared for {manifest.get('task')}, "
                         f"not {cfg.trainer.task}: run `raylm prepare` with this config")
-    problems += getattr(_task(cfg), "check_config", lambda _: [])(cfg)
+    from raylm.trainers.registry import get_task
+
+    problems += get_task(cfg.trainer.task).check_config(cfg)
     if manifest.get("block_size") != cfg.data.block_size and cfg.trainer.task in ("causal-lm", "masked-lm"):
         problems.append(f"data.block_size is {cfg.data.block_size} but the shards hold blocks of "
                         f"{manifest.get('block_size')}: prepare again or set data.block_size")
     if problems:
         raise UserError(problems)
-
-
-def sharding(cfg: RootConfig) -> str:
-    """`data.sharding` resolved: auto is stride for elastic worker counts."""
-    from raylm.datasets.sharding import resolve_sharding
-
-    return resolve_sharding(cfg.data.sharding, elastic=not isinstance(cfg.trainer.scaling.num_workers, int))
 
 
 def scaling_config(cfg: RootConfig) -> Any:
@@ -206,7 +177,7 @@ def _split_on_ray(cfg: RootConfig) -> bool:
     """Ray Data splits the training split between workers (`streaming_split`, a coordinator actor) for
     sharding "split" with more than one worker. One worker reads the whole split by itself: the same
     batches, without the coordinator actor's start (~1.5 s before the first step here)."""
-    return sharding(cfg) == "split" and cfg.trainer.scaling.num_workers != 1
+    return sharding_for(cfg.data.sharding, cfg.trainer.scaling.num_workers) == "split" and cfg.trainer.scaling.num_workers != 1
 
 
 def export_model(checkpoint_dir: str, tokenizer_dir: str | None, out_dir: str, dtype: str | None = None) -> str:

@@ -9,7 +9,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from raylm.datasets.tokenizers import cls_sep_ids
 from raylm.errors import UserError
+from raylm.trainers.collate import pad_batch, with_special_tokens
+from raylm.trainers.task_metrics import classification_metrics, confusion_counts
 
 
 def _load(auto_name: str, model_dir: str):
@@ -62,45 +65,12 @@ def _empty_split_hint(prepared_dir: str, manifest: dict, split: str) -> str:
     return f"re-run `raylm prepare` and check its {split} split{why}; rejected rows: {prepared_dir}/rejects/"
 
 
-def confusion_counts(pred: torch.Tensor, labels: torch.Tensor, num_labels: int) -> np.ndarray:
-    """Counts of (true label, predicted label), flattened row-major: summed over batches (and
-    over ranks with an all-reduce) they are everything classification_metrics needs."""
-    idx = labels.long().flatten() * num_labels + pred.long().flatten()
-    return torch.bincount(idx.cpu(), minlength=num_labels * num_labels).numpy().astype(np.float64)
-
-
-def classification_metrics(confusion: np.ndarray | list[float]) -> dict[str, float | int | str]:
-    """Accuracy and F1 from summed confusion counts (see confusion_counts; K*K values).
-
-    F1 is the positive class's (label 1) for two classes and the macro average over the classes
-    otherwise: with more classes, "class 1 vs the rest" says little about the classifier. Classes
-    that occur neither as a label nor as a prediction are left out of the macro average.
-    """
-    c = np.asarray(confusion, dtype=np.float64)
-    k = int(round(math.sqrt(c.size)))
-    c = c.reshape(k, k)
-    total = c.sum()
-    tp = np.diag(c)
-    fp, fn = c.sum(axis=0) - tp, c.sum(axis=1) - tp
-    denom = 2 * tp + fp + fn
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    if k <= 2:
-        value, average = float(f1[1]) if k == 2 else 0.0, "binary"
-    else:
-        value, average = float(f1[denom > 0].mean()) if (denom > 0).any() else 0.0, "macro"
-    return {"accuracy": float(tp.sum() / total) if total else 0.0, "f1": value, "f1_average": average,
-            "examples": int(total)}
-
-
 @torch.no_grad()
 def classify(model_dir: str, prepared_dir: str, manifest: dict, split: str = "validation",
              batch_size: int = 64, pad_id: int = 0) -> dict:
-    from raylm.trainers.driver import _special_ids
-    from raylm.trainers.tasks import pad_batch, with_special_tokens
-
     model = _load("AutoModelForSequenceClassification", model_dir)
     # As in training: [CLS] ... [SEP] around the shard ids when the tokenizer defines them.
-    meta = {"max_length": manifest.get("max_length"), **_special_ids(manifest.get("tokenizer_dir") or model_dir)}
+    meta = {"max_length": manifest.get("max_length"), **cls_sep_ids(manifest.get("tokenizer_dir") or model_dir)}
     k = max(int(manifest.get("num_labels") or 0), int(model.config.num_labels))
     confusion = np.zeros(k * k)
     for batch in split_batches(prepared_dir, manifest, split, batch_size, None):

@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
+from raylm.config import load_config
 from raylm.errors import UserError
 from raylm.trainers.checkpoint import DCP_DIR, HF_CONFIG_DIR, is_sharded
+from raylm.trainers.objectives import best_checkpoint_rule
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -42,11 +44,11 @@ def registered_checkpoints(run_dir: str) -> list[dict]:
 
 def _rule(run_dir: str) -> tuple[str, str]:
     """(metric, mode) that ranks checkpoints, from the run's saved config (val_loss/min without one)."""
-    from raylm.config import load_config
-    from raylm.trainers.driver import best_checkpoint_rule
-
     path = os.path.join(run_dir, "config.yaml")
-    return best_checkpoint_rule(load_config(path, [])) if os.path.exists(path) else ("val_loss", "min")
+    if not os.path.exists(path):
+        return "val_loss", "min"
+    cfg = load_config(path, [])
+    return best_checkpoint_rule(cfg)
 
 
 def resolve_checkpoint(run_dir: str, which: str = "last") -> str:
@@ -68,8 +70,6 @@ def resolve_checkpoint(run_dir: str, which: str = "last") -> str:
 
 def tokenizer_dir_of(run_dir: str) -> str | None:
     """The tokenizer of the run's prepared data (its manifest's tokenizer_dir), if any."""
-    from raylm.config import load_config
-
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(path):
         return None

@@ -23,12 +23,11 @@ import torch
 
 from raylm.cluster.storage import is_remote
 from raylm.config import RootConfig, validate
-from raylm.datasets.sharding import check_resume
+from raylm.datasets.sharding import check_resume, sharding_for
 from raylm.datasets.streaming import TrainStream, eval_batches
 from raylm.trainers import checkpoint, preemption
 from raylm.trainers import state as ckpt
 from raylm.trainers.autobatch import resolve_batch_size
-from raylm.trainers.driver import sharding
 from raylm.trainers.hooks import SampleLog, check_nonfinite
 from raylm.trainers.hostmem import release_freed_memory
 from raylm.trainers.kernels import apply_fused_kernels, loss_fn_for
@@ -37,8 +36,9 @@ from raylm.trainers.metrics import device_peak_flops, non_embedding_params, peak
 from raylm.trainers.optim import build_optimizer, build_scheduler
 from raylm.trainers.parallel import autocast_dtype, compile_enabled, is_meta, wrap_model
 from raylm.trainers.progress import Progress, say
-from raylm.trainers.step import Feeder, StepContext, Window, evaluate, to_batch, train_step
-from raylm.trainers.tasks import Task, get_task
+from raylm.trainers.registry import get_task
+from raylm.trainers.step import Feeder, StepContext, Window, to_batch, train_step
+from raylm.trainers.tasks import Task
 from raylm.trainers.tracking import make_sink
 from raylm.trainers.watchdog import Watchdog, publish_to_storage
 
@@ -133,14 +133,15 @@ def setup(lc: LoopConfig, cfg: RootConfig, watchdog: Watchdog) -> Run:
                         hf_weights or cfg.model.init_from, say if rank == 0 else lambda _: None)
         if t.scaling.strategy == "fsdp":  # probes the sharded model (auto on a GPU); an int otherwise
             batch_size = resolve_batch_size(t.batch_size, model, task, meta, device, amp, rank)
-        grad_accum = grad_accum_for(t.global_batch_tokens, t.grad_accum, batch_size, _seq_len(meta, t.task), world)
+        grad_accum = grad_accum_for(t.global_batch_tokens, t.grad_accum, batch_size, task.seq_len(meta), world)
         opt = build_optimizer(model, t, device)
         sched = build_scheduler(opt, t)
         seed_everything(t.seed + 1 + rank)  # dropout etc. differ per rank
-        st, last_ckpt = ckpt.TrainState(world=world, sharding=sharding(cfg)), None
+        sharding = sharding_for(cfg.data.sharding, t.scaling.num_workers)
+        st, last_ckpt = ckpt.TrainState(world=world, sharding=sharding), None
         if restored:
             st = checkpoint.restore(d, model, opt, sched, rank, weights_loaded=hf_weights is not None)
-            check_resume(st.sharding, st.world, sharding(cfg), world)
+            check_resume(st.sharding, st.world, sharding, world)
             st.world, last_ckpt = world, restored.path
             if exploit:
                 apply_hyperparameters(opt, sched, t, st.step)
@@ -189,10 +190,6 @@ def build_model(task: Task, cfg: RootConfig, meta: dict, hf_weights: str | None,
     if hf_weights:
         ckpt.load_model_weights(model, hf_weights)
     return model
-
-
-def _seq_len(meta: dict, task: str) -> int:
-    return meta.get("max_length") or 128 if task == "sequence-classification" else meta["block_size"]
 
 
 def grad_accum_for(global_batch_tokens: int | None, grad_accum: int, batch_size: int, seq_len: int,
@@ -268,11 +265,8 @@ def run_loop(lc: LoopConfig, r: Run) -> None:
         r.sink.log(metrics, st.step)
         save_now = save_now or last
         if save_now or eval_now:  # every checkpoint carries validation metrics: "best" ranks by them
-            task_eval = getattr(r.task, "evaluate", None)  # downstream tasks score decoded predictions
             val = r.watchdog.paced(r.val, "evaluation (forward passes, then the all-reduce of the sums)", st.step)
-            metrics.update(task_eval(r.ctx.model, val, r.ctx.device, r.ctx.amp, lc.meta) if task_eval else
-                           evaluate(r.ctx.model, r.task.eval_step, val, r.ctx.device, r.ctx.amp,
-                                    lc.meta.get("num_labels") if r.task.name == "sequence-classification" else None))
+            metrics.update(r.task.evaluate(r.ctx.model, val, r.ctx.device, r.ctx.amp, lc.meta))
             beat("checkpoint and report (barrier, checkpoint collectives)" if save_now else "report", st.step)
             r.sink.log({k: v for k, v in metrics.items() if k.startswith("val_")}, st.step)
             r.progress.eval(st.step, metrics)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from raylm.trainers.config import FsdpConfig, TrainerConfig
 
@@ -112,7 +113,6 @@ def is_meta(model: torch.nn.Module) -> bool:
 def fsdp_mesh(f: FsdpConfig, device: torch.device) -> Any:
     """1-D mesh (plain FSDP) or, with `replicate` > 1, a 2-D (replicate, shard) mesh: HSDP shards inside
     a group of world/replicate ranks (a node) and all-reduces across groups (the FSDP2 HSDP recipe)."""
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
     world = dist.get_world_size()
@@ -141,7 +141,6 @@ def _fsdp2(model: torch.nn.Module, f: FsdpConfig, device: torch.device) -> torch
     A model built on the meta device stays there: `materialize` allocates each rank's shards after.
     Without a process group (one worker, no Ray) the model is only moved to the device.
     """
-    import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
     blocks = shardable_blocks(model)
@@ -190,3 +189,12 @@ def load_optimizer(model: torch.nn.Module, opt: torch.optim.Optimizer, state: di
 def device_norm(gnorm: Any) -> torch.Tensor:
     """clip_grad_norm_ returns a DTensor under FSDP2: its global value, still on the device (no host sync)."""
     return gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's `obj` (a list of one when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

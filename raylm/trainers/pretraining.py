@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from raylm.config import RootConfig
 from raylm.errors import UserError
+from raylm.trainers.collate import IGNORE, pad, replace_chosen
 
-IGNORE = -100
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -61,16 +61,12 @@ def mask_pairs(ids: torch.Tensor, special: torch.Tensor, meta: dict, gen: torch.
         free = (~special).flatten().nonzero()
         if len(free):
             chosen.view(-1)[free[torch.randint(len(free), (1,), generator=gen)]] = True
-    from raylm.trainers.tasks import replace_chosen  # tasks imports this module
-
     labels = ids.masked_fill(~chosen, IGNORE)
     return replace_chosen(ids, chosen, meta, gen), labels
 
 
 def pad_pairs(batch: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]:
     """input_ids, token_type_ids and attention_mask of variable-length pairs, right-padded to the longest."""
-    from raylm.trainers.downstream import pad
-
     ids = pad(batch["input_ids"], pad_id)
     return {"input_ids": ids, "token_type_ids": pad(batch["token_type_ids"], 0, ids.shape[1]),
             "attention_mask": pad([np.ones(len(r)) for r in batch["input_ids"]], 0, ids.shape[1])}

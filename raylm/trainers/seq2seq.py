@@ -30,14 +30,13 @@ import numpy as np
 import torch
 
 from raylm.config import RootConfig
+from raylm.datasets._task_io import parse_json_object
 from raylm.errors import UserError
-from raylm.trainers.tasks import Task, register
+from raylm.trainers.collate import IGNORE, pad
+from raylm.trainers.parallel import gather
+from raylm.trainers.tasks import Task
 
-# raylm.trainers.downstream (pad, gather) is imported where used: it imports the task registry, which
-# imports this module to register it, so a module-level import would be circular.
-IGNORE = -100
 ARCHS = ("bart", "t5", "marian")
-_METRICS = {"bleu": ("val_bleu", "max"), "rouge": ("val_rougeL", "max")}
 
 
 # ---------------------------------------------------------------- models
@@ -102,11 +101,10 @@ def is_encoder_decoder(path: str) -> bool:
         return bool(json.load(f).get("is_encoder_decoder"))
 
 
-@register("seq2seq")
 class Seq2Seq(Task):
     """Translation and summarization: teacher-forced cross-entropy, beam search, BLEU/ROUGE."""
 
-    metric, mode = _METRICS["bleu"]
+    name = "seq2seq"
     model_keys = ("input_ids", "attention_mask", "labels")
     meta_keys = ("seq2seq", "bos_id")
 
@@ -116,12 +114,6 @@ class Seq2Seq(Task):
             return []
         return [f"trainer.task=seq2seq builds an encoder-decoder: set model.arch to one of {', '.join(ARCHS)} "
                 f"(got {cfg.model.arch}), or model.init_from to a seq2seq model or a pretrained encoder"]
-
-    def metric_of(self, cfg: RootConfig) -> tuple[str, str]:
-        """val_bleu (translation) or val_rougeL (summarization); val_loss when nothing is decoded."""
-        if cfg.trainer.generation.eval_batches == 0:
-            return "val_loss", "min"
-        return _METRICS[cfg.data.seq2seq.metric]
 
     def extra_meta(self, cfg: RootConfig, manifest: dict) -> dict:
         """The tokenizer (workers decode outputs to text and may not see the driver's files) and the decoding."""
@@ -147,8 +139,6 @@ class Seq2Seq(Task):
         return model
 
     def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
-        from raylm.trainers.downstream import pad
-
         ids = pad(batch["input_ids"], meta["pad_id"])
         labels = pad(batch["labels"], IGNORE)  # the target's padding is no target
         out = {"input_ids": ids, "attention_mask": pad([np.ones(len(r)) for r in batch["input_ids"]], 0),
@@ -182,7 +172,6 @@ class Seq2Seq(Task):
         """Loss over every batch; BLEU and ROUGE of beam search over the first generation.eval_batches."""
         from tokenizers import Tokenizer
 
-        from raylm.trainers.downstream import gather
         from raylm.trainers.state import unwrap
 
         model.eval()
@@ -282,8 +271,6 @@ def generate_texts(model: Any, tok: Any, sources: list[str], ids: dict, max_sour
 
     `decoding` overrides the model's generation_config (num_beams, length_penalty, max_new_tokens)."""
     from raylm.datasets.seq2seq_prepare import encode
-    from raylm.trainers.downstream import pad
-
     encoded = [encode(tok, s, max_source, ids["bos_id"], ids["eos_id"]) for s in sources]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding per batch
     out: list[str] = [""] * len(encoded)
@@ -307,8 +294,6 @@ def _source_rows(path: str, settings: dict) -> Iterator[dict]:
     """Rows to translate/summarize: JSONL objects with a source field, or plain text, one source a line."""
     from raylm.datasets._task_io import numbered_lines
     from raylm.datasets.parallel_text import SOURCE_FIELDS
-    from raylm.trainers.downstream_eval import _json
-
     jsonl = re.sub(r"\.(gz|zst|zstd)$", "", path).endswith((".jsonl", ".json", ".ndjson"))
     names = [settings["source_field"]] if settings.get("source_field") else list(SOURCE_FIELDS)
     for no, line in numbered_lines(path):
@@ -317,7 +302,7 @@ def _source_rows(path: str, settings: dict) -> Iterator[dict]:
         if not jsonl:
             yield {"id": f"{path}:{no}", "source_text": line}
             continue
-        obj = _json(line, f"{path}:{no}")
+        obj = parse_json_object(line, f"{path}:{no}")
         src = next((obj[k] for k in names if isinstance(obj.get(k), str)), None)
         if src is None:
             raise UserError(f"{path}:{no}: no source text (a string field {' or '.join(map(repr, names))})")

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from raylm.trainers.parallel import device_norm
+from raylm.trainers.task_metrics import classification_metrics
 
 # Keys a task's collate returns that are bookkeeping, not model inputs.
 _META_KEYS = ("sample_id", "_n")
@@ -224,7 +225,5 @@ def evaluate(model: torch.nn.Module, eval_step: Callable[[torch.nn.Module, dict]
     val_loss = total[0] / max(total[1], 1)
     if not k:
         return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
-    from raylm.trainers.evaluation import classification_metrics
-
     scores = classification_metrics(total[2:])
     return {"val_loss": val_loss, **{f"val_{m}": float(scores[m]) for m in ("accuracy", "f1", "examples")}}

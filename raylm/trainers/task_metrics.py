@@ -13,11 +13,16 @@ every worker, and only the task that uses a metric pays for its import (seqeval 
 from __future__ import annotations
 
 import collections
+import math
 import re
 import string
 from collections.abc import Sequence
 
-__all__ = ["bleu", "entity_scores", "normalize_answer", "rouge", "squad_scores"]
+import numpy as np
+import torch
+
+__all__ = ["bleu", "classification_metrics", "confusion_counts", "entity_scores", "normalize_answer", "rouge",
+           "squad_scores"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
@@ -129,3 +134,36 @@ def rouge(predictions: Sequence[str], references: Sequence[str] | Sequence[Seque
             totals[k] += scores[k].fmeasure
     n = max(1, len(predictions))
     return {k: v / n for k, v in totals.items()}
+
+
+# ---------------------------------------------------------------- classification
+
+
+def confusion_counts(pred: torch.Tensor, labels: torch.Tensor, num_labels: int) -> np.ndarray:
+    """Counts of (true label, predicted label), flattened row-major: summed over batches (and
+    over ranks with an all-reduce) they are everything classification_metrics needs."""
+    idx = labels.long().flatten() * num_labels + pred.long().flatten()
+    return torch.bincount(idx.cpu(), minlength=num_labels * num_labels).numpy().astype(np.float64)
+
+
+def classification_metrics(confusion: np.ndarray | list[float]) -> dict[str, float | int | str]:
+    """Accuracy and F1 from summed confusion counts (see confusion_counts; K*K values).
+
+    F1 is the positive class's (label 1) for two classes and the macro average over the classes
+    otherwise: with more classes, "class 1 vs the rest" says little about the classifier. Classes
+    that occur neither as a label nor as a prediction are left out of the macro average.
+    """
+    c = np.asarray(confusion, dtype=np.float64)
+    k = int(round(math.sqrt(c.size)))
+    c = c.reshape(k, k)
+    total = c.sum()
+    tp = np.diag(c)
+    fp, fn = c.sum(axis=0) - tp, c.sum(axis=1) - tp
+    denom = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    if k <= 2:
+        value, average = float(f1[1]) if k == 2 else 0.0, "binary"
+    else:
+        value, average = float(f1[denom > 0].mean()) if (denom > 0).any() else 0.0, "macro"
+    return {"accuracy": float(tp.sum() / total) if total else 0.0, "f1": value, "f1_average": average,
+            "examples": int(total)}

@@ -2,37 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
 
 from raylm.config import RootConfig
-
-TASKS: dict[str, type[Task]] = {}
-
-
-def register(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        TASKS[name] = cls
-        cls.name = name
-        return cls
-
-    return deco
-
-
-def get_task(name: str) -> Task:
-    return TASKS[name]()
+from raylm.trainers import autobatch, pretraining
+from raylm.trainers.collate import mask_tokens, pad_batch, with_special_tokens
+from raylm.trainers.step import Batch, evaluate
 
 
 class Task:
+    """A task family's training side: model, collate, loss, evaluation. Every hook but `build_model` and
+    `collate` has a default here; the registry (raylm.trainers.registry) names the tasks. What a task
+    optimises is in raylm.trainers.objectives (a table the config validator reads without torch)."""
+
     name = ""
-    metric = "val_loss"  # what "best" means
-    mode = "min"
     # Validation metrics are sums over examples (not over the batches' order): the loop may regroup the
     # eval batches by length, so that each pads to its own longest row.
     eval_order_free = False
+    meta_keys: tuple[str, ...] = ()  # manifest keys the workers need besides the model's (e.g. NER's tags)
+
+    @classmethod
+    def check_config(cls, cfg: RootConfig) -> list[str]:
+        """Problems of `cfg` for this task, one line each (checked before training starts)."""
+        return []
+
+    def extra_meta(self, cfg: RootConfig, manifest: dict) -> dict:
+        """What the workers need besides the manifest's keys (e.g. seq2seq's tokenizer)."""
+        return {}
 
     def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
         raise NotImplementedError
@@ -49,9 +49,18 @@ class Task:
         """Mean loss and class predictions (None for language models), both left on the device."""
         return self.loss(model, inputs), None
 
-    def metric_of(self, cfg: RootConfig) -> tuple[str, str]:
-        """(metric, "min"|"max") this task optimises under `cfg`: the default of eval.best_metric and sweeps."""
-        return self.metric, self.mode
+    def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch], device: torch.device,
+                 amp: torch.dtype | None, meta: dict) -> dict[str, float]:
+        """Validation metrics over every rank's batches (one all-reduce): the loss by default."""
+        return evaluate(model, self.eval_step, batches, device, amp)
+
+    def fake_raw_batch(self, meta: dict, b: int, seq_len: int) -> dict[str, np.ndarray]:
+        """A full-length raw batch for the batch_size=auto probe (input_ids blocks by default)."""
+        return autobatch.fake_raw_batch(meta, b, seq_len)
+
+    def seq_len(self, meta: dict) -> int:
+        """The longest row a batch can hold (the batch-size probe's width; grad_accum from tokens)."""
+        return meta["block_size"]
 
 
 def _from_pretrained(auto_cls: Any, path: str, **kw: Any) -> torch.nn.Module:
@@ -62,8 +71,9 @@ def _stack(col: np.ndarray) -> np.ndarray:
     return np.stack(col) if col.dtype == object else np.array(col)  # a copy: Ray's arrays are read-only
 
 
-@register("causal-lm")
 class CausalLM(Task):
+    name = "causal-lm"
+
     def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
@@ -92,26 +102,22 @@ class CausalLM(Task):
         return model(input_ids=inputs["input_ids"], labels=inputs["labels"]).loss
 
 
-@register("masked-lm")
 class MaskedLM(Task):
     """Masked LM on packed blocks; on sentence-pair shards (data.nsp, the manifest's `nsp`) BERT
     pretraining, MLM + next-sentence prediction (raylm.trainers.pretraining)."""
 
+    name = "masked-lm"
     mask_prob = 0.15
     meta_keys = ("nsp",)
 
     @classmethod
     def check_config(cls, cfg: RootConfig) -> list[str]:
-        from raylm.trainers import pretraining
-
         return pretraining.check_config(cfg)
 
     def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
         from transformers import AutoModelForMaskedLM, BertConfig, RobertaConfig
 
         if meta.get("nsp"):
-            from raylm.trainers import pretraining
-
             return pretraining.build_model(cfg, meta)
         m = cfg.model
         if m.init_from:
@@ -126,8 +132,6 @@ class MaskedLM(Task):
 
     def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
         if meta.get("nsp"):
-            from raylm.trainers import pretraining
-
             return pretraining.collate(batch, meta, step_seed, self.mask_prob)
         ids = torch.from_numpy(_stack(batch["input_ids"]).astype(np.int64))
         ids, labels = mask_tokens(ids, meta, torch.Generator().manual_seed(step_seed), self.mask_prob)
@@ -135,45 +139,20 @@ class MaskedLM(Task):
 
     def fake_raw_batch(self, meta: dict, b: int, seq_len: int) -> dict[str, np.ndarray]:
         """A full-length raw batch for the batch_size=auto probe: pairs (data.nsp) or blocks."""
-        from raylm.trainers import autobatch, pretraining
-
         if meta.get("nsp"):
             return pretraining.fake_raw_batch(meta, b, seq_len)
-        return autobatch.fake_raw_batch(self.name, meta, b, seq_len)
+        return autobatch.fake_raw_batch(meta, b, seq_len)
 
-    def evaluate(self, model: torch.nn.Module, batches: list, device: torch.device, amp: torch.dtype | None,
-                 meta: dict) -> dict[str, float]:
+    def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch], device: torch.device,
+                 amp: torch.dtype | None, meta: dict) -> dict[str, float]:
         """Pairs: MLM loss and NSP accuracy; blocks: the loss evaluation every LM task gets."""
-        from raylm.trainers import pretraining
-        from raylm.trainers.step import evaluate
-
         if meta.get("nsp"):
             return pretraining.evaluate(model, batches, device, amp)
         return evaluate(model, self.eval_step, batches, device, amp)
 
 
-def mask_tokens(ids: torch.Tensor, meta: dict, gen: torch.Generator, prob: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT dynamic masking: 15% of tokens are targets; of those 80% [MASK], 10% random, 10% kept."""
-    labels = ids.clone()
-    special = ids.eq(meta["eos_id"]) | ids.eq(meta["pad_id"])
-    chosen = (torch.rand(ids.shape, generator=gen) < prob) & ~special
-    labels[~chosen] = -100
-    return replace_chosen(ids, chosen, meta, gen), labels
-
-
-def replace_chosen(ids: torch.Tensor, chosen: torch.Tensor, meta: dict, gen: torch.Generator) -> torch.Tensor:
-    """A copy of `ids` where the chosen targets are 80% [MASK], 10% a random token, 10% kept (BERT)."""
-    roll = torch.rand(ids.shape, generator=gen)
-    ids = ids.clone()
-    ids[chosen & (roll < 0.8)] = meta["mask_id"]
-    rand = chosen & (roll >= 0.8) & (roll < 0.9)
-    ids[rand] = torch.randint(meta["vocab_size"], ids.shape, generator=gen)[rand]
-    return ids
-
-
-@register("sequence-classification")
 class SequenceClassification(Task):
-    metric, mode = "val_accuracy", "max"
+    name = "sequence-classification"
     eval_order_free = True
 
     def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
@@ -200,37 +179,19 @@ class SequenceClassification(Task):
         out = model(**inputs)
         return out.loss, out.logits.argmax(-1)
 
+    def seq_len(self, meta: dict) -> int:
+        return meta.get("max_length") or 128
 
-def pad_batch(seqs: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) right-padded to the longest sequence of the batch (not to
-    max_length: length-bucketed batches then carry little padding). Used by training and `raylm eval`."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1  # by length: a real token may share the pad id (GPT-style pad = EOS)
-    return ids, mask
+    def fake_raw_batch(self, meta: dict, b: int, seq_len: int) -> dict[str, np.ndarray]:
+        """Variable-length rows (an object array of arrays, as the shards hold them) at full length."""
+        raw = autobatch.fake_raw_batch(meta, b, seq_len)
+        rows = np.empty(b, dtype=object)
+        rows[:] = list(raw["input_ids"][:, : max(1, seq_len - 2)])
+        return {**raw, "input_ids": rows, "label": np.zeros(b, dtype=np.int64)}
 
-
-def with_special_tokens(ids: np.ndarray, meta: dict) -> np.ndarray:
-    """[CLS] ids [SEP] for tokenizers that define them (BERT-style pretrained encoders read the
-    first position), the ids truncated to max_length - 2; shards hold ids without special tokens.
-
-    Shards of prepare schema < 4 stored ids padded to the tokenizer's fixed length: trailing pad ids
-    are dropped first, so [SEP] follows the last real token (issue 15), not the padding.
-    """
-    body = np.asarray(ids)
-    pad = meta.get("pad_id")
-    if pad is not None and len(body) and body[-1] == pad:
-        real = np.flatnonzero(body != pad)
-        body = body[: real[-1] + 1 if len(real) else 1]
-    cls_id, sep_id = meta.get("cls_id"), meta.get("sep_id")
-    if cls_id is None or sep_id is None:
-        return body
-    body = body[: max(1, (meta.get("max_length") or len(body) + 2) - 2)]
-    return np.concatenate([[cls_id], body, [sep_id]])
+    def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch], device: torch.device,
+                 amp: torch.dtype | None, meta: dict) -> dict[str, float]:
+        """Loss, accuracy and F1 from the summed confusion counts."""
+        return evaluate(model, self.eval_step, batches, device, amp, meta["num_labels"])
 
 
-from raylm.trainers import downstream as _downstream  # noqa: E402, F401  registers NER and QA (after Task)
-from raylm.trainers import seq2seq as _seq2seq  # noqa: E402, F401  registers seq2seq (after Task)

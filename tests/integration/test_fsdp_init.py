@@ -26,7 +26,7 @@ def _sharded(arch: str, task_name: str, init_from: str | None = None) -> torch.n
     from raylm.trainers.config import FsdpConfig
     from raylm.trainers.materialize import build_on_meta
     from raylm.trainers.parallel import _fsdp2
-    from raylm.trainers.tasks import get_task
+    from raylm.trainers.registry import get_task
 
     from testkit import tiny_config
 
@@ -84,7 +84,7 @@ def _worker(rank: int, world: int, port: int, pretrained: str, out: dict) -> Non
     from safetensors import safe_open
 
     from raylm.trainers import materialize as mat
-    from raylm.trainers.tasks import get_task
+    from raylm.trainers.registry import get_task
 
     from testkit import tiny_config
 
@@ -126,7 +126,7 @@ def test_meta_init_equals_eager_init_and_init_from_never_holds_the_full_state_di
     from transformers import AutoModelForCausalLM
 
     from raylm.trainers.materialize import init_weights
-    from raylm.trainers.tasks import get_task
+    from raylm.trainers.registry import get_task
 
     from testkit import tiny_config
 

@@ -114,7 +114,7 @@ def test_encoder_tasks_refuse_a_decoder_arch_before_any_worker_starts():
 
 
 def test_tune_and_best_checkpoint_default_to_the_task_metric():
-    from raylm.trainers.driver import best_checkpoint_rule
+    from raylm.trainers.objectives import best_checkpoint_rule
 
     for task in ("token-classification", "question-answering"):
         cfg = validate({"trainer": {"task": task}, "tuning": {"name": "s"}})

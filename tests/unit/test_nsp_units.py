@@ -134,8 +134,8 @@ def test_collate_pads_masks_only_real_tokens_and_keeps_a_target(tmp_path):
 def test_masked_lm_on_pair_shards_trains_bert_for_pretraining_and_reports_nsp_accuracy(tmp_path):
     from transformers import BertForPreTraining
 
+    from raylm.trainers.registry import get_task
     from raylm.trainers.step import to_batch
-    from raylm.trainers.tasks import get_task
 
     cfg = tiny_config(str(tmp_path), str(tmp_path), task="masked-lm", overrides=["data.nsp=true"])
     task = get_task("masked-lm")
@@ -172,8 +172,8 @@ def test_a_checkpoint_of_bert_for_pretraining_loads_back_for_a_resume(tmp_path):
 
 
 def test_nsp_needs_a_bert_model_and_ranks_checkpoints_by_nsp_accuracy_upwards():
-    from raylm.trainers.driver import best_checkpoint_rule
-    from raylm.trainers.tasks import get_task
+    from raylm.trainers.objectives import best_checkpoint_rule
+    from raylm.trainers.registry import get_task
 
     cfg = validate({"data": {"nsp": True}, "model": {"arch": "roberta"}, "trainer": {"task": "masked-lm"}})
     assert "set model.arch to bert" in get_task("masked-lm").check_config(cfg)[0]

@@ -245,7 +245,7 @@ def test_rouge_hand_worked():
 
 
 def test_task_metric_follows_the_data_kind():
-    from raylm.trainers.driver import best_checkpoint_rule
+    from raylm.trainers.objectives import best_checkpoint_rule
 
     assert best_checkpoint_rule(_cfg()) == ("val_bleu", "max")
     assert best_checkpoint_rule(_cfg(data={"seq2seq": {"metric": "rouge"}})) == ("val_rougeL", "max")

@@ -12,14 +12,14 @@ import torch
 
 from raylm.trainers.autobatch import find_max_batch, fits_within, resolve_batch_size
 from raylm.trainers.config import TrainerConfig
-from raylm.trainers.evaluation import classification_metrics
 from raylm.trainers.hooks import check_nonfinite
 from raylm.trainers.kernels import apply_fused_kernels, causal_lm_fused_loss, chunked_linear_cross_entropy, liger
 from raylm.trainers.loop import grad_accum_for
 from raylm.trainers.optim import build_optimizer, build_scheduler
 from raylm.trainers.parallel import compile_enabled, no_kv_cache, transformer_blocks
+from raylm.trainers.registry import get_task
 from raylm.trainers.step import StepContext, Window, evaluate, to_batch, train_step
-from raylm.trainers.tasks import get_task
+from raylm.trainers.task_metrics import classification_metrics
 
 CPU = torch.device("cpu")
 META = {"vocab_size": 64, "eos_id": 1, "pad_id": 0, "mask_id": 2, "block_size": 16, "max_length": 24,

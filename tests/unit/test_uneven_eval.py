@@ -23,8 +23,8 @@ import torch.multiprocessing as mp
 from raylm.config import validate
 from raylm.datasets.streaming import deal_eval_batches
 from raylm.trainers.config import FsdpConfig
-from raylm.trainers.step import evaluate, to_batch
-from raylm.trainers.tasks import get_task
+from raylm.trainers.registry import get_task
+from raylm.trainers.step import to_batch
 
 META = {"vocab_size": 64, "eos_id": 1, "pad_id": 0, "mask_id": 2, "block_size": 12, "max_length": 16,
         "cls_id": 3, "sep_id": 4, "num_labels": 3, "labels": ["O", "B-PER", "I-PER"],
@@ -89,11 +89,7 @@ def _evaluate(task: str, sizes: list[int], rank: int, world: int) -> dict:
     batches = [_raw(task, n, k) for k, n in enumerate(sizes)]
     dealt = deal_eval_batches(iter(batches), 4, rank, world, limit=10, sort_by_length=t.eval_order_free)
     val = [to_batch(t.collate(raw, meta, 0), torch.device("cpu"), counts=c) for raw, c in dealt]
-    task_eval = getattr(t, "evaluate", None)
-    if task_eval:
-        return task_eval(model, val, torch.device("cpu"), None, meta)
-    return evaluate(model, t.eval_step, val, torch.device("cpu"), None,
-                    meta["num_labels"] if task == "sequence-classification" else None)
+    return t.evaluate(model, val, torch.device("cpu"), None, meta)
 
 
 CASES = [(task, sizes) for task in ARCH for sizes in ([4, 4, 4, 4, 3], [3])]  # 5 batches, and 1 over 2 ranks
