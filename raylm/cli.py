@@ -81,7 +81,7 @@ def tokenizer_train(config: str, overrides: list[str] = OVERRIDES, address: str 
     cfg = _load(config, overrides, command="tokenizer")
     setup_logging(verbose, _run_log(cfg))
     if cfg.trainer.task == "seq2seq":  # a joint tokenizer over both sides of the pairs (no Ray needed)
-        from raylm.datasets.seq2seq_prepare import ensure_tokenizer as seq2seq_tokenizer
+        from raylm.datasets.task_prepare import seq2seq_tokenizer
 
         return typer.echo(f"tokenizer: {seq2seq_tokenizer(cfg.data)}")
     with connect(cfg.cluster, address):

@@ -21,27 +21,22 @@ and nobody holds the corpus; the same corpus, config and seed give the same shar
 from __future__ import annotations
 
 import hashlib
-import itertools
-import json
 import logging
 import os
 import random
 import re
-import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from raylm.datasets import _fs
 from raylm.datasets import tokenizers as toks
 from raylm.datasets.config import DataConfig
-from raylm.datasets.manifest import COUNTS, SPLITS, build_manifest, up_to_date
+from raylm.datasets.manifest import COUNTS, SPLITS
 from raylm.datasets.nsp import IS_NEXT, nsp_examples
 from raylm.datasets.pack import sample_ids
-from raylm.datasets.prepare import PROGRESS, UnitWorker, _atomic_write
-from raylm.datasets.sources import BadRowError, plan_units
+from raylm.datasets.tokenizer_training import nsp_tokenizer
+from raylm.datasets.units import UnitWorker, atomic_write, prepare_corpus
 from raylm.errors import UserError
 
 log = logging.getLogger("raylm.datasets.prepare")
@@ -138,7 +133,7 @@ class PairWriter:
         })
         path = os.path.join(self.out_dir, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        digest = _atomic_write(table, path)
+        digest = atomic_write(table, path)
         self.files.append({"path": name, "rows": n, "sha256": digest})
         self.counts["rows"] += n
         self.counts["tokens_out"] += sum(len(r["input_ids"]) for r in rows)
@@ -179,82 +174,17 @@ class NSPUnitWorker(UnitWorker):
 # ---------------------------------------------------------------- tokenizer
 
 
-def nsp_tokenizer(cfg: DataConfig, source: str) -> str:
-    """data.tokenizer.path, the one trained for this data before, or an uncased BERT WordPiece
-    (`[CLS] A [SEP] B [SEP]`, segment ids) trained on a sample of the documents."""
-    from raylm.datasets.task_prepare import train_wordpiece
-    from raylm.datasets.tokenizer_training import sample_documents
-
-    tok_dir = toks.resolve_tokenizer_dir(cfg.prepared_dir, cfg.tokenizer.path)
-    if not Path(tok_dir, "tokenizer.json").is_file() and not cfg.tokenizer.path:
-        t0 = time.time()
-        try:
-            sample = sample_documents(cfg, source, cfg.tokenizer.sample_docs)
-            first = next(sample, None)
-            if first is None:
-                raise UserError("the corpus is empty: no document survived reading and cleaning",
-                                hint="check data.source, data.text_field and data.min_chars")
-            os.makedirs(os.path.dirname(os.path.abspath(tok_dir)), exist_ok=True)
-            train_wordpiece(itertools.chain([first], sample), tok_dir, cfg.tokenizer.vocab_size,
-                            cfg.tokenizer.min_frequency)
-        except BadRowError as err:
-            raise UserError(f"{err} (data.on_error=fail)", hint="fix the file or set data.on_error=skip") from None
-        log.info("tokenizer: trained WordPiece %s in %.1fs", tok_dir, time.time() - t0)
-    facts = toks.tokenizer_facts(tok_dir)
-    problems = toks.check_facts(facts, TASK) + [
-        f"no {name} token: NSP examples are [CLS] A [SEP] B [SEP]" for name in ("cls", "sep")
-        if facts[f"{name}_id"] is None]
-    if problems:
-        hint = ("a BERT-style tokenizer: unset data.tokenizer.path to train one" if cfg.tokenizer.path else
-                f"remove {tok_dir} (trained for another task) and prepare again")
-        raise UserError([f"tokenizer {tok_dir}: {p}" for p in problems], hint=hint)
-    return tok_dir
-
-
 # ---------------------------------------------------------------- driver
 
 
 def prepare_nsp(cfg: DataConfig, force: bool = False) -> dict:
-    """Prepare sentence-pair shards (Ray must be initialised); idempotent and resumable per unit,
-    as `prepare.prepare` is (the same driver steps with `NSPUnitWorker`)."""
-
-    from raylm.datasets import prepare as lm
-
-    source = lm.resolve_source(cfg)
-    files = _fs.list_files(source) + (_fs.list_files(cfg.validation_source) if cfg.validation_source else [])
-    tok_dir = nsp_tokenizer(cfg, source)
-    tok_fp = toks.fingerprint(tok_dir)
-    # The pairs depend on data.seed (LM blocks do not: there it seeds the shuffle only) and the layout.
-    inputs_fp = lm._fingerprint_inputs(cfg, TASK, f"{tok_fp}|nsp{NSP_SCHEMA}|seed{cfg.seed}", files)
-    out = Path(cfg.prepared_dir)
-    mpath = out / "manifest.json"
-    if (done := up_to_date(out, inputs_fp, force)) is not None:
-        log.info("prepare: %s is up to date", out)
-        return done
-    lm._start_fresh_if_changed(out, inputs_fp, force)
-    t0 = time.time()
-    units = plan_units(cfg, source, count=lm._count_on_ray)
-    if cfg.validation_source:
-        units = sorted(set(units) | set(plan_units(cfg, cfg.validation_source, count=lm._count_on_ray)),
-                       key=lambda u: (u.uri, u.start))
-    done = {u.key for u in units if (out / PROGRESS / f"{u.key}.json").is_file()}
-    todo = sorted((u for u in units if u.key not in done), key=lm._unit_bytes, reverse=True)
-    here = lm.in_driver(cfg, todo)
-    dedup = lm._start_dedup(cfg, out, done, here)
-    try:
-        if todo:
-            lm._run_units(cfg, TASK, tok_dir, out, todo, dedup, sum(lm._unit_bytes(u) for u in units),
-                          lm._validation_files(cfg), worker=NSPUnitWorker, here=here)
-    finally:
-        lm.stop_dedup(dedup)
-    markers = [json.loads((out / PROGRESS / f"{u.key}.json").read_text()) for u in units]
-    lm._remove_orphans(out, markers)
-    _check_pairs(cfg, markers)
-    manifest = build_manifest(cfg, TASK, tok_dir, tok_fp, inputs_fp, markers)
-    manifest |= {"nsp": True, "nsp_schema_version": NSP_SCHEMA, "nsp_labels": label_counts(markers)}
-    manifest["seconds"] = round(time.time() - t0, 2)
-    lm._atomic_json(manifest, str(mpath))
-    return manifest
+    """Prepare sentence-pair shards (Ray must be initialised): the prepare template with `NSPUnitWorker`,
+    a WordPiece tokenizer, and pairs that depend on data.seed (LM blocks do not: there it seeds the shuffle)."""
+    return prepare_corpus(
+        cfg, TASK, force, tokenizer=nsp_tokenizer, fingerprint_extra=f"|nsp{NSP_SCHEMA}|seed{cfg.seed}",
+        worker=NSPUnitWorker, check_markers=lambda markers: _check_pairs(cfg, markers),
+        manifest_extra=lambda markers: {"nsp": True, "nsp_schema_version": NSP_SCHEMA,
+                                        "nsp_labels": label_counts(markers)})
 
 
 def _check_pairs(cfg: DataConfig, markers: list[dict]) -> None:

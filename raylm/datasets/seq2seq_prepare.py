@@ -158,13 +158,3 @@ def train_tokenizer(texts: Iterator[str], out_dir: str, vocab_size: int, min_fre
 
     os.makedirs(Path(out_dir).parent, exist_ok=True)
     train_bpe(texts, out_dir, vocab_size, min_frequency)
-
-
-def ensure_tokenizer(cfg: DataConfig) -> str:
-    """`raylm tokenizer train` for seq2seq: data.tokenizer.path, the one trained before, or a joint BPE
-    trained on the first `data.tokenizer.sample_docs` training pairs (streamed by the driver, no Ray)."""
-    from raylm.datasets import _fs
-    from raylm.datasets.task_prepare import task_tokenizer
-
-    files, _ = pair_files(_fs.list_files(cfg.source), cfg)
-    return task_tokenizer(cfg, "seq2seq", files)

@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 SPLITS = ("train", "validation")
 TASKS = ("token-classification", "question-answering", "seq2seq")
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 _BASE = [("source", pa.string()), ("row_id", pa.string()), ("reject", pa.string()), ("split", pa.string())]
 ROW_SCHEMA = {
@@ -181,38 +180,6 @@ class Featurizer:
 # ---------------------------------------------------------------- tokenizer
 
 
-def train_wordpiece(texts: Iterator[str], out_dir: str, vocab_size: int, min_frequency: int) -> None:
-    """A BERT-style uncased WordPiece tokenizer ([CLS] A [SEP] B [SEP]) saved where AutoTokenizer loads it:
-    the encoders these tasks train read [CLS] and segment ids, as BERT does."""
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                                             special_tokens=SPECIALS, show_progress=False))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]")
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    fast.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-
-
 def task_tokenizer(cfg: DataConfig, task: str, files: list[str]) -> str:
     """data.tokenizer.path, the one trained for this data before, or a WordPiece trained on a sample
     of the training rows (the first `data.tokenizer.sample_docs`, streamed by the driver)."""
@@ -225,11 +192,20 @@ def task_tokenizer(cfg: DataConfig, task: str, files: list[str]) -> str:
         if first is None:
             raise UserError(f"no readable row in {cfg.source} to train a tokenizer on", hint="check data.source")
         os.makedirs(os.path.dirname(os.path.abspath(tok_dir)), exist_ok=True)
-        train = train_wordpiece
+        train = toks.train_wordpiece
         if task == "seq2seq":  # a joint byte-level BPE: cased and lossless, outputs are scored as written
             from raylm.datasets.seq2seq_prepare import train_tokenizer as train
         train(itertools.chain([first], texts), tok_dir, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
     return tok_dir
+
+
+def seq2seq_tokenizer(cfg: DataConfig) -> str:
+    """`raylm tokenizer train` for seq2seq: data.tokenizer.path, the one trained before, or a joint BPE
+    trained on the first `data.tokenizer.sample_docs` training pairs (streamed by the driver, no Ray)."""
+    from raylm.datasets.seq2seq_prepare import pair_files
+
+    files, _ = pair_files(_fs.list_files(cfg.source), cfg)
+    return task_tokenizer(cfg, "seq2seq", files)
 
 
 def _sample_texts(task: str, cfg: DataConfig, files: list[str]) -> Iterator[str]:
@@ -303,14 +279,14 @@ def prepare_task(cfg: DataConfig, task: str, force: bool = False) -> dict:
 
 def _consume(run: Callable[[], Any]) -> Any:
     """Run a Ray Data step; a BadRowError raised in a worker (on_error=fail) becomes a UserError."""
-    from raylm.datasets.prepare import _find_bad_row
+    from raylm.datasets.units import find_bad_row
 
     try:
         return run()
     except UserError:
         raise
     except Exception as err:  # Ray wraps worker exceptions
-        bad = _find_bad_row(err)
+        bad = find_bad_row(err)
         if bad:
             raise UserError(f"{bad} (data.on_error=fail)", hint="fix the file or set data.on_error=skip") from None
         inner = _find_user_error(err)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,8 +42,6 @@ def sample_documents(cfg: DataConfig, source: str, n: int, max_files: int = 64) 
 def ensure_tokenizer(cfg: DataConfig, task: str, source: str) -> str:
     """Use the configured tokenizer, the one already trained for this corpus, or train one."""
     if task == "masked-lm" and cfg.nsp:  # sentence pairs need a BERT tokenizer ([CLS], [SEP], segments)
-        from raylm.datasets.nsp_prepare import nsp_tokenizer
-
         return nsp_tokenizer(cfg, source)
     tok_dir = toks.resolve_tokenizer_dir(cfg.prepared_dir, cfg.tokenizer.path)
     if not Path(tok_dir, "tokenizer.json").is_file() and not cfg.tokenizer.path:
@@ -63,3 +62,30 @@ def ensure_tokenizer(cfg: DataConfig, task: str, source: str) -> str:
     return tok_dir
 
 
+def nsp_tokenizer(cfg: DataConfig, source: str) -> str:
+    """data.tokenizer.path, the one trained for this data before, or an uncased BERT WordPiece
+    (`[CLS] A [SEP] B [SEP]`, segment ids) trained on a sample of the documents."""
+    tok_dir = toks.resolve_tokenizer_dir(cfg.prepared_dir, cfg.tokenizer.path)
+    if not Path(tok_dir, "tokenizer.json").is_file() and not cfg.tokenizer.path:
+        t0 = time.time()
+        try:
+            sample = sample_documents(cfg, source, cfg.tokenizer.sample_docs)
+            first = next(sample, None)
+            if first is None:
+                raise UserError("the corpus is empty: no document survived reading and cleaning",
+                                hint="check data.source, data.text_field and data.min_chars")
+            os.makedirs(os.path.dirname(os.path.abspath(tok_dir)), exist_ok=True)
+            toks.train_wordpiece(itertools.chain([first], sample), tok_dir, cfg.tokenizer.vocab_size,
+                            cfg.tokenizer.min_frequency)
+        except BadRowError as err:
+            raise UserError(f"{err} (data.on_error=fail)", hint="fix the file or set data.on_error=skip") from None
+        log.info("tokenizer: trained WordPiece %s in %.1fs", tok_dir, time.time() - t0)
+    facts = toks.tokenizer_facts(tok_dir)
+    problems = toks.check_facts(facts, "masked-lm") + [
+        f"no {name} token: NSP examples are [CLS] A [SEP] B [SEP]" for name in ("cls", "sep")
+        if facts[f"{name}_id"] is None]
+    if problems:
+        hint = ("a BERT-style tokenizer: unset data.tokenizer.path to train one" if cfg.tokenizer.path else
+                f"remove {tok_dir} (trained for another task) and prepare again")
+        raise UserError([f"tokenizer {tok_dir}: {p}" for p in problems], hint=hint)
+    return tok_dir

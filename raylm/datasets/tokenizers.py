@@ -1,10 +1,11 @@
-"""Tokenizers: train a byte-level BPE on a streamed sample, or load a local HF directory."""
+"""Tokenizers: train a byte-level BPE or a BERT WordPiece on a streamed sample, or load a local HF directory."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,38 @@ def cls_sep_ids(tokenizer_dir: str) -> dict:
     except (OSError, ValueError):
         return {}
     return {"cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id}
+
+
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # in BERT's order
+
+
+def train_wordpiece(texts: Iterator[str], out_dir: str, vocab_size: int, min_frequency: int) -> None:
+    """A BERT-style uncased WordPiece tokenizer ([CLS] A [SEP] B [SEP]) saved where AutoTokenizer loads it:
+    the encoders raylm trains for NER, QA and NSP read [CLS] and segment ids, as BERT does."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                                             special_tokens=BERT_SPECIALS, show_progress=False))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    fast.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)

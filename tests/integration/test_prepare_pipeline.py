@@ -144,8 +144,8 @@ def test_tokenizer_pools_size_by_the_machine_on_the_embedded_ray(ray_session, mo
     """The embedded Ray's logical CPUs (max(cores, 8)) oversubscribe a small machine on purpose; a pool
     of CPU-bound tokenizer actors must not follow them (8 actors on 2 cores: 100 MB in 29 s, not 22)."""
     from raylm.cluster import _connect
-    from raylm.datasets import prepare as prep
     from raylm.datasets import task_prepare
+    from raylm.datasets import units as prep
 
     cfg = DataConfig(source="x", prepared_dir="y")
     assert prep._pool_size(cfg) == 8  # a cluster raylm joined: its CPU resources (this session's Ray: 8)

@@ -16,8 +16,8 @@ from raylm.datasets.task_prepare import (
     Featurizer,
     ner_features,
     read_rows,
-    train_wordpiece,
 )
+from raylm.datasets.tokenizers import train_wordpiece
 from raylm.errors import UserError
 from raylm.trainers.downstream import (
     QuestionAnswering,

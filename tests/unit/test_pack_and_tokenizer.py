@@ -75,7 +75,7 @@ def test_missing_tokenizer_dir_is_a_user_error(tmp_path):
 
 def test_tokenizer_training_prints_nothing(tmp_path, capfd):
     """The Rust trainer's progress bars, off a terminal, left three blank lines in the demo's console."""
-    from raylm.datasets.task_prepare import train_wordpiece
+    from raylm.datasets.tokenizers import train_wordpiece
 
     train_bpe(iter(["the quick brown fox jumps over the lazy dog"] * 200), tmp_path / "bpe", vocab_size=300)
     train_wordpiece(iter(["the quick brown fox jumps over the lazy dog"] * 200), str(tmp_path / "wp"), 120, 1)

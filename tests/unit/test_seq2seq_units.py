@@ -270,7 +270,7 @@ def test_warm_start_from_an_encoder_builds_bert2bert(tmp_path):
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from raylm.datasets.task_prepare import train_wordpiece
+    from raylm.datasets.tokenizers import train_wordpiece
     from raylm.trainers import downstream_eval, seq2seq
 
     enc_dir = str(tmp_path / "encoder")
