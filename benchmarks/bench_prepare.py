@@ -35,6 +35,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from _extras import require  # noqa: E402
+
 from _corpus import build_corpus, iter_texts  # noqa: E402
 
 WORK = Path(os.environ.get("RAYLM_BENCH_DIR", "/tmp/raylm-bench"))
@@ -250,6 +252,7 @@ def _ratio(rnd: dict, ours: str, other: str, key: str) -> float | None:
 
 
 def main() -> None:
+    require("datasets")  # the HF side
     ap = argparse.ArgumentParser()
     ap.add_argument("--throughput-mb", type=int, default=200)
     ap.add_argument("--memory-mb", type=int, nargs=2, default=[100, 1000])

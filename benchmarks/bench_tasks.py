@@ -34,6 +34,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _extras import require  # noqa: E402
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -349,6 +352,7 @@ def markdown(res: dict) -> str:
 
 def main() -> None:
     global SEED
+    require("accelerate")  # the HF side
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", default="ner,qa")
     ap.add_argument("--train-rows", type=int, default=2000)

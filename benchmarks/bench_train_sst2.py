@@ -35,6 +35,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _extras import require  # noqa: E402
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -280,6 +283,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def main() -> None:
+    require("accelerate")  # the HF side
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=8000)
     ap.add_argument("--epochs", type=int, default=1)
