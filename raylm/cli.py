@@ -146,13 +146,15 @@ def export_cmd(run_dir: str,
 def eval_cmd(model_dir: str, config: str = typer.Option(None, "--config", help="Config whose prepared data to use."),
              prepared: str = typer.Option(None, "--prepared", help="Prepared data directory (overrides --config)."),
              split: str = "validation", max_batches: int = typer.Option(None, help="Evaluate at most N batches."),
-             input_file: str = typer.Option(None, "--input", help="NER/QA/seq2seq: score this raw labelled file instead "
-                                            "(featurized on the fly with the model's tokenizer).")) -> None:
-    """Perplexity (language models) or accuracy/F1 (classifiers) of an HF directory on a prepared split."""
+             input_file: str = typer.Option(None, "--input", help="Score this raw file instead (any task: text/JSONL/"
+                                            "CSV/TSV/Parquet for LMs and classifiers, CoNLL, SQuAD, parallel text), "
+                                            "read with the model's tokenizer.")) -> None:
+    """Perplexity (language models), accuracy/F1 (classifiers) or the task's metric of an HF directory, on a
+    prepared split or a raw file (--input)."""
     from raylm.datasets.prepare import load_manifest
     from raylm.trainers.evaluation import classify, perplexity
 
-    if input_file:  # downstream tasks: raylm.trainers.downstream_eval
+    if input_file:  # every task: raylm.trainers.downstream_eval picks the task's per-file module
         from raylm.trainers.downstream_eval import evaluate_file
 
         return _echo_metrics(evaluate_file(model_dir, input_file))

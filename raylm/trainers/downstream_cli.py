@@ -7,12 +7,14 @@ import typer
 
 def predict_cmd(model_dir: str,
                 input_file: str = typer.Option(..., "--input", help="Sentences (CoNLL, JSONL {tokens}|{text}), "
-                                               "questions (SQuAD JSON, JSONL {id, question, context}) or seq2seq "
-                                               "sources (JSONL {source|document}, or plain text, one a line)."),
+                                               "questions (SQuAD JSON, JSONL {id, question, context}), seq2seq "
+                                               "sources (JSONL {source|document}, or plain text, one a line), or "
+                                               "texts for LMs and classifiers (text/JSONL/CSV/TSV/Parquet)."),
                 output: str = typer.Option(..., "--output", help="Where to write the predictions (JSONL)."),
                 batch_size: int = typer.Option(32, help="Feature windows (seq2seq: sources) per forward pass.")) -> None:
-    """Tags per token (NER), answer text + character span (QA) or the translation/summary (seq2seq) from an
-    exported model, one JSON line each."""
+    """Tags per token (NER), answer text + character span (QA), the translation/summary (seq2seq), label and
+    probabilities (classification), a continuation (causal LM) or the likeliest fills of each mask token
+    (masked LM) from an exported model, one JSON line each."""
     from raylm.trainers.downstream_eval import predict_file
 
     res = predict_file(model_dir, input_file, output, batch_size)

@@ -28,9 +28,12 @@ from raylm.trainers.collate import pad
 ARCH_TASKS = {"ForTokenClassification": "token-classification", "ForQuestionAnswering": "question-answering",
               # seq2seq: BART/T5 (...ForConditionalGeneration), Marian (MarianMTModel), a warm-started BERT2BERT
               "ForConditionalGeneration": "seq2seq", "MTModel": "seq2seq", "EncoderDecoderModel": "seq2seq",
-              "ForPreTraining": "next-sentence-prediction"}  # BERT MLM + NSP
+              "ForPreTraining": "next-sentence-prediction",  # BERT MLM + NSP
+              "ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm", "ForMaskedLM": "masked-lm",
+              "ForSequenceClassification": "sequence-classification"}
 # Tasks whose predict/eval --input live in a module of their own (same `predict_file`/`evaluate_file`).
-OWN_MODULE = {"seq2seq": "raylm.trainers.seq2seq", "next-sentence-prediction": "raylm.trainers.pretraining_eval"}
+OWN_MODULE = {"seq2seq": "raylm.trainers.seq2seq", "next-sentence-prediction": "raylm.trainers.pretraining_eval",
+              **dict.fromkeys(("causal-lm", "masked-lm", "sequence-classification"), "raylm.trainers.file_eval")}
 
 
 def task_of(model_dir: str) -> str:
@@ -46,7 +49,7 @@ def task_of(model_dir: str) -> str:
             if arch.endswith(suffix):
                 return task
     raise UserError(f"{model_dir}: a {archs or 'model without architectures'} has no per-file predict/eval",
-                    hint="predict and eval --input take token-classification, question-answering and seq2seq models")
+                    hint="predict and eval --input take the models raylm trains (an export of `raylm train`)")
 
 
 def _own_module(model_dir: str) -> Any:

@@ -160,13 +160,19 @@ class SequenceClassification(Task):
 
         m, n = cfg.model, meta["num_labels"]
         if m.init_from:
-            return _from_pretrained(AutoModelForSequenceClassification, m.init_from, num_labels=n,
-                                    ignore_mismatched_sizes=True, attn_implementation=m.attn_implementation)
-        conf = BertConfig(vocab_size=meta["vocab_size"], hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
-                          num_attention_heads=m.n_head, intermediate_size=4 * m.n_embd,
-                          max_position_embeddings=meta["max_length"] + 2, pad_token_id=meta["pad_id"],
-                          num_labels=n)
-        return AutoModelForSequenceClassification.from_config(conf)
+            model = _from_pretrained(AutoModelForSequenceClassification, m.init_from, num_labels=n,
+                                     ignore_mismatched_sizes=True, attn_implementation=m.attn_implementation)
+        else:
+            conf = BertConfig(vocab_size=meta["vocab_size"], hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
+                              num_attention_heads=m.n_head, intermediate_size=4 * m.n_embd,
+                              max_position_embeddings=meta["max_length"] + 2, pad_token_id=meta["pad_id"],
+                              num_labels=n)
+            model = AutoModelForSequenceClassification.from_config(conf)
+        # How `raylm eval --input` and `raylm predict` read a raw file, kept with the export (raylm.trainers.file_eval).
+        d = cfg.data
+        model.config.raylm_data = {"text_field": d.validation_text_field or d.text_field,
+                                   "label_field": d.validation_label_field or d.label_field, "labels": d.labels}
+        return model
 
     def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
         seqs = [with_special_tokens(s, meta) for s in batch["input_ids"]]
