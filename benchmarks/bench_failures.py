@@ -35,10 +35,11 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))  # support.localray: shared with the tests
 # The synthetic data, tiny config and sample-ledger reader the tests use (tests/testkit.py).
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-# The local cluster's head runs with token auth (raylm.cluster._localray); this driver presents the token
+# The local cluster's head runs with token auth (tests/support/localray.py); this driver presents the token
 # only in token mode, which Ray reads when it is imported: set before `import ray`.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
@@ -161,8 +162,7 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    from raylm.cluster._localray import LocalRay
-
+    from support.localray import LocalRay
     from testkit import write_synthetic
 
     model = TINY if args.tiny else DEMO

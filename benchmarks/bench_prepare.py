@@ -35,9 +35,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from _extras import require  # noqa: E402
-
 from _corpus import build_corpus, iter_texts  # noqa: E402
+from _extras import require  # noqa: E402
 
 WORK = Path(os.environ.get("RAYLM_BENCH_DIR", "/tmp/raylm-bench"))
 BLOCK = 64

@@ -141,7 +141,7 @@ def jobs_api_up(address: str) -> bool:
 
 
 def wait_jobs_api(cluster: Any, timeout_s: float = 180) -> None:
-    """Wait until the Jobs API of a `raylm.cluster._localray.LocalRay` with a dashboard answers; fail at
+    """Wait until the Jobs API of a `support.localray.LocalRay (tests/support)` with a dashboard answers; fail at
     once if one of its `ray start` processes exited."""
     def up() -> bool:
         dead = [p.returncode for p in cluster.procs if p.poll() is not None]

@@ -18,8 +18,8 @@ import typer
 from typer.testing import CliRunner
 
 from raylm.cluster import jobs
-from raylm.cluster._localray import LocalRay, StartFailed
 
+from support.localray import LocalRay, StartFailed
 from testkit import wait_job, wait_jobs_api
 
 pytestmark = pytest.mark.timeout(600)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from raylm.cluster._localray import LocalRay
+from support.localray import LocalRay
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(1500)]  # `bash scripts/test.sh -m long`
 

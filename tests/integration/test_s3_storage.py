@@ -66,7 +66,7 @@ def _driver(storage_path: str) -> None:
 def s3_env():
     boto3 = pytest.importorskip("boto3")
     server_mod = pytest.importorskip("moto.server")
-    from raylm.cluster._localray import free_ports
+    from support.localray import free_ports
 
     port = free_ports(1)[0]
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
