@@ -12,11 +12,15 @@ log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
+    jsonl_path: str | None  # the run's metrics.jsonl when this sink writes it (rank 0), else None
+
     def log(self, metrics: dict[str, Any], step: int) -> None: ...
     def close(self) -> None: ...
 
 
 class NullSink:
+    jsonl_path: str | None = None
+
     def log(self, metrics: dict[str, Any], step: int) -> None:
         pass
 
@@ -64,8 +68,8 @@ class WandbSink:
 
 
 class MultiSink:
-    def __init__(self, sinks: list[Sink]) -> None:
-        self.sinks = sinks
+    def __init__(self, sinks: list[Sink], jsonl_path: str | None = None) -> None:
+        self.sinks, self.jsonl_path = sinks, jsonl_path
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         for s in self.sinks:

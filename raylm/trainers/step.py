@@ -153,6 +153,17 @@ def train_step(ctx: StepContext, batches: list[Batch]) -> StepOutput:
     return StepOutput(loss_sum, n, gnorm, finite, tokens, real, flops_tokens)
 
 
+@dataclass(frozen=True)
+class SyncResult:
+    """What the host learns at a log step, the same on every rank (one all-reduce: `Window.sync`)."""
+
+    train_loss: float  # mean loss over the window's targets, all ranks
+    grad_norm: float  # the last step's global grad norm
+    first_bad_step: int  # first step whose loss or grad norm was not finite (0: none)
+    out_of_time: bool  # rank 0's training time reached trainer.max_train_seconds
+    stop_ranks: int  # ranks told to stop for a restart (a SIGTERM)
+
+
 @dataclass
 class Window:
     """Accumulates steps between two log steps on the device; `sync` is the only host read."""
@@ -178,7 +189,7 @@ class Window:
         self.tokens, self.real_tokens = self.tokens + out.tokens, self.real_tokens + out.real_tokens
         self.flops_tokens += out.flops_tokens
 
-    def sync(self, out_of_time: bool, stop: bool = False) -> dict[str, Any]:
+    def sync(self, out_of_time: bool, stop: bool = False) -> SyncResult:
         """The window's one host read, after one SUM all-reduce of
         [loss sum, targets, first bad step, ranks that saw one, out of time (only rank 0's clock sets it),
         grad norm (the same on every rank after DDP's all-reduce), ranks told to stop (a SIGTERM)]."""
@@ -194,9 +205,9 @@ class Window:
             dist.all_reduce(vec)
             world = dist.get_world_size()
         loss_sum, n, bad_sum, bad_ranks, late, gnorm, stops = vec.tolist()  # the host sync of this window
-        return {"train_loss": loss_sum / n if n else math.nan, "grad_norm": gnorm / world,
-                "first_bad_step": round(bad_sum / bad_ranks) if bad_ranks else 0, "out_of_time": late > 0,
-                "stop_ranks": round(stops)}
+        return SyncResult(train_loss=loss_sum / n if n else math.nan, grad_norm=gnorm / world,
+                          first_bad_step=round(bad_sum / bad_ranks) if bad_ranks else 0, out_of_time=late > 0,
+                          stop_ranks=round(stops))
 
 
 def evaluate(model: torch.nn.Module, eval_step: Callable[[torch.nn.Module, dict], tuple[torch.Tensor, Any]],

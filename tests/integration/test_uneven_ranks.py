@@ -128,3 +128,58 @@ def test_a_rank_hung_in_a_collective_fails_the_attempt_leaves_stacks_and_the_run
     assert [h["resumed_from"] for h in headers] == ["0", "2"]
     steps = [r["step"] for r in _rows(f"{run_dir}/metrics.jsonl") if "train_loss" in r]
     assert sorted(steps) == list(range(1, 7))
+
+
+# ---------------------------------------------------------------- a hung trial in a sweep
+
+
+HUNG_LR = 2e-3  # the trial whose rank 1 hangs
+
+
+def hang_in_one_trial(cfg, **kw):
+    """The sweep's trainer factory: raylm's, with rank 1 of the HUNG_LR trial hung in its third sync."""
+    from raylm.trainers.driver import build_trainer
+
+    return build_trainer(cfg, loop=hang_always if cfg.trainer.optimizer.lr == HUNG_LR else None, **kw)
+
+
+def hang_always(loop_config: dict) -> None:
+    import ray.train
+
+    import raylm.trainers.step as step
+    from raylm.trainers.loop import train_loop_per_worker
+
+    if ray.train.get_context().get_world_rank() == 1:
+        real_sync, calls = step.Window.sync, []
+
+        def sync(self, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == 3:
+                time.sleep(HANG_S)
+            return real_sync(self, *args, **kwargs)
+
+        step.Window.sync = sync
+    train_loop_per_worker(loop_config)
+
+
+@pytest.mark.long  # a sweep of two 2-worker trials (~3 min on 2 cores); the timeout itself is in CI above
+@pytest.mark.timeout(900)
+def test_a_hung_trial_fails_with_its_reason_and_the_sweep_goes_on(ray_session, tmp_path):
+    import ray
+
+    from raylm.config import validate
+    from raylm.tuning.results import COMPLETED, FAILED
+    from raylm.tuning.sweep import run_sweep
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    data = str(tmp_path / "data")
+    write_synthetic(data, n_train=64, n_val=16)
+    raw = tiny_config(data, str(tmp_path / "runs"), max_steps=6, eval={"every": 2, "batches": 2},
+                      checkpoint={"every": 2}, watchdog={"collective_timeout_s": 10, "min_stall_s": 2,
+                                                         "stall_factor": 2}).model_dump(mode="json")
+    raw["tuning"] = {"name": "hang", "num_samples": 1, "max_concurrent_trials": 1, "scheduler": {"type": "fifo"},
+                     "space": {"trainer.optimizer.lr": {"type": "grid", "values": [HUNG_LR, 3e-3]}}}
+    summary = run_sweep(validate(raw), factory=hang_in_one_trial)
+    rows = {r.params["trainer.optimizer.lr"]: r for r in summary.rows}
+    assert rows[HUNG_LR].status == FAILED and rows[3e-3].status == COMPLETED
+    assert "CollectiveTimeout" in rows[HUNG_LR].reason and "step 3" in rows[HUNG_LR].reason, rows[HUNG_LR].reason

@@ -102,8 +102,8 @@ def test_sigterm_sets_the_flag_while_a_loop_is_armed_and_chains_otherwise(monkey
 
 def test_window_sync_counts_the_ranks_told_to_stop():
     w = Window(torch.device("cpu"))
-    assert w.sync(False)["stop_ranks"] == 0
-    assert Window(torch.device("cpu")).sync(False, stop=True)["stop_ranks"] == 1
+    assert w.sync(False).stop_ranks == 0
+    assert Window(torch.device("cpu")).sync(False, stop=True).stop_ranks == 1
     assert stop_reason(0, False) is None
     assert stop_reason(1, True) == "SIGTERM to 1 worker(s)"
     assert stop_reason(0, True) == "a node is drained for preemption"

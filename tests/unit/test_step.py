@@ -86,7 +86,7 @@ def test_train_step_runs_without_ray_and_matches_a_plain_loop(accum):
     for step in range(T.max_steps):
         w = Window(CPU)
         w.add(train_step(ctx, _batches(step, accum)), step + 1)
-        losses.append(w.sync(False)["train_loss"])
+        losses.append(w.sync(False).train_loss)
     assert losses == pytest.approx(_plain_losses(accum), abs=1e-6)
     assert losses[-1] < losses[0]
 
@@ -119,7 +119,7 @@ def test_no_host_sync_between_log_steps(monkeypatch):
     assert counter.calls == [], f"host reads inside non-log steps: {counter.calls}"
     window.add(train_step(ctx, batches[3]), 4)
     synced = window.sync(False)  # the log step: here, and only here, the host reads the device
-    assert counter.calls and math.isfinite(synced["train_loss"]) and synced["first_bad_step"] == 0
+    assert counter.calls and math.isfinite(synced.train_loss) and synced.first_bad_step == 0
 
 
 def test_a_nonfinite_step_is_flagged_at_the_next_sync_and_stop_names_it():
@@ -129,11 +129,11 @@ def test_a_nonfinite_step_is_flagged_at_the_next_sync_and_stop_names_it():
     ctx.loss_fn = get_task("causal-lm").loss
     window.add(train_step(ctx, _batches(1, 1)), 8)
     synced = window.sync(False)
-    assert synced["first_bad_step"] == 7
+    assert synced.first_bad_step == 7
     with pytest.raises(FloatingPointError, match=r"at step 7.*runs/x/checkpoint_00000005"):
-        check_nonfinite(synced["first_bad_step"], synced["train_loss"], synced["grad_norm"], "stop",
+        check_nonfinite(synced.first_bad_step, synced.train_loss, synced.grad_norm, "stop",
                         "runs/x/checkpoint_00000005")
-    check_nonfinite(synced["first_bad_step"], synced["train_loss"], synced["grad_norm"], "skip", None)
+    check_nonfinite(synced.first_bad_step, synced.train_loss, synced.grad_norm, "skip", None)
 
 
 def test_skip_policy_drops_the_bad_update_only():
