@@ -132,24 +132,15 @@ def test_sequence_classifier_scores_a_tsv_and_predicts_labels_with_probabilities
     assert {r["label"] for r in rows} <= {model.config.id2label[0], model.config.id2label[1]}
 
 
-def test_bad_files_exit_2_with_the_file_and_line(exports, tmp_path):
-    bad_json = tmp_path / "bad.jsonl"
-    bad_json.write_text('{"text": "fine"}\n{"text": \n')
-    res = _run("eval", str(exports / "gpt"), "--input", str(bad_json))
-    assert res.exit_code == 2 and f"{bad_json}:2: malformed JSON" in res.output
-
-    no_label = tmp_path / "no_label.tsv"
-    no_label.write_text("sentence\tscore\nthe cat\t1\n")
-    res = _run("eval", str(exports / "cls"), "--input", str(no_label))
-    assert res.exit_code == 2 and "no column 'label'" in res.output
-
-    bad_label = tmp_path / "bad_label.tsv"
-    bad_label.write_text("sentence\tlabel\nthe cat\t7\n")
-    res = _run("eval", str(exports / "cls"), "--input", str(bad_label))
-    assert res.exit_code == 2 and f"{bad_label}:2: label '7'" in res.output
-
-    empty = tmp_path / "empty.txt"
-    empty.write_text("")
-    res = _run("eval", str(exports / "gpt"), "--input", str(empty))
-    assert res.exit_code == 2 and "no row to score" in res.output
+@pytest.mark.parametrize("name,content,export,says", [
+    ("bad.jsonl", '{"text": "fine"}\n{"text": \n', "gpt", "{path}:2: malformed JSON"),
+    ("no_label.tsv", "sentence\tscore\nthe cat\t1\n", "cls", "no column 'label'"),
+    ("bad_label.tsv", "sentence\tlabel\nthe cat\t7\n", "cls", "{path}:2: label '7'"),
+    ("empty.txt", "", "gpt", "no row to score"),
+])
+def test_bad_files_exit_2_with_the_file_and_line(exports, tmp_path, name, content, export, says):
+    path = tmp_path / name
+    path.write_text(content)
+    res = _run("eval", str(exports / export), "--input", str(path))
+    assert res.exit_code == 2 and says.format(path=path) in res.output, res.output
     assert "Traceback" not in res.output
