@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -133,13 +134,15 @@ class Watchdog:
             self.stop()
 
     def timeout_error(self, err: BaseException) -> CollectiveTimeout:
+        """One line, rank and step first: Ray Train keeps only the last 500 characters of a worker's
+        traceback, and a sweep's results table the first 300 of that line."""
         where = f"{self.last.what} at step {self.last.step}" if self.last else "start-up"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's "[.../unbound_buffer.cc:78] " source prefix
         stacks = f"; stacks: {self.stacks[-1]}" if self.stacks else ""
         return CollectiveTimeout(
-            f"rank {self.rank} of {self.world}: a collective in {where} waited more than "
-            f"trainer.watchdog.collective_timeout_s={self.cfg.collective_timeout_s}s for the other ranks "
-            f"({first}){stacks}. The attempt fails and Ray Train restarts from the last checkpoint.")
+            f"rank {self.rank} of {self.world} waited more than {self.cfg.collective_timeout_s}s "
+            f"(trainer.watchdog.collective_timeout_s) for the other ranks in {where} ({first}){stacks}")
 
     # ---- the watching side
 

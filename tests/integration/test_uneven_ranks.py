@@ -178,6 +178,7 @@ def test_a_hung_trial_fails_with_its_reason_and_the_sweep_goes_on(ray_session, t
                       checkpoint={"every": 2}, watchdog={"collective_timeout_s": 10, "min_stall_s": 2,
                                                          "stall_factor": 2}).model_dump(mode="json")
     raw["tuning"] = {"name": "hang", "num_samples": 1, "max_concurrent_trials": 1, "scheduler": {"type": "fifo"},
+                     "resources": {"workers_per_trial": 2},
                      "space": {"trainer.optimizer.lr": {"type": "grid", "values": [HUNG_LR, 3e-3]}}}
     summary = run_sweep(validate(raw), factory=hang_in_one_trial)
     rows = {r.params["trainer.optimizer.lr"]: r for r in summary.rows}
