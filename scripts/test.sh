@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # README command 2: install raylm with its test extras, then run every tier (unit, integration incl.
-# the Ray Tune sweeps, e2e): 29 min on 2 cores with two other busy processes beside it (fresh clone,
-# 2026-12-01). Arguments go to pytest (e.g. -m unit).
+# the Ray Tune sweeps, e2e): 31.5 min on 2 cores with two other busy processes beside it (fresh clone,
+# 2026-12-07). Arguments go to pytest (e.g. -m unit).
 # torch==2.13.0 first: on CPU machines it is the CPU build; a bare `torch` could pull a CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
