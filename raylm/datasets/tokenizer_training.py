@@ -7,8 +7,9 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from raylm.datasets import _fs
 from raylm.datasets import tokenizers as toks
@@ -44,18 +45,7 @@ def ensure_tokenizer(cfg: DataConfig, task: str, source: str) -> str:
     if task == "masked-lm" and cfg.nsp:  # sentence pairs need a BERT tokenizer ([CLS], [SEP], segments)
         return nsp_tokenizer(cfg, source)
     tok_dir = toks.resolve_tokenizer_dir(cfg.prepared_dir, cfg.tokenizer.path)
-    if not Path(tok_dir, "tokenizer.json").is_file() and not cfg.tokenizer.path:
-        t0 = time.time()
-        try:
-            sample = sample_documents(cfg, source, cfg.tokenizer.sample_docs)
-            first = next(sample, None)  # raise here, not inside the Rust trainer
-            if first is None:
-                raise UserError("the corpus is empty: no document survived reading and cleaning",
-                                hint="check data.source, data.text_field and data.min_chars")
-            toks.train_bpe(itertools.chain([first], sample), tok_dir, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
-        except BadRowError as err:
-            raise UserError(f"{err} (data.on_error=fail)", hint="fix the file or set data.on_error=skip") from None
-        log.info("tokenizer: trained %s in %.1fs", tok_dir, time.time() - t0)
+    _train_if_missing(cfg, source, tok_dir, toks.train_bpe, "BPE")
     problems = toks.check_facts(toks.tokenizer_facts(tok_dir), task)
     if problems:
         raise UserError([f"tokenizer {tok_dir}: {p}" for p in problems])
@@ -66,20 +56,7 @@ def nsp_tokenizer(cfg: DataConfig, source: str) -> str:
     """data.tokenizer.path, the one trained for this data before, or an uncased BERT WordPiece
     (`[CLS] A [SEP] B [SEP]`, segment ids) trained on a sample of the documents."""
     tok_dir = toks.resolve_tokenizer_dir(cfg.prepared_dir, cfg.tokenizer.path)
-    if not Path(tok_dir, "tokenizer.json").is_file() and not cfg.tokenizer.path:
-        t0 = time.time()
-        try:
-            sample = sample_documents(cfg, source, cfg.tokenizer.sample_docs)
-            first = next(sample, None)
-            if first is None:
-                raise UserError("the corpus is empty: no document survived reading and cleaning",
-                                hint="check data.source, data.text_field and data.min_chars")
-            os.makedirs(os.path.dirname(os.path.abspath(tok_dir)), exist_ok=True)
-            toks.train_wordpiece(itertools.chain([first], sample), tok_dir, cfg.tokenizer.vocab_size,
-                            cfg.tokenizer.min_frequency)
-        except BadRowError as err:
-            raise UserError(f"{err} (data.on_error=fail)", hint="fix the file or set data.on_error=skip") from None
-        log.info("tokenizer: trained WordPiece %s in %.1fs", tok_dir, time.time() - t0)
+    _train_if_missing(cfg, source, tok_dir, toks.train_wordpiece, "WordPiece")
     facts = toks.tokenizer_facts(tok_dir)
     problems = toks.check_facts(facts, "masked-lm") + [
         f"no {name} token: NSP examples are [CLS] A [SEP] B [SEP]" for name in ("cls", "sep")
@@ -89,3 +66,22 @@ def nsp_tokenizer(cfg: DataConfig, source: str) -> str:
                 f"remove {tok_dir} (trained for another task) and prepare again")
         raise UserError([f"tokenizer {tok_dir}: {p}" for p in problems], hint=hint)
     return tok_dir
+
+
+def _train_if_missing(cfg: DataConfig, source: str, tok_dir: str, train: Callable[..., Any], kind: str) -> None:
+    """Train `kind` with `train(texts, out_dir, vocab_size, min_frequency)` on a streamed sample of the
+    corpus, unless `tok_dir` already holds a tokenizer or data.tokenizer.path names one."""
+    if Path(tok_dir, "tokenizer.json").is_file() or cfg.tokenizer.path:
+        return
+    t0 = time.time()
+    try:
+        sample = sample_documents(cfg, source, cfg.tokenizer.sample_docs)
+        first = next(sample, None)  # raise here, not inside the Rust trainer
+        if first is None:
+            raise UserError("the corpus is empty: no document survived reading and cleaning",
+                            hint="check data.source, data.text_field and data.min_chars")
+        os.makedirs(os.path.dirname(os.path.abspath(tok_dir)), exist_ok=True)
+        train(itertools.chain([first], sample), tok_dir, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+    except BadRowError as err:
+        raise UserError(f"{err} (data.on_error=fail)", hint="fix the file or set data.on_error=skip") from None
+    log.info("tokenizer: trained %s %s in %.1fs", kind, tok_dir, time.time() - t0)
