@@ -30,8 +30,9 @@ from raylm.trainers.config import WatchdogSection
 T = TypeVar("T")
 
 # What the backends say when a collective waited past the process group's timeout (gloo: "Timed out waiting
-# 8000ms for recv operation to complete"; NCCL with TORCH_NCCL_ASYNC_ERROR_HANDLING=0: "... timed out").
-_TIMEOUT_WORDS = ("timed out", "timeout")
+# 8000ms for recv operation to complete"; NCCL: "Watchdog caught collective operation timeout"). A bare
+# "timeout" would also claim unrelated errors (a storage read) and mislabel them as collective timeouts.
+_TIMEOUT_WORDS = ("timed out waiting", "collective operation timeout")
 # Seconds between two looks at the last beat (at most; shorter for the small thresholds of tests).
 _POLL_S = 5.0
 
@@ -177,10 +178,10 @@ class Watchdog:
             f.flush()
             faulthandler.dump_traceback(f, all_threads=True)
         self.stacks.append(path)
-        if self.publish is not None:  # remote storage: the node's disk may be gone with the pod
-            path = f"{path} and {self.publish(path)}"
+        # Remote storage: a copy there too (the node's disk may be gone with the pod).
+        where = f"{path} and {self.publish(path)}" if self.publish is not None else path
         self.log(f"[raylm] rank {self.rank}: no progress for {idle:.0f}s since {last.what if last else 'start'} "
-                 f"at step {last.step if last else 0}; Python stacks of every thread: {path}")
+                 f"at step {last.step if last else 0}; Python stacks of every thread: {where}")
         return path
 
     def start(self) -> None:

@@ -138,6 +138,18 @@ def test_a_collective_timeout_names_the_rank_the_collective_and_the_step(tmp_pat
     assert "(Timed out waiting 60000ms for recv operation to complete)" in text  # gloo's source prefix dropped
     assert err.value.__cause__ is gloo
     assert is_collective_timeout(gloo) and not is_collective_timeout(RuntimeError("Connection closed by peer"))
+    assert is_collective_timeout(RuntimeError("[Rank 0] Watchdog caught collective operation timeout: WorkNCCL"))
+    assert not is_collective_timeout(RuntimeError("read timeout from s3://bucket/shard-0.parquet"))
     with pytest.raises(ValueError):  # other errors pass through unchanged
         with wd.guard():
             raise ValueError("not a timeout")
+
+
+def test_a_dump_names_its_remote_copy_and_returns_the_local_file(tmp_path):
+    lines: list[str] = []
+    wd = Watchdog(WatchdogSection(), rank=0, world=2, stacks_dir=str(tmp_path / "stacks"), log=lines.append,
+                  publish=lambda path: f"s3://bucket/run/stacks/{os.path.basename(path)}")
+    wd.beat("train step", 4)
+    path = wd.dump()
+    assert os.path.isfile(path) and wd.stacks == [path]
+    assert lines[-1].endswith(f"{path} and s3://bucket/run/stacks/{os.path.basename(path)}")
