@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -89,23 +90,27 @@ def classify(model_dir: str, prepared_dir: str, manifest: dict, split: str = "va
 def generate(model_dir: str, prompt: str, max_new_tokens: int = 60, temperature: float = 0.7,
              top_k: int = 50, top_p: float = 0.9, no_repeat_ngram_size: int = 3, seed: int = 0,
              draws: int = 1) -> list[str]:
-    """`draws` continuations of `prompt` (seeds seed, seed+1, ...; the model loaded once): temperature,
-    top-k and nucleus (top-p) sampling, and no n-gram of `no_repeat_ngram_size` tokens twice (a small
-    model's loops: "the list of the list of")."""
+    """`draws` continuations of `prompt` (seeds seed, seed+1, ...; the model loaded once), prompt included."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = _load("AutoModelForCausalLM", model_dir)
-    ids = tok(prompt, return_tensors="pt").input_ids
-    if ids.shape[1] == 0:
-        ids = torch.tensor([[tok.eos_token_id]])
+    ids = tok(prompt).input_ids
+    return [tok.decode(sample_continuation(model, tok, ids, max_new_tokens, seed + i, temperature, top_k, top_p,
+                                           no_repeat_ngram_size)[1][0], skip_special_tokens=True)
+            for i in range(draws)]
+
+
+def sample_continuation(model: Any, tok: Any, ids: list[int], max_new_tokens: int, seed: int,
+                        temperature: float = 0.7, top_k: int = 50, top_p: float = 0.9,
+                        no_repeat_ngram_size: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt ids, prompt + continuation ids), each [1, n], of a causal LM: temperature, top-k and nucleus (top-p) sampling, and no
+    n-gram of `no_repeat_ngram_size` tokens twice (a small model's loops: "the list of the list of"). The prompt
+    keeps its last tokens within the model's context (EOS when empty); the continuation fills the rest at most."""
     limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
-    ids = ids[:, -limit + 1:]
-    out = []
-    for i in range(draws):
-        torch.manual_seed(seed + i)
-        ids_out = model.generate(ids, max_new_tokens=min(max_new_tokens, limit - ids.shape[1]), do_sample=True,
-                                 temperature=temperature, top_k=top_k, top_p=top_p,
-                                 no_repeat_ngram_size=no_repeat_ngram_size, pad_token_id=tok.eos_token_id)
-        out.append(tok.decode(ids_out[0], skip_special_tokens=True))
-    return out
+    prompt = torch.tensor([ids[-limit + 1:] or [tok.eos_token_id]])
+    torch.manual_seed(seed)
+    out = model.generate(prompt, max_new_tokens=min(max_new_tokens, limit - prompt.shape[1]), do_sample=True,
+                         temperature=temperature, top_k=top_k, top_p=top_p,
+                         no_repeat_ngram_size=no_repeat_ngram_size, pad_token_id=tok.eos_token_id)
+    return prompt, out

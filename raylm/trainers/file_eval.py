@@ -30,22 +30,11 @@ from raylm.datasets.config import DataConfig
 from raylm.datasets.sources import BadRowError, Unit, check_row, file_format, read_unit
 from raylm.errors import UserError
 from raylm.trainers.collate import mask_tokens, pad_batch, with_special_tokens
+from raylm.trainers.downstream_eval import task_of
+from raylm.trainers.evaluation import sample_continuation
 from raylm.trainers.task_metrics import classification_metrics, confusion_counts
 
-# What the export's architecture says the model is (HF class names end so).
-KINDS = {"ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm", "ForMaskedLM": "masked-lm",
-         "ForSequenceClassification": "sequence-classification"}
 MAX_BLOCK = 1024  # tokens per causal/masked LM block at most (the model's context when shorter)
-
-
-def kind_of(model_dir: str) -> str:
-    with open(os.path.join(model_dir, "config.json")) as f:
-        archs = json.load(f).get("architectures") or []
-    for arch in archs:
-        for suffix, kind in KINDS.items():
-            if arch.endswith(suffix):
-                return kind
-    raise UserError(f"{model_dir}: {archs} is not a causal LM, masked LM or sequence classifier")
 
 
 # ---------------------------------------------------------------- reading
@@ -141,7 +130,7 @@ def _batched(blocks: Iterator[list[int]], n: int) -> Iterator[torch.Tensor]:
 
 @torch.no_grad()
 def evaluate_file(model_dir: str, input_path: str, batch_size: int = 16) -> dict:
-    kind = kind_of(model_dir)
+    kind = task_of(model_dir)  # from the export's architecture
     model, tok = _load(model_dir, kind)
     if kind == "sequence-classification":
         return _classify(model, tok, input_path, data_fields(model_dir), batch_size)
@@ -219,7 +208,7 @@ def _classify(model: Any, tok: Any, path: str, fields: dict, batch_size: int) ->
 @torch.no_grad()
 def predict_file(model_dir: str, input_path: str, output_path: str, batch_size: int = 16,
                  max_new_tokens: int = 40, seed: int = 0) -> dict:
-    kind = kind_of(model_dir)
+    kind = task_of(model_dir)  # from the export's architecture
     model, tok = _load(model_dir, kind)
     fields = data_fields(model_dir) if kind == "sequence-classification" else {"text_field": "text"}
     rows, _ = read_rows(input_path, fields["text_field"])
@@ -245,15 +234,10 @@ def _predict_labels(model: Any, tok: Any, rows: list[dict], labels: list[str] | 
 
 
 def _continue(model: Any, tok: Any, rows: list[dict], max_new_tokens: int, seed: int) -> Iterator[dict]:
-    """A sampled continuation of each row (as `raylm generate`: temperature 0.7, top-p 0.9, no 3-gram twice)."""
-    limit = _context(model)
+    """A sampled continuation of each row, as `raylm generate` samples (evaluation.sample_continuation)."""
     for i, r in enumerate(rows):
-        ids = torch.tensor([_encode(tok, [r["text"]])[0][-(limit - 1):] or [tok.eos_token_id]])
-        torch.manual_seed(seed + i)
-        out = model.generate(ids, max_new_tokens=min(max_new_tokens, limit - ids.shape[1]), do_sample=True,
-                             temperature=0.7, top_k=50,
-                             top_p=0.9, no_repeat_ngram_size=3, pad_token_id=tok.eos_token_id)
-        yield {"completion": tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)}
+        prompt, out = sample_continuation(model, tok, _encode(tok, [r["text"]])[0], max_new_tokens, seed + i)
+        yield {"completion": tok.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)}
 
 
 def _fill_masks(model: Any, tok: Any, rows: list[dict], top: int = 5) -> Iterator[dict]:
