@@ -177,7 +177,8 @@ def _split_on_ray(cfg: RootConfig) -> bool:
     """Ray Data splits the training split between workers (`streaming_split`, a coordinator actor) for
     sharding "split" with more than one worker. One worker reads the whole split by itself: the same
     batches, without the coordinator actor's start (~1.5 s before the first step here)."""
-    return sharding_for(cfg.data.sharding, cfg.trainer.scaling.num_workers) == "split" and cfg.trainer.scaling.num_workers != 1
+    workers = cfg.trainer.scaling.num_workers
+    return sharding_for(cfg.data.sharding, workers) == "split" and workers != 1
 
 
 def export_model(checkpoint_dir: str, tokenizer_dir: str | None, out_dir: str, dtype: str | None = None) -> str:

@@ -141,14 +141,14 @@ class MaskedLM(Task):
         """A full-length raw batch for the batch_size=auto probe: pairs (data.nsp) or blocks."""
         if meta.get("nsp"):
             return pretraining.fake_raw_batch(meta, b, seq_len)
-        return autobatch.fake_raw_batch(meta, b, seq_len)
+        return super().fake_raw_batch(meta, b, seq_len)
 
     def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch], device: torch.device,
                  amp: torch.dtype | None, meta: dict) -> dict[str, float]:
         """Pairs: MLM loss and NSP accuracy; blocks: the loss evaluation every LM task gets."""
         if meta.get("nsp"):
             return pretraining.evaluate(model, batches, device, amp)
-        return evaluate(model, self.eval_step, batches, device, amp)
+        return super().evaluate(model, batches, device, amp, meta)
 
 
 class SequenceClassification(Task):
