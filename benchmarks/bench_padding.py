@@ -66,7 +66,7 @@ def first_rows(n: int, out: str) -> str:
 def rank_epoch(split: Any, cfg: RootConfig, meta: dict, group: bool, out: list[dict]) -> None:
     """One epoch of one rank's training batches, as the loop builds its TrainStream."""
     from raylm.datasets.streaming import TrainStream
-    from raylm.trainers.registry import get_task
+    from raylm.tasks.registry import get_task
 
     task, d = get_task(cfg.trainer.task), cfg.data
     stream = TrainStream(split, cfg.trainer.batch_size, d.seed, d.shuffle_buffer_rows,

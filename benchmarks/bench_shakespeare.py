@@ -72,8 +72,8 @@ def main() -> int:
     from raylm.cluster import connect
     from raylm.config import load_config
     from raylm.datasets.prepare import load_manifest
+    from raylm.tasks.corpus_eval import perplexity
     from raylm.trainers.driver import train
-    from raylm.trainers.evaluation import perplexity
     from raylm.trainers.report import read_metrics
 
     train_txt, val_txt, val_chars = split_corpus(src, args.work)

@@ -15,7 +15,7 @@ budget (steps, batch, AdamW lr, linear decay, no warmup, clip 1.0, seed) and the
          [--out benchmarks/results]
 Translation (`mt`) and summarization (`sum`) train a small BART from scratch on both sides: the same
 model config, joint BPE tokenizer (trained once on the train subset, before either side), features
-(`raylm.datasets.seq2seq_prepare`), AdamW/linear schedule and seed, for an equal wall-clock budget of
+(`raylm.tasks.seq2seq_data`), AdamW/linear schedule and seed, for an equal wall-clock budget of
 training (`--budget-s`: raylm's `trainer.max_train_seconds`, a stop callback on the HF side). Both exports
 are decoded with the same beam search and scored by `raylm eval --input` on the first M validation
 pairs: sacreBLEU (mt), ROUGE-L (sum).
@@ -80,8 +80,8 @@ def subset(kind: str, src: str, n: int, out: str) -> str:
 def features(kind: str, path: str, tok, max_length: int, doc_stride: int) -> tuple[list[dict], list[str] | None]:
     """raylm's training features for the HF side (labels from the training subset)."""
     from raylm.datasets.config import DataConfig
-    from raylm.datasets.conll import label_list
     from raylm.datasets.task_prepare import ner_features, qa_features, read_rows
+    from raylm.tasks.conll import label_list
 
     cfg = DataConfig(max_length=max_length, on_error="skip", qa={"doc_stride": doc_stride})
     rows = [r for r in read_rows(path, TASK[kind], cfg) if not r["reject"]]
@@ -102,7 +102,7 @@ def hf_side(kind: str, mdir: str, train_path: str, args: argparse.Namespace, out
     from transformers import AutoTokenizer, Trainer, TrainingArguments
 
     from raylm.datasets._task_io import plain_tokenizer
-    from raylm.trainers.collate import pad
+    from raylm.tasks.collate import pad
 
     torch.set_num_threads(THREADS)
     t0 = time.time()
@@ -173,7 +173,7 @@ def raylm_side(kind: str, mdir: str, train_path: str, dev_path: str, args: argpa
 
 
 def run_task(kind: str, mdir: str, args: argparse.Namespace, root: str) -> dict:
-    from raylm.trainers.downstream_eval import evaluate_file
+    from raylm.tasks.downstream_files import evaluate_file
 
     src = {"ner": ("conll2003/eng.train", "conll2003/eng.testa"), "qa": ("squad_v1.1/train.json", "squad_v1.1/dev.json")}[kind]
     ext = ".conll" if kind == "ner" else ".jsonl"
@@ -207,7 +207,7 @@ def s2s_subset(kind: str, src: str, n: int, out: str) -> str:
     """The first n good pairs of `src`: a .de/.en pair (mt) or JSONL {document, summary} (sum). Returns the
     file `raylm` reads (the .de file for mt)."""
     from raylm.datasets.config import DataConfig
-    from raylm.datasets.seq2seq_prepare import read_rows
+    from raylm.tasks.seq2seq_data import read_rows
 
     rows = []
     for r in read_rows(src, DataConfig(seq2seq=s2s_data(kind)), "skip"):
@@ -255,10 +255,10 @@ def s2s_hf_side(kind: str, cfg, manifest: dict, train_path: str, out: str) -> di
     from transformers import AutoTokenizer, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
     from raylm.datasets._task_io import plain_tokenizer
-    from raylm.datasets.seq2seq_prepare import features, max_lengths, read_rows, special_ids
-    from raylm.trainers.collate import pad
+    from raylm.tasks.collate import pad
+    from raylm.tasks.seq2seq import Seq2Seq
+    from raylm.tasks.seq2seq_data import features, max_lengths, read_rows, special_ids
     from raylm.trainers.driver import model_meta
-    from raylm.trainers.seq2seq import Seq2Seq
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(SEED)
@@ -302,8 +302,8 @@ def run_s2s_task(kind: str, args: argparse.Namespace, root: str) -> dict:
     from raylm.config import validate
     from raylm.datasets.config import DataConfig
     from raylm.datasets.prepare import load_manifest
-    from raylm.datasets.seq2seq_prepare import read_rows, sample_texts, train_tokenizer
-    from raylm.trainers.downstream_eval import evaluate_file
+    from raylm.tasks.downstream_files import evaluate_file
+    from raylm.tasks.seq2seq_data import read_rows, sample_texts, train_tokenizer
     from raylm.trainers.driver import train
 
     src, dev = S2S_DATA[kind]

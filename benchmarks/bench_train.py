@@ -75,8 +75,8 @@ def bare_run(data: str, manifest: dict, root: str, steps: int, warmup: int) -> d
     import pyarrow.parquet as pq
     import torch
 
+    from raylm.tasks.registry import get_task
     from raylm.trainers.optim import build_optimizer, build_scheduler
-    from raylm.trainers.registry import get_task
 
     cfg = _cfg(data, root, "bare", 1, steps)
     torch.set_num_threads(1)

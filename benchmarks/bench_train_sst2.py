@@ -90,7 +90,7 @@ def hf_trainer(mdir: str, train: list, dev: list, epochs: int, steps: int, out: 
         TrainingArguments,
     )
 
-    from raylm.trainers.task_metrics import classification_metrics, confusion_counts
+    from raylm.tasks.metrics import classification_metrics, confusion_counts
 
     class StepClock(TrainerCallback):
         def __init__(self) -> None:

@@ -152,10 +152,10 @@ def eval_cmd(model_dir: str, config: str = typer.Option(None, "--config", help="
     """Perplexity (language models), accuracy/F1 (classifiers) or the task's metric of an HF directory, on a
     prepared split or a raw file (--input)."""
     from raylm.datasets.prepare import load_manifest
-    from raylm.trainers.evaluation import classify, perplexity
+    from raylm.tasks.corpus_eval import classify, perplexity
 
-    if input_file:  # every task: raylm.trainers.downstream_eval picks the task's per-file module
-        from raylm.trainers.downstream_eval import evaluate_file
+    if input_file:  # every task: raylm.tasks.downstream_files picks the task's per-file module
+        from raylm.tasks.downstream_files import evaluate_file
 
         return _echo_metrics(evaluate_file(model_dir, input_file))
 
@@ -167,7 +167,7 @@ def eval_cmd(model_dir: str, config: str = typer.Option(None, "--config", help="
         raise UserError(f"{manifest['task']} models are scored on a raw labelled file",
                         hint=f"raylm eval {model_dir} --input FILE (e.g. the config's data.validation_source)")
     if manifest.get("nsp"):  # BERT pretraining pairs: MLM loss and NSP accuracy
-        from raylm.trainers.pretraining_eval import evaluate_prepared
+        from raylm.tasks.nsp_files import evaluate_prepared
 
         res = evaluate_prepared(model_dir, prepared_dir, manifest, split, max_batches=max_batches)
     elif manifest.get("task") == "sequence-classification":
@@ -188,10 +188,10 @@ def generate_cmd(model_dir: str, prompt: str = typer.Option("", help="Text to co
                  num_beams: int = typer.Option(None, help="seq2seq: beams (default: the model's generation_config)."),
                  length_penalty: float = typer.Option(None, help="seq2seq: beam length penalty (default: the model's).")) -> None:
     """Sample text from an exported causal LM, or translate/summarize with a seq2seq model (beam search)."""
-    from raylm.trainers.evaluation import generate
+    from raylm.tasks.corpus_eval import generate
 
     if os.path.isfile(os.path.join(model_dir, "config.json")):
-        from raylm.trainers.seq2seq import generate_text, is_encoder_decoder
+        from raylm.tasks.seq2seq import generate_text, is_encoder_decoder
 
         if is_encoder_decoder(model_dir):
             return typer.echo(generate_text(model_dir, prompt, num_beams, length_penalty, max_new_tokens))

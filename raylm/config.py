@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from raylm.cluster.config import ClusterConfig, K8sConfig
 from raylm.datasets.config import DataConfig
 from raylm.errors import UserError
+from raylm.tasks.objectives import task_objective
 from raylm.trainers.config import MOVED_TRAINER_KEYS, ModelConfig, TrackingConfig, TrainerConfig
-from raylm.trainers.objectives import task_objective
 from raylm.tuning.config import TuningConfig
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ def main(cfg: RootConfig, address: str | None = None, prompt: str = "Return the"
          checked: Callable[[], None] | None = None) -> dict:
     from raylm.cluster import connect
     from raylm.datasets.prepare import load_manifest
+    from raylm.tasks.corpus_eval import generate, perplexity
     from raylm.trainers.driver import train
-    from raylm.trainers.evaluation import generate, perplexity
     from raylm.trainers.report import report
 
     t0 = time.time()

@@ -54,7 +54,7 @@ def _pairs(cfg: RootConfig) -> list[str]:
     """seq2seq: each source file has its parallel partner (or is JSONL)."""
     if cfg.trainer.task != "seq2seq" or _corpus(cfg):
         return []
-    from raylm.datasets.seq2seq_prepare import check_files
+    from raylm.tasks.seq2seq_data import check_files
 
     return check_files(cfg.data)
 

@@ -90,7 +90,7 @@ class DataConfig(BaseModel):
     max_length: int = Field(128, ge=8, description="Classification: truncate to this many tokens.")
     nsp: bool = Field(
         False, description="trainer.task=masked-lm: BERT pretraining pairs (masked LM + next-sentence "
-        "prediction, raylm.datasets.nsp_prepare). Documents (text: blank-line separated, one sentence a line; "
+        "prediction, raylm.tasks.nsp_data). Documents (text: blank-line separated, one sentence a line; "
         "JSONL etc.: the text field, cut at lines and sentence ends) become `[CLS] A [SEP] B [SEP]` examples of at "
         "most block_size tokens, B the true next segment half the time and a segment of another document "
         "otherwise; the model is BertForPreTraining.",

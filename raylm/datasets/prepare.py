@@ -1,6 +1,6 @@
 """`raylm prepare`: which prepare a task's data gets. Labelled files (NER, QA, seq2seq) go through
 `raylm.datasets.task_prepare`; corpora through the prepare template (`raylm.datasets.units.prepare_corpus`),
-as packed LM blocks or, with `data.nsp`, as BERT's sentence pairs (`raylm.datasets.nsp_prepare`).
+as packed LM blocks or, with `data.nsp`, as BERT's sentence pairs (`raylm.tasks.nsp_data`).
 """
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from __future__ import annotations
 from raylm.datasets import task_prepare
 from raylm.datasets.config import DataConfig
 from raylm.datasets.manifest import COUNTS, SCHEMA_VERSION, SPLITS, load_manifest
-from raylm.datasets.nsp_prepare import prepare_nsp
 from raylm.datasets.tokenizer_training import ensure_tokenizer, sample_documents
 from raylm.datasets.units import PROGRESS, UnitWorker, prepare_corpus, resolve_source
+from raylm.tasks.nsp_data import prepare_nsp
 
 # Imported here too, so that `from raylm.datasets.prepare import ...` keeps working where they moved from.
 __all__ = ["COUNTS", "PROGRESS", "SCHEMA_VERSION", "SPLITS", "UnitWorker", "ensure_tokenizer", "load_manifest",

@@ -11,7 +11,7 @@ bad row stops the run with `file:line: what` (exit 2).
 
 Shards hold sub-token ids WITH the tokenizer's special tokens (the windows are cut around them) and
 no padding: the trainer pads per batch. The same `features` functions serve `raylm predict` and
-`raylm eval --input` (`raylm.trainers.downstream_eval`), so training and inference see one layout.
+`raylm eval --input` (`raylm.tasks.downstream_files`), so training and inference see one layout.
 """
 
 from __future__ import annotations
@@ -80,12 +80,12 @@ def read_rows(path: str, task: str, cfg: DataConfig, on_error: str | None = None
 
         return seq2seq_prepare.read_rows(path, cfg, on_error)
     if task == "token-classification":
-        from raylm.datasets.conll import read_conll, read_token_jsonl
+        from raylm.tasks.conll import read_conll, read_token_jsonl
 
         if re.sub(r"\.(gz|zst|zstd)$", "", path).endswith((".jsonl", ".json", ".ndjson")):
             return read_token_jsonl(path, cfg.ner.tokens_field, cfg.ner.tags_field, on_error)
         return read_conll(path, cfg.ner.tag_column, on_error)
-    from raylm.datasets.squad import read_squad
+    from raylm.tasks.squad import read_squad
 
     return read_squad(path, on_error)
 
@@ -114,7 +114,7 @@ def _read_file(batch: pa.Table, task: str, cfg: DataConfig) -> pa.Table:
 
 def ner_features(tokenizer: Any, row: dict, label2id: dict[str, int], max_length: int, stride: int) -> list[dict]:
     """Windows of one sentence: input_ids, labels (-100 off first sub-tokens), word_ids (see conll)."""
-    from raylm.datasets.conll import align_labels
+    from raylm.tasks.conll import align_labels
 
     words = list(row["tokens"])
     tags = list(row.get("tags") or ["O"] * len(words))
@@ -124,7 +124,7 @@ def ner_features(tokenizer: Any, row: dict, label2id: dict[str, int], max_length
 
 def qa_features(tokenizer: Any, row: dict, cfg: DataConfig, with_answers: bool = True) -> list[dict]:
     """Windows of one question (see squad.qa_features), offsets split in two int lists for Arrow."""
-    from raylm.datasets.squad import qa_features as windows
+    from raylm.tasks.squad import qa_features as windows
 
     answers = row["answers"] if with_answers else None
     out = []
@@ -194,7 +194,7 @@ def task_tokenizer(cfg: DataConfig, task: str, files: list[str]) -> str:
         os.makedirs(os.path.dirname(os.path.abspath(tok_dir)), exist_ok=True)
         train = toks.train_wordpiece
         if task == "seq2seq":  # a joint byte-level BPE: cased and lossless, outputs are scored as written
-            from raylm.datasets.seq2seq_prepare import train_tokenizer as train
+            from raylm.tasks.seq2seq_data import train_tokenizer as train
         train(itertools.chain([first], texts), tok_dir, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
     return tok_dir
 
@@ -202,7 +202,7 @@ def task_tokenizer(cfg: DataConfig, task: str, files: list[str]) -> str:
 def seq2seq_tokenizer(cfg: DataConfig) -> str:
     """`raylm tokenizer train` for seq2seq: data.tokenizer.path, the one trained before, or a joint BPE
     trained on the first `data.tokenizer.sample_docs` training pairs (streamed by the driver, no Ray)."""
-    from raylm.datasets.seq2seq_prepare import pair_files
+    from raylm.tasks.seq2seq_data import pair_files
 
     files, _ = pair_files(_fs.list_files(cfg.source), cfg)
     return task_tokenizer(cfg, "seq2seq", files)
@@ -211,7 +211,7 @@ def seq2seq_tokenizer(cfg: DataConfig) -> str:
 def _sample_texts(task: str, cfg: DataConfig, files: list[str]) -> Iterator[str]:
     rows = (r for f in files for r in _fail_as_user_error(read_rows(f, task, cfg)) if not r["reject"])
     if task == "seq2seq":
-        from raylm.datasets.seq2seq_prepare import sample_texts
+        from raylm.tasks.seq2seq_data import sample_texts
 
         yield from sample_texts(rows, cfg.tokenizer.sample_docs)
         return
@@ -237,7 +237,7 @@ def prepare_task(cfg: DataConfig, task: str, force: bool = False) -> dict:
               "validation": _fs.list_files(cfg.validation_source) if cfg.validation_source else []}
     files = {s: [u for u, _ in fs] for s, fs in listed.items()}
     if task == "seq2seq":  # parallel text: one read per source file, its partner in the fingerprint
-        from raylm.datasets.seq2seq_prepare import pair_files
+        from raylm.tasks.seq2seq_data import pair_files
 
         for s in SPLITS:
             files[s], listed[s] = pair_files(listed[s], cfg) if listed[s] else ([], [])
@@ -304,7 +304,7 @@ def _labels(cfg: DataConfig, task: str, tags: set[str]) -> list[str] | None:
     """Tag names in id order: data.labels, else O then B-/I- of each type seen in the kept rows."""
     if task != "token-classification":
         return None
-    from raylm.datasets.conll import label_list
+    from raylm.tasks.conll import label_list
 
     return list(cfg.labels) if cfg.labels else label_list([sorted(tags)])
 
@@ -358,7 +358,7 @@ def _write_rejects(rows: Any, rdir: Path, stats: list[dict]) -> dict[str, int]:
 
 def _seq2seq_manifest(cfg: DataConfig, tok_dir: str) -> dict:
     """Lengths and the ids around the text; the data settings travel with the exported model."""
-    from raylm.datasets.seq2seq_prepare import max_lengths, special_ids
+    from raylm.tasks.seq2seq_data import max_lengths, special_ids
 
     src, tgt = max_lengths(cfg)
     ids = special_ids(tok_dir)

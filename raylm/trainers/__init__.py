@@ -11,8 +11,8 @@ _EXPORTS = {
     "ModelConfig": "raylm.trainers.config", "TrackingConfig": "raylm.trainers.config",
     "TrainerConfig": "raylm.trainers.config", "build_trainer": "raylm.trainers.driver",
     "export_model": "raylm.trainers.driver", "train": "raylm.trainers.driver",
-    "train_loop_per_worker": "raylm.trainers.loop", "TASKS": "raylm.trainers.registry",
-    "get_task": "raylm.trainers.registry",
+    "train_loop_per_worker": "raylm.trainers.loop", "TASKS": "raylm.tasks.registry",
+    "get_task": "raylm.tasks.registry",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -267,9 +267,9 @@ class TrainerConfig(BaseModel):
 
     task: Literal["causal-lm", "masked-lm", "sequence-classification", "token-classification",
                   "question-answering", "seq2seq"] = Field(
-        "causal-lm", description="What is trained: the model head, loss, collate and metrics (raylm.trainers.tasks); "
-        "token-classification (NER, data.ner) and question-answering (extractive, data.qa): raylm.trainers.downstream; "
-        "seq2seq (translation, summarization; data.seq2seq, trainer.generation): raylm.trainers.seq2seq.",
+        "causal-lm", description="What is trained: the model head, loss, collate and metrics (raylm.tasks.corpus); "
+        "token-classification (NER, data.ner) and question-answering (extractive, data.qa): raylm.tasks.downstream; "
+        "seq2seq (translation, summarization; data.seq2seq, trainer.generation): raylm.tasks.seq2seq.",
     )
     run_name: str = Field(
         "demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",

@@ -1,4 +1,4 @@
-"""`raylm predict`: registered by `raylm.cli`; the work is in `raylm.trainers.downstream_eval`."""
+"""`raylm predict`: registered by `raylm.cli`; the work is in `raylm.tasks.downstream_files`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def predict_cmd(model_dir: str,
     """Tags per token (NER), answer text + character span (QA), the translation/summary (seq2seq), label and
     probabilities (classification), a continuation (causal LM) or the likeliest fills of each mask token
     (masked LM) from an exported model, one JSON line each."""
-    from raylm.trainers.downstream_eval import predict_file
+    from raylm.tasks.downstream_files import predict_file
 
     res = predict_file(model_dir, input_file, output, batch_size)
     typer.echo(f"[raylm] {res['task']}: {res['rows']} predictions -> {res['output']}")

@@ -15,7 +15,7 @@ from raylm.config import RootConfig, save_config
 from raylm.datasets.sharding import sharding_for
 from raylm.datasets.tokenizers import cls_sep_ids
 from raylm.errors import UserError
-from raylm.trainers.objectives import best_checkpoint_rule
+from raylm.tasks.objectives import best_checkpoint_rule
 
 # The task registry, the loop and export import torch and transformers (~3 s on 2 cores): they are imported
 # where used, after `raylm train` has started Ray beside the preflight (start-up time), not here.
@@ -54,7 +54,7 @@ def model_meta(cfg: RootConfig, manifest: dict) -> dict:
                               or _labels_in_data(cfg.data.prepared_dir, manifest))
         if meta["cls_id"] is None and manifest.get("tokenizer_dir"):
             meta.update(cls_sep_ids(manifest["tokenizer_dir"]))
-    from raylm.trainers.registry import get_task
+    from raylm.tasks.registry import get_task
 
     task = get_task(cfg.trainer.task)
     meta |= {k: manifest.get(k) for k in task.meta_keys}  # e.g. NER's tag names
@@ -81,7 +81,7 @@ def check_compatible(cfg: RootConfig, manifest: dict) -> None:
     if manifest.get("task", "causal-lm") != cfg.trainer.task and cfg.trainer.task != "masked-lm":
         problems.append(f"data in {cfg.data.prepared_dir} was prepared for {manifest.get('task')}, "
                         f"not {cfg.trainer.task}: run `raylm prepare` with this config")
-    from raylm.trainers.registry import get_task
+    from raylm.tasks.registry import get_task
 
     problems += get_task(cfg.trainer.task).check_config(cfg)
     if manifest.get("block_size") != cfg.data.block_size and cfg.trainer.task in ("causal-lm", "masked-lm"):

@@ -18,8 +18,8 @@ import torch
 
 from raylm.config import load_config
 from raylm.errors import UserError
+from raylm.tasks.objectives import best_checkpoint_rule
 from raylm.trainers.checkpoint import DCP_DIR, HF_CONFIG_DIR, is_sharded
-from raylm.trainers.objectives import best_checkpoint_rule
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -25,6 +25,8 @@ from raylm.cluster.storage import is_remote
 from raylm.config import RootConfig, validate
 from raylm.datasets.sharding import check_resume, sharding_for
 from raylm.datasets.streaming import TrainStream, eval_batches
+from raylm.tasks.base import Task
+from raylm.tasks.registry import get_task
 from raylm.trainers import checkpoint, preemption
 from raylm.trainers import state as ckpt
 from raylm.trainers.autobatch import resolve_batch_size
@@ -37,10 +39,8 @@ from raylm.trainers.metrics import device_peak_flops, non_embedding_params, peak
 from raylm.trainers.optim import build_optimizer, build_scheduler
 from raylm.trainers.parallel import autocast_dtype, compile_enabled, is_meta, wrap_model
 from raylm.trainers.progress import Progress, say
-from raylm.trainers.registry import get_task
 from raylm.trainers.sinks import Sink
 from raylm.trainers.step import Feeder, StepContext, SyncResult, Window, to_batch, train_step
-from raylm.trainers.tasks import Task
 from raylm.trainers.tracking import make_sink
 from raylm.trainers.watchdog import Watchdog, publish_to_storage
 

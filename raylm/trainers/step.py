@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from raylm.tasks.metrics import classification_metrics
 from raylm.trainers.parallel import device_norm
-from raylm.trainers.task_metrics import classification_metrics
 
 # Keys a task's collate returns that are bookkeeping, not model inputs.
 _META_KEYS = ("sample_id", "_n")

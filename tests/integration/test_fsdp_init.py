@@ -23,10 +23,10 @@ def _free_port() -> int:
 
 
 def _sharded(arch: str, task_name: str, init_from: str | None = None) -> torch.nn.Module:
+    from raylm.tasks.registry import get_task
     from raylm.trainers.config import FsdpConfig
     from raylm.trainers.materialize import build_on_meta
     from raylm.trainers.parallel import _fsdp2
-    from raylm.trainers.registry import get_task
 
     from testkit import tiny_config
 
@@ -83,8 +83,8 @@ def _worker(rank: int, world: int, port: int, pretrained: str, out: dict) -> Non
     import torch.distributed as dist
     from safetensors import safe_open
 
+    from raylm.tasks.registry import get_task
     from raylm.trainers import materialize as mat
-    from raylm.trainers.registry import get_task
 
     from testkit import tiny_config
 
@@ -125,8 +125,8 @@ def _worker(rank: int, world: int, port: int, pretrained: str, out: dict) -> Non
 def test_meta_init_equals_eager_init_and_init_from_never_holds_the_full_state_dict(tmp_path):
     from transformers import AutoModelForCausalLM
 
+    from raylm.tasks.registry import get_task
     from raylm.trainers.materialize import init_weights
-    from raylm.trainers.registry import get_task
 
     from testkit import tiny_config
 

@@ -20,8 +20,8 @@ from raylm.datasets.prepare import UnitWorker
 from raylm.datasets.sources import plan_units
 from raylm.datasets.streaming import TrainStream, grouping_mode
 from raylm.datasets.tokenizers import load_backend
-from raylm.trainers.collate import with_special_tokens
-from raylm.trainers.tasks import SequenceClassification
+from raylm.tasks.collate import with_special_tokens
+from raylm.tasks.corpus import SequenceClassification
 
 pytestmark = pytest.mark.unit
 WORDS = "the a film movie is was good bad great awful plot acting long short fun dull story end".split()

@@ -19,7 +19,7 @@ from raylm.datasets.task_prepare import (
 )
 from raylm.datasets.tokenizers import train_wordpiece
 from raylm.errors import UserError
-from raylm.trainers.downstream import (
+from raylm.tasks.downstream import (
     QuestionAnswering,
     TokenClassification,
     _side,
@@ -114,7 +114,7 @@ def test_encoder_tasks_refuse_a_decoder_arch_before_any_worker_starts():
 
 
 def test_tune_and_best_checkpoint_default_to_the_task_metric():
-    from raylm.trainers.objectives import best_checkpoint_rule
+    from raylm.tasks.objectives import best_checkpoint_rule
 
     for task in ("token-classification", "question-answering"):
         cfg = validate({"trainer": {"task": task}, "tuning": {"name": "s"}})
@@ -155,7 +155,7 @@ def test_featurizer_skips_rejected_rows(tok_dir):
 def test_predict_and_eval_files_on_a_saved_token_classifier(tok_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from raylm.trainers.downstream_eval import evaluate_file, predict_file, task_of
+    from raylm.tasks.downstream_files import evaluate_file, predict_file, task_of
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     meta = {"vocab_size": len(tok), "pad_id": 0, "max_length": 32, "labels": LABELS}
@@ -179,7 +179,7 @@ def test_predict_and_eval_files_on_a_saved_token_classifier(tok_dir, tmp_path):
 def test_predict_answers_are_spans_of_the_context(tok_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from raylm.trainers.downstream_eval import evaluate_file, predict_file
+    from raylm.tasks.downstream_files import evaluate_file, predict_file
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     model_dir = str(tmp_path / "qa")

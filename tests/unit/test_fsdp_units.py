@@ -18,7 +18,7 @@ META = {"vocab_size": 64, "eos_id": 1, "pad_id": 0, "mask_id": 2, "block_size": 
 
 
 def _model(task: str = "causal-lm", arch: str = "gpt2") -> torch.nn.Module:
-    from raylm.trainers.registry import get_task
+    from raylm.tasks.registry import get_task
 
     from testkit import tiny_config
 

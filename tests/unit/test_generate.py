@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from raylm.trainers.evaluation import generate
+from raylm.tasks.corpus_eval import generate
 
 WORDS = ["return", "the", "list", "of", "file", "name", "value"]
 

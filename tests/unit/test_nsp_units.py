@@ -13,9 +13,9 @@ import torch
 
 from raylm.config import validate
 from raylm.datasets.config import DataConfig
-from raylm.datasets.nsp import IS_NEXT, IS_RANDOM
-from raylm.datasets.nsp_prepare import PairWriter, split_sentences, window_seed
 from raylm.errors import UserError
+from raylm.tasks.nsp_data import PairWriter, split_sentences, window_seed
+from raylm.tasks.nsp_pairs import IS_NEXT, IS_RANDOM
 
 from testkit import tiny_config
 
@@ -111,7 +111,7 @@ def raw_batch(n: int = 6, seed: int = 0) -> dict:
 
 
 def test_collate_pads_masks_only_real_tokens_and_keeps_a_target(tmp_path):
-    from raylm.trainers.pretraining import collate
+    from raylm.tasks.nsp import collate
 
     raw = raw_batch()
     out = collate(raw, meta(), step_seed=3, prob=0.5)
@@ -134,7 +134,7 @@ def test_collate_pads_masks_only_real_tokens_and_keeps_a_target(tmp_path):
 def test_masked_lm_on_pair_shards_trains_bert_for_pretraining_and_reports_nsp_accuracy(tmp_path):
     from transformers import BertForPreTraining
 
-    from raylm.trainers.registry import get_task
+    from raylm.tasks.registry import get_task
     from raylm.trainers.step import to_batch
 
     cfg = tiny_config(str(tmp_path), str(tmp_path), task="masked-lm", overrides=["data.nsp=true"])
@@ -160,7 +160,7 @@ def test_masked_lm_on_pair_shards_trains_bert_for_pretraining_and_reports_nsp_ac
 
 def test_a_checkpoint_of_bert_for_pretraining_loads_back_for_a_resume(tmp_path):
     """The hf checkpoint stores the tied decoder once (its weight is the word embeddings)."""
-    from raylm.trainers.pretraining import build_model
+    from raylm.tasks.nsp import build_model
     from raylm.trainers.state import load_model_weights
 
     cfg = tiny_config(str(tmp_path), str(tmp_path), task="masked-lm", overrides=["data.nsp=true"])
@@ -172,8 +172,8 @@ def test_a_checkpoint_of_bert_for_pretraining_loads_back_for_a_resume(tmp_path):
 
 
 def test_nsp_needs_a_bert_model_and_ranks_checkpoints_by_nsp_accuracy_upwards():
-    from raylm.trainers.objectives import best_checkpoint_rule
-    from raylm.trainers.registry import get_task
+    from raylm.tasks.objectives import best_checkpoint_rule
+    from raylm.tasks.registry import get_task
 
     cfg = validate({"data": {"nsp": True}, "model": {"arch": "roberta"}, "trainer": {"task": "masked-lm"}})
     assert "set model.arch to bert" in get_task("masked-lm").check_config(cfg)[0]
@@ -184,7 +184,7 @@ def test_nsp_needs_a_bert_model_and_ranks_checkpoints_by_nsp_accuracy_upwards():
 
 
 def test_predict_reads_pairs_and_names_the_bad_line(tmp_path):
-    from raylm.trainers.pretraining_eval import read_pairs
+    from raylm.tasks.nsp_files import read_pairs
 
     good = tmp_path / "pairs.jsonl"
     good.write_text('{"id": "x", "a": "one", "b": "two"}\n\n{"sentence1": "three", "sentence2": "four"}\n')
@@ -212,7 +212,7 @@ def test_prepare_summary_counts_the_pairs_of_each_kind(capsys):
 
 
 def test_documents_without_a_pair_are_a_user_error_that_says_why():
-    from raylm.datasets.nsp_prepare import _check_pairs
+    from raylm.tasks.nsp_data import _check_pairs
 
     cfg = DataConfig(source="lines.txt", nsp=True, text_split="line")
     split = {"docs": 40, "rows": 0}

@@ -13,12 +13,12 @@ import torch
 
 from raylm.config import validate
 from raylm.datasets.config import DataConfig
-from raylm.datasets.seq2seq_prepare import encode, features, pair_files, partner, read_rows, special_ids
 from raylm.datasets.sources import BadRowError
 from raylm.errors import UserError
-from raylm.trainers.seq2seq import Seq2Seq, decode, text_scores
+from raylm.tasks.metrics import bleu, rouge
+from raylm.tasks.seq2seq import Seq2Seq, decode, text_scores
+from raylm.tasks.seq2seq_data import encode, features, pair_files, partner, read_rows, special_ids
 from raylm.trainers.step import to_batch
-from raylm.trainers.task_metrics import bleu, rouge
 
 PAIRS = [("ein hund läuft", "a dog runs"), ("zwei katzen schlafen", "two cats sleep"),
          ("ein mann liest ein buch", "a man reads a book"), ("die frau singt", "the woman sings")]
@@ -31,7 +31,7 @@ def write(path, text: str) -> str:
 
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
-    from raylm.datasets.seq2seq_prepare import train_tokenizer
+    from raylm.tasks.seq2seq_data import train_tokenizer
 
     d = str(tmp_path_factory.mktemp("tok") / "tokenizer")
     train_tokenizer(iter([t for p in PAIRS for t in p] * 3), d, vocab_size=300, min_frequency=1)
@@ -136,7 +136,7 @@ def test_collate_pads_labels_with_ignore_and_keeps_references(tok_dir):
     assert out["input_ids"].tolist() == [[5, 6, 7, 2], [8, 2, meta["pad_id"], meta["pad_id"]]]
     assert out["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     assert out["labels"].tolist() == [[9, 2, -100, -100], [10, 11, 12, 2]] and int(out["_n"]) == 6
-    from raylm.trainers.seq2seq import _text
+    from raylm.tasks.seq2seq import _text
 
     assert [_text(r) for r in out["_ref"]] == ["Zwei Kätzchen", "b"]
 
@@ -245,7 +245,7 @@ def test_rouge_hand_worked():
 
 
 def test_task_metric_follows_the_data_kind():
-    from raylm.trainers.objectives import best_checkpoint_rule
+    from raylm.tasks.objectives import best_checkpoint_rule
 
     assert best_checkpoint_rule(_cfg()) == ("val_bleu", "max")
     assert best_checkpoint_rule(_cfg(data={"seq2seq": {"metric": "rouge"}})) == ("val_rougeL", "max")
@@ -271,7 +271,8 @@ def test_warm_start_from_an_encoder_builds_bert2bert(tmp_path):
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from raylm.datasets.tokenizers import train_wordpiece
-    from raylm.trainers import downstream_eval, seq2seq
+    from raylm.tasks import downstream_files as downstream_eval
+    from raylm.tasks import seq2seq
 
     enc_dir = str(tmp_path / "encoder")
     train_wordpiece(iter([t for p in PAIRS for t in p] * 3), enc_dir, vocab_size=120, min_frequency=1)

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from raylm.tasks.metrics import classification_metrics
+from raylm.tasks.registry import get_task
 from raylm.trainers.autobatch import find_max_batch, fits_within, resolve_batch_size
 from raylm.trainers.config import TrainerConfig
 from raylm.trainers.hooks import check_nonfinite
@@ -17,9 +19,7 @@ from raylm.trainers.kernels import apply_fused_kernels, causal_lm_fused_loss, ch
 from raylm.trainers.loop import grad_accum_for
 from raylm.trainers.optim import build_optimizer, build_scheduler
 from raylm.trainers.parallel import compile_enabled, no_kv_cache, transformer_blocks
-from raylm.trainers.registry import get_task
 from raylm.trainers.step import StepContext, Window, evaluate, to_batch, train_step
-from raylm.trainers.task_metrics import classification_metrics
 
 CPU = torch.device("cpu")
 META = {"vocab_size": 64, "eos_id": 1, "pad_id": 0, "mask_id": 2, "block_size": 16, "max_length": 24,

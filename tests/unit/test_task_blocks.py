@@ -9,7 +9,9 @@ import random
 
 import pytest
 
-from raylm.datasets.conll import (
+from raylm.datasets.sources import BadRowError
+from raylm.errors import UserError
+from raylm.tasks.conll import (
     IGNORE,
     align_labels,
     label_list,
@@ -22,10 +24,10 @@ from raylm.datasets.conll import (
     tokenize_ner_batch,
     word_windows,
 )
-from raylm.datasets.nsp import IS_NEXT, IS_RANDOM, nsp_examples, pack_pair
-from raylm.datasets.parallel_text import read_parallel, read_seq2seq, read_seq2seq_jsonl
-from raylm.datasets.sources import BadRowError
-from raylm.datasets.squad import (
+from raylm.tasks.metrics import bleu, entity_scores, normalize_answer, rouge, squad_scores
+from raylm.tasks.nsp_pairs import IS_NEXT, IS_RANDOM, nsp_examples, pack_pair
+from raylm.tasks.parallel_text import read_parallel, read_seq2seq, read_seq2seq_jsonl
+from raylm.tasks.squad import (
     CLS_INDEX,
     answer_tokens,
     best_answers,
@@ -34,8 +36,6 @@ from raylm.datasets.squad import (
     span_windows,
     tokenize_qa_batch,
 )
-from raylm.errors import UserError
-from raylm.trainers.task_metrics import bleu, entity_scores, normalize_answer, rouge, squad_scores
 
 WORDS = ("the cat sat on mat new york where is play ##er ##s alpha beta gamma delta epsilon zeta eta theta iota "
          "kappa what ?").split()

@@ -7,9 +7,9 @@ import subprocess
 import sys
 import typing
 
+from raylm.tasks.objectives import OBJECTIVES
+from raylm.tasks.registry import TASKS, get_task
 from raylm.trainers.config import TrainerConfig
-from raylm.trainers.objectives import OBJECTIVES
-from raylm.trainers.registry import TASKS, get_task
 
 
 def test_every_configurable_task_is_registered_with_an_objective():
@@ -23,7 +23,7 @@ def test_every_configurable_task_is_registered_with_an_objective():
 def test_the_config_validator_imports_neither_torch_nor_the_tasks():
     code = ("import sys; from raylm.config import load_config; "
             "cfg = load_config(None, ['tuning.space={}', 'trainer.task=token-classification']); "
-            "print(cfg.tuning.metric, 'torch' in sys.modules, any(m.startswith('raylm.trainers.tasks') or "
-            "m == 'raylm.trainers.registry' for m in sys.modules))")
+            "print(cfg.tuning.metric, 'torch' in sys.modules, any(m.startswith('raylm.tasks.corpus') or "
+            "m == 'raylm.tasks.registry' for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["val_f1", "False", "False"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from raylm.trainers.collate import mask_tokens, with_special_tokens
+from raylm.tasks.collate import mask_tokens, with_special_tokens
 from raylm.trainers.config import TrainerConfig
 from raylm.trainers.hooks import SampleLog
 from raylm.trainers.metrics import flops_per_token, mfu
@@ -90,8 +90,8 @@ def test_gradient_scaler_skips_an_overflowing_fp16_step_on_cpu():
 
 
 def test_best_checkpoint_metric_defaults_to_the_task_and_can_be_chosen(tmp_path):
+    from raylm.tasks.objectives import best_checkpoint_rule
     from raylm.trainers.driver import model_meta
-    from raylm.trainers.objectives import best_checkpoint_rule
 
     from testkit import tiny_config, write_synthetic
 
@@ -129,7 +129,7 @@ def test_classification_metrics_binary_and_macro_f1():
     import numpy as np
     import torch
 
-    from raylm.trainers.task_metrics import classification_metrics, confusion_counts
+    from raylm.tasks.metrics import classification_metrics, confusion_counts
 
     y, pred = torch.tensor([1, 1, 0, 0]), torch.tensor([1, 0, 0, 0])
     m = classification_metrics(confusion_counts(pred, y, 2))

@@ -22,8 +22,8 @@ import torch.multiprocessing as mp
 
 from raylm.config import validate
 from raylm.datasets.streaming import deal_eval_batches
+from raylm.tasks.registry import get_task
 from raylm.trainers.config import FsdpConfig
-from raylm.trainers.registry import get_task
 from raylm.trainers.step import to_batch
 
 META = {"vocab_size": 64, "eos_id": 1, "pad_id": 0, "mask_id": 2, "block_size": 12, "max_length": 16,

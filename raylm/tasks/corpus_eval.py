@@ -12,8 +12,8 @@ import torch
 
 from raylm.datasets.tokenizers import cls_sep_ids
 from raylm.errors import UserError
-from raylm.trainers.collate import pad_batch, with_special_tokens
-from raylm.trainers.task_metrics import classification_metrics, confusion_counts
+from raylm.tasks.collate import pad_batch, with_special_tokens
+from raylm.tasks.metrics import classification_metrics, confusion_counts
 
 
 def _load(auto_name: str, model_dir: str):

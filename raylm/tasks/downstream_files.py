@@ -23,7 +23,7 @@ import torch
 
 from raylm.datasets._task_io import parse_json_object
 from raylm.errors import UserError
-from raylm.trainers.collate import pad
+from raylm.tasks.collate import pad
 
 ARCH_TASKS = {"ForTokenClassification": "token-classification", "ForQuestionAnswering": "question-answering",
               # seq2seq: BART/T5 (...ForConditionalGeneration), Marian (MarianMTModel), a warm-started BERT2BERT
@@ -32,8 +32,8 @@ ARCH_TASKS = {"ForTokenClassification": "token-classification", "ForQuestionAnsw
               "ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm", "ForMaskedLM": "masked-lm",
               "ForSequenceClassification": "sequence-classification"}
 # Tasks whose predict/eval --input live in a module of their own (same `predict_file`/`evaluate_file`).
-OWN_MODULE = {"seq2seq": "raylm.trainers.seq2seq", "next-sentence-prediction": "raylm.trainers.pretraining_eval",
-              **dict.fromkeys(("causal-lm", "masked-lm", "sequence-classification"), "raylm.trainers.file_eval")}
+OWN_MODULE = {"seq2seq": "raylm.tasks.seq2seq", "next-sentence-prediction": "raylm.tasks.nsp_files",
+              **dict.fromkeys(("causal-lm", "masked-lm", "sequence-classification"), "raylm.tasks.corpus_files")}
 
 
 def task_of(model_dir: str) -> str:
@@ -158,8 +158,8 @@ def _run(model: Any, feats: list[dict], pad_id: int, keys: tuple[str, ...], batc
 def tag_sentences(model: Any, tok: Any, rows: list[dict], batch_size: int = 32, max_length: int | None = None,
                   stride: int = 0) -> list[list[str]]:
     """One tag per word for each row `{tokens}` (windows merged by the max-context rule)."""
-    from raylm.datasets.conll import merge_word_predictions
     from raylm.datasets.task_prepare import ner_features
+    from raylm.tasks.conll import merge_word_predictions
 
     names = model.config.id2label
     feats = []
@@ -181,8 +181,8 @@ def tag_sentences(model: Any, tok: Any, rows: list[dict], batch_size: int = 32, 
 def answer_questions(model: Any, tok: Any, rows: list[dict], batch_size: int = 32, max_length: int | None = None,
                      doc_stride: int = 128, n_best: int = 20, max_answer_tokens: int = 30) -> list[dict]:
     """The best span per question `{id, question, context}`: `{answer, start, end}` (characters of the context)."""
-    from raylm.datasets.squad import _spans
     from raylm.datasets.task_prepare import qa_features
+    from raylm.tasks.squad import _spans
 
     cfg = _data_cfg(_max_length(model, max_length))
     cfg.qa.doc_stride = min(doc_stride, cfg.max_length // 2)
@@ -219,7 +219,7 @@ def predict_file(model_dir: str, input_path: str, output_path: str, batch_size: 
 
 def evaluate_file(model_dir: str, input_path: str, batch_size: int = 32) -> dict:
     """Score a raw labelled file: entity P/R/F1 per sentence (NER) or SQuAD EM/F1 per question (QA)."""
-    from raylm.trainers.task_metrics import entity_scores, squad_scores
+    from raylm.tasks.metrics import entity_scores, squad_scores
 
     if (own := _own_module(model_dir)) is not None:  # seq2seq: BLEU/ROUGE of beam search; NSP: pairs from documents
         return own.evaluate_file(model_dir, input_path, batch_size)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from raylm.errors import UserError
-from raylm.trainers.pretraining import collate, metrics, pad_pairs, score
+from raylm.tasks.nsp import collate, metrics, pad_pairs, score
 
 TASK = "next-sentence-prediction"
 PAIR_KEYS = (("a", "b"), ("sentence1", "sentence2"), ("text_a", "text_b"))
@@ -69,7 +69,7 @@ def _result(total: list[float], **extra: Any) -> dict:
 def evaluate_prepared(model_dir: str, prepared_dir: str, manifest: dict, split: str = "validation",
                       batch_size: int = 32, max_batches: int | None = None) -> dict:
     """MLM loss/perplexity and NSP accuracy of an exported model on a split of NSP shards."""
-    from raylm.trainers.evaluation import _empty_split_hint, split_batches
+    from raylm.tasks.corpus_eval import _empty_split_hint, split_batches
 
     model, _, meta = load(model_dir)
     meta |= {k: manifest[k] for k in ("pad_id", "cls_id", "sep_id", "mask_id") if manifest.get(k) is not None}
@@ -87,8 +87,8 @@ def read_documents(path: str, tok: Any, text_field: str = "text") -> tuple[list[
     from raylm.datasets import _fs
     from raylm.datasets.clean import normalize, reject_reason
     from raylm.datasets.config import DataConfig
-    from raylm.datasets.nsp_prepare import split_sentences
     from raylm.datasets.sources import Unit, file_format, read_unit
+    from raylm.tasks.nsp_data import split_sentences
 
     cfg = DataConfig(on_error="skip", text_field=text_field)
     docs, rejected = [], 0
@@ -106,7 +106,7 @@ def read_documents(path: str, tok: Any, text_field: str = "text") -> tuple[list[
 
 def evaluate_file(model_dir: str, input_path: str, batch_size: int = 32, seed: int = 0) -> dict:
     """MLM loss/perplexity and NSP accuracy on pairs built from a raw document file."""
-    from raylm.datasets.nsp import IS_NEXT, nsp_examples
+    from raylm.tasks.nsp_pairs import IS_NEXT, nsp_examples
 
     model, tok, meta = load(model_dir)
     docs, rejected = read_documents(input_path, tok)
@@ -152,7 +152,7 @@ def read_pairs(path: str) -> Iterator[dict]:
 @torch.no_grad()
 def is_next_probs(model: Any, tok: Any, meta: dict, pairs: list[tuple[str, str]], batch_size: int = 32) -> list[float]:
     """P(B follows A) for each (A, B) text pair."""
-    from raylm.datasets.nsp import pack_pair
+    from raylm.tasks.nsp_pairs import pack_pair
 
     rng, out = random.Random(0), []
     for i in range(0, len(pairs), batch_size):

@@ -1,6 +1,6 @@
 """BERT pretraining: masked LM + next-sentence prediction (Devlin et al. 2019, 3.1), the model and
 batches of `trainer.task: masked-lm` when the prepared shards hold sentence pairs (`data.nsp: true`,
-`raylm.datasets.nsp_prepare`; the manifest says `nsp: true`). `tasks.MaskedLM` hands over to it.
+`raylm.tasks.nsp_data`; the manifest says `nsp: true`). `tasks.MaskedLM` hands over to it.
 
 The model is `BertForPreTraining` (built from `model`, or `model.init_from` a BERT directory: a
 missing NSP head starts fresh); its training loss is HF's, the MLM loss (mean over masked tokens)
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from raylm.config import RootConfig
 from raylm.errors import UserError
-from raylm.trainers.collate import IGNORE, pad, replace_chosen
+from raylm.tasks.collate import IGNORE, pad, replace_chosen
 
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 

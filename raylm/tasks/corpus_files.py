@@ -29,10 +29,10 @@ from raylm.datasets.clean import normalize, reject_reason
 from raylm.datasets.config import DataConfig
 from raylm.datasets.sources import BadRowError, Unit, check_row, file_format, read_unit
 from raylm.errors import UserError
-from raylm.trainers.collate import mask_tokens, pad_batch, with_special_tokens
-from raylm.trainers.downstream_eval import task_of
-from raylm.trainers.evaluation import sample_continuation
-from raylm.trainers.task_metrics import classification_metrics, confusion_counts
+from raylm.tasks.collate import mask_tokens, pad_batch, with_special_tokens
+from raylm.tasks.corpus_eval import sample_continuation
+from raylm.tasks.downstream_files import task_of
+from raylm.tasks.metrics import classification_metrics, confusion_counts
 
 MAX_BLOCK = 1024  # tokens per causal/masked LM block at most (the model's context when shorter)
 

@@ -77,7 +77,7 @@ def pair_files(listed: list[tuple[str, int]], cfg: DataConfig) -> tuple[list[str
 
 def read_rows(path: str, cfg: DataConfig, on_error: str) -> Iterator[dict]:
     """Pairs of one file (JSONL) or of one source file and its partner (parallel text)."""
-    from raylm.datasets.parallel_text import read_parallel, read_seq2seq_jsonl
+    from raylm.tasks.parallel_text import read_parallel, read_seq2seq_jsonl
 
     s = cfg.seq2seq
     if s.source_suffix is not None:

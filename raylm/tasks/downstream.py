@@ -1,13 +1,13 @@
 """Downstream tasks on an encoder (`trainer.task`): token-classification (NER) and question-answering
-(extractive, SQuAD). Named in `raylm.trainers.registry` like the language-model tasks.
+(extractive, SQuAD). Named in `raylm.tasks.registry` like the language-model tasks.
 
 Each adds `evaluate(model, batches, device, amp, meta)`, which the loop calls instead of the
 loss/accuracy evaluation: the task metric needs whole predictions (entity spans, answer text), so
 every rank decodes its validation batches and the decoded lists are gathered once per evaluation
-(`all_gather_object`, one host sync), then scored by `raylm.trainers.task_metrics` on every rank.
+(`all_gather_object`, one host sync), then scored by `raylm.tasks.metrics` on every rank.
 
 Training-time scores are per feature window (NER) or per question over the windows seen (QA);
-`raylm eval MODEL --input FILE` scores whole sentences/questions (`raylm.trainers.downstream_eval`).
+`raylm eval MODEL --input FILE` scores whole sentences/questions (`raylm.tasks.downstream_files`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 
 from raylm.config import RootConfig
 from raylm.errors import UserError
-from raylm.trainers.collate import IGNORE, pad
+from raylm.tasks.base import Task
+from raylm.tasks.collate import IGNORE, pad
 from raylm.trainers.parallel import gather
-from raylm.trainers.tasks import Task
 
 ENCODERS = ("bert", "roberta")
 
@@ -114,7 +114,7 @@ class TokenClassification(EncoderTask):
     def evaluate(self, model: torch.nn.Module, batches: list, device: torch.device, amp: torch.dtype | None,
                  meta: dict) -> dict[str, float]:
         """Loss and entity P/R/F1 (seqeval) over every rank's validation windows."""
-        from raylm.trainers.task_metrics import entity_scores
+        from raylm.tasks.metrics import entity_scores
 
         model.eval()
         names, loss_sum, n, preds, golds = meta["labels"], 0.0, 0, [], []
@@ -167,8 +167,8 @@ class QuestionAnswering(EncoderTask):
     def evaluate(self, model: torch.nn.Module, batches: list, device: torch.device, amp: torch.dtype | None,
                  meta: dict) -> dict[str, float]:
         """Loss and SQuAD EM/F1 of the best span per question over the windows every rank saw."""
-        from raylm.datasets.squad import best_answers
-        from raylm.trainers.task_metrics import squad_scores
+        from raylm.tasks.metrics import squad_scores
+        from raylm.tasks.squad import best_answers
 
         model.eval()
         loss_sum, n, feats, starts, ends, contexts, golds = 0.0, 0, [], [], [], {}, {}

@@ -33,11 +33,11 @@ import pyarrow as pa
 from raylm.datasets import tokenizers as toks
 from raylm.datasets.config import DataConfig
 from raylm.datasets.manifest import COUNTS, SPLITS
-from raylm.datasets.nsp import IS_NEXT, nsp_examples
 from raylm.datasets.pack import sample_ids
 from raylm.datasets.tokenizer_training import nsp_tokenizer
 from raylm.datasets.units import UnitWorker, atomic_write, prepare_corpus
 from raylm.errors import UserError
+from raylm.tasks.nsp_pairs import IS_NEXT, nsp_examples
 
 log = logging.getLogger("raylm.datasets.prepare")
 __all__ = ["NSP_SCHEMA", "NSPUnitWorker", "PairWriter", "nsp_tokenizer", "prepare_nsp", "split_sentences"]
