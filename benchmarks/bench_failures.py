@@ -35,8 +35,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))  # support.localray: shared with the tests
-# The synthetic data, tiny config and sample-ledger reader the tests use (tests/testkit.py).
+# Shared with the tests: support.localray, support.observers (the sample ledger; the Ray workers import it from
+# the working directory, the repo root), and testkit's synthetic data, tiny config and sample-ledger reader.
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 # The local cluster's head runs with token auth (tests/support/localray.py); this driver presents the token
@@ -132,10 +132,12 @@ def run(cluster, root: str, data: str, manifest: dict, name: str, steps: int, ev
         how: str | None) -> dict:
     from raylm.trainers.driver import build_trainer
 
+    from support.observers import observed, sample_log_spec
+
     runs, ids = os.path.join(root, "runs"), os.path.join(root, f"{name}.ids")
     run_dir = os.path.join(runs, name)
-    trainer = build_trainer(_cfg(data, runs, name, steps, every, model), manifest=manifest,
-                            loop_overrides={"sample_log": ids})
+    trainer = build_trainer(observed(_cfg(data, runs, name, steps, every, model), sample_log_spec(ids)),
+                            manifest=manifest)
     out: list = []
     t0 = time.time()
     fit = threading.Thread(target=lambda: out.append(trainer.fit()))

@@ -37,7 +37,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))  # tests/testkit.py
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))  # tests/testkit.py, tests/support
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -103,8 +103,10 @@ class PeakRss:
 def _fit(cfg, manifest: dict, ids: str, workers: int) -> dict:
     from raylm.trainers.driver import build_trainer
 
-    t0, rss = time.time(), PeakRss(ids, workers)
-    result = build_trainer(cfg, manifest=manifest, loop_overrides={"sample_log": ids}).fit()
+    from support.observers import observed, sample_log_spec
+
+    t0, rss = time.time(), PeakRss(ids, workers)  # the ledger names the workers' pids
+    result = build_trainer(observed(cfg, sample_log_spec(ids)), manifest=manifest).fit()
     peak = rss.stop()
     if result.error:
         raise result.error

@@ -70,7 +70,7 @@ def rank_epoch(split: Any, cfg: RootConfig, meta: dict, group: bool, out: list[d
 
     task, d = get_task(cfg.trainer.task), cfg.data
     stream = TrainStream(split, cfg.trainer.batch_size, d.seed, d.shuffle_buffer_rows,
-                         lambda raw, seed: task.collate(raw, meta, seed), task=cfg.trainer.task,
+                         lambda raw, seed: task.collate(raw, meta, seed), varied_lengths=task.group_by_length,
                          group_by_length=group, length_group_batches=d.length_group_batches)
     while True:
         batch = stream.next()
@@ -112,15 +112,15 @@ def main() -> None:
         sys.exit(f"SST-2 not found at {SST2} (set RAYLM_SHARED)")
     import ray
 
-    from raylm.datasets.prepare import prepare
     from raylm.datasets.streaming import open_split
+    from raylm.tasks.registry import prepare_data
     from raylm.trainers.driver import model_meta
 
     with tempfile.TemporaryDirectory(prefix="raylm-padding-") as root:
         cfg = recipe(args, first_rows(args.rows, f"{root}/train.tsv"), root)
         ray.init(num_cpus=max(4, args.workers), include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        manifest = prepare(cfg.data, task=cfg.trainer.task)
+        manifest = prepare_data(cfg.data, cfg.trainer.task)
         ds = open_split(cfg.data.prepared_dir, "train", manifest).materialize()  # as the driver does
         runs = [measure(ds, cfg, model_meta(cfg, manifest), group) for group in (False, True)]
     train = manifest["splits"]["train"]

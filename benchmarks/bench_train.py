@@ -23,7 +23,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-# The synthetic data, tiny config and checkpoint registry reader the tests use (tests/testkit.py).
+# The synthetic data, tiny config and checkpoint registry reader the tests use (tests/testkit.py), and their
+# sample ledger (tests/support/observers.py: the Ray workers import it from the working directory, the repo root).
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -139,13 +140,14 @@ def recovery(root: str, steps: int = 60, every: int = 10) -> dict:
     """Kill rank 1 (SIGKILL) just after a checkpoint; time until the first step after the restart."""
     from raylm.trainers.driver import build_trainer
 
+    from support.observers import observed, sample_log_spec
     from testkit import is_registered
 
     data, manifest = _data(root, rows=BATCH * steps * 2)
     cfg = _cfg(data, root, "rec", 2, steps, ["trainer.scaling.max_failures=2", f"trainer.checkpoint.every={every}",
                                              f"trainer.eval.every={every}"])
     ids = os.path.join(root, "ids")
-    trainer = build_trainer(cfg, manifest=manifest, loop_overrides={"sample_log": ids})
+    trainer = build_trainer(observed(cfg, sample_log_spec(ids)), manifest=manifest)  # the ledger names the pids
     out: list = []
     th = threading.Thread(target=lambda: out.append(trainer.fit()))
     th.start()

@@ -61,10 +61,11 @@ class LocalDedup:
 
 def make_worker(tok_dir: str, out: Path, cfg):
     from raylm.datasets.prepare import PROGRESS, UnitWorker
+    from raylm.datasets.units import UnitTask
 
     shutil.rmtree(out, ignore_errors=True)
     (out / PROGRESS).mkdir(parents=True)
-    worker = UnitWorker(cfg, tok_dir, str(out), "causal-lm", None)
+    worker = UnitWorker(cfg, tok_dir, str(out), UnitTask("causal-lm"), None)
     worker.dedup = LocalDedup()
     return worker
 

@@ -15,8 +15,14 @@ from raylm.errors import EXIT_USER_ERROR, UserError
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """UserError -> its lines on stderr and exit code 2, never a traceback; Ctrl-C -> a resume hint."""
+    """UserError -> its lines on stderr and exit code 2, never a traceback; Ctrl-C -> a resume hint.
+    A command is wrapped once: wrapping a wrapped one returns it as it is."""
+    if getattr(fn, "__code__", None) is _WRAPPER_CODE:
+        return fn
+    return _wrap(fn)
 
+
+def _wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -28,12 +34,17 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             typer.echo("interrupted: run the same command again to resume from the last checkpoint", file=terminal())
             raise typer.Exit(130) from None
+        except typer.Exit:  # the command's own exit code (e.g. a job's status): not a failure
+            raise
         except Exception as err:
             if _TERMINAL is not None:  # the traceback goes to the log file with the rest of stderr: say where
                 typer.echo(f"[raylm] failed: {type(err).__name__}: {err} (traceback: {_LOG_FILE})", file=terminal())
             raise
 
     return wrapper
+
+
+_WRAPPER_CODE = _wrap(lambda: None).__code__  # what every user_errors wrapper runs
 
 
 # ---------------------------------------------------------------- console and log file

@@ -1,101 +1,81 @@
-"""The `raylm` command line: a thin typer app over each component's `main`."""
+"""The `raylm` command line: a thin typer app over each component's `main`.
+
+Every command is in COMMANDS at the bottom of this file, sub-commands included; the options they share and the
+config loader are in `raylm.cli_options`; `raylm._cli.user_errors` (on each command where it is defined) turns a
+UserError into its lines and exit code 2. Lazy imports below are the ones that would load torch, transformers,
+Ray or pyarrow when `raylm --help` runs (`tests/unit/test_cli_table.py` holds the CLI's import to that).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import typer
 
 from raylm._cli import command_started, setup_logging, user_errors
-from raylm.cluster.cli import jobs_app, k8s_app, submit_cmd
+from raylm.cli_options import CONFIG, CONFIG_HELP, OVERRIDES, RAY_ADDRESS, VERBOSE, Group, build, load, renamed
+from raylm.cluster import connect
+from raylm.cluster.cli import apply_cmd, list_cmd, logs_cmd, render_cmd, status_cmd, stop_cmd, submit_cmd, validate_cmd
+from raylm.config import describe_config
+from raylm.datasets.report import print_manifest, print_rejects
 from raylm.errors import UserError
+from raylm.main import main as run_main
 from raylm.trainers.downstream_cli import predict_cmd
+from raylm.trainers.driver import local_run_dir
+from raylm.trainers.driver import train as run_train
+from raylm.trainers.report import report
 from raylm.tuning.cli import tune_cmd
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train language models on Ray: embedded locally or on a cluster.")
-tokenizer_app = typer.Typer(no_args_is_help=True, help="Train or inspect tokenizers.")
-app.add_typer(tokenizer_app, name="tokenizer")
-config_app = typer.Typer(no_args_is_help=True, help="Inspect configs: every key, its value, default and description.")
-app.add_typer(config_app, name="config")
-
-OVERRIDES = typer.Argument(None, help="Dotted overrides, e.g. trainer.max_steps=20 trainer.optimizer.lr=1e-3")
-ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded Ray).")
-
-
-VERBOSE = typer.Option(False, "--verbose", "-v", help="Show Ray's and transformers' messages on the console too.")
 
 
 def _run_log(cfg: Any) -> str:
     """<run dir>/ray.log: Ray's and the libraries' messages (raylm._cli.setup_logging)."""
-    from raylm.trainers.driver import local_run_dir
-
     return os.path.join(local_run_dir(cfg), "ray.log")
 
 
-def _load(config: str, overrides: list[str] | None, command: str | None = None):
-    """The config; with `command`, its inputs checked as that command uses them (preflight)."""
-    from raylm.config import load_config
-
-    cfg = load_config(config, overrides or [])
-    if command:
-        from raylm.preflight import preflight
-
-        preflight(cfg, command)
-    return cfg
-
-
-def _load_overlapped(config: str, overrides: list[str] | None, command: str):
-    """(config, checked): `_load`, the slow part of the preflight left running beside Ray's start;
-    `checked()` waits for it (raising its UserError) and goes first inside `connect`."""
-    from raylm.preflight import preflight_overlapped
-
-    cfg = _load(config, overrides)
-    return cfg, preflight_overlapped(cfg, command)
-
-
-@app.command()
 @user_errors
-def prepare(config: str, overrides: list[str] = OVERRIDES, force: bool = typer.Option(False, help="Rebuild even if up to date."),
-            address: str = ADDRESS, verbose: bool = VERBOSE) -> None:
-    """Read, clean, tokenize and pack a corpus into Parquet shards + manifest.json."""
-    from raylm.cluster import connect
-    from raylm.datasets.prepare import prepare as run_prepare
-    from raylm.datasets.report import print_manifest
+def run_cmd(config: str = typer.Argument("configs/demo.yaml", help=CONFIG_HELP), overrides: list[str] = OVERRIDES,
+            address: str = RAY_ADDRESS, prompt: str = typer.Option("Return the", help="Prompt of the generated sample."),
+            verbose: bool = VERBOSE) -> None:
+    """The main job: prepare -> train -> evaluate -> generate a sample -> report."""
+    cfg, checked = load(config, overrides, "run", overlap=True)
+    setup_logging(verbose, _run_log(cfg))
+    run_main(cfg, address=address, prompt=prompt, checked=checked)
 
-    cfg, checked = _load_overlapped(config, overrides, "prepare")
+
+@user_errors
+def prepare_cmd(config: str = CONFIG, overrides: list[str] = OVERRIDES,
+                force: bool = typer.Option(False, help="Rebuild even if up to date."), address: str = RAY_ADDRESS,
+                verbose: bool = VERBOSE) -> None:
+    """Read, clean, tokenize and pack a corpus into Parquet shards + manifest.json."""
+    from raylm.tasks.registry import prepare_data
+
+    cfg, checked = load(config, overrides, "prepare", overlap=True)
     setup_logging(verbose, _run_log(cfg))
     with connect(cfg.cluster, address):
         checked()
-        print_manifest(run_prepare(cfg.data, task=cfg.trainer.task, force=force), cfg.data.prepared_dir)
+        print_manifest(prepare_data(cfg.data, cfg.trainer.task, force), cfg.data.prepared_dir)
 
 
-@tokenizer_app.command("train")
 @user_errors
-def tokenizer_train(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS, verbose: bool = VERBOSE) -> None:
-    """Train a byte-level BPE tokenizer on a streamed sample of the corpus."""
-    from raylm.cluster import connect
-    from raylm.datasets.prepare import ensure_tokenizer, resolve_source
+def tokenizer_train(config: str = CONFIG, overrides: list[str] = OVERRIDES, address: str = RAY_ADDRESS,
+                    verbose: bool = VERBOSE) -> None:
+    """Train the task's tokenizer (a byte-level BPE for corpora) on a streamed sample of the data."""
+    from raylm.tasks.registry import get_task
 
-    cfg = _load(config, overrides, command="tokenizer")
+    cfg = load(config, overrides, "tokenizer")
     setup_logging(verbose, _run_log(cfg))
-    if cfg.trainer.task == "seq2seq":  # a joint tokenizer over both sides of the pairs (no Ray needed)
-        from raylm.datasets.task_prepare import seq2seq_tokenizer
-
-        return typer.echo(f"tokenizer: {seq2seq_tokenizer(cfg.data)}")
+    task = get_task(cfg.trainer.task)
     with connect(cfg.cluster, address):
-        typer.echo(f"tokenizer: {ensure_tokenizer(cfg.data, cfg.trainer.task, resolve_source(cfg.data))}")
+        typer.echo(f"tokenizer: {task.train_tokenizer(cfg.data)}")
 
 
-@app.command()
 @user_errors
-def train(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS, verbose: bool = VERBOSE) -> None:
+def train_cmd(config: str = CONFIG, overrides: list[str] = OVERRIDES, address: str = RAY_ADDRESS,
+              verbose: bool = VERBOSE) -> None:
     """Train (or resume the run of the same trainer.run_name) and export an HF model."""
-    from raylm.cluster import connect
-    from raylm.trainers.driver import train as run_train
-
-    cfg, checked = _load_overlapped(config, overrides, "train")
+    cfg, checked = load(config, overrides, "train", overlap=True)
     setup_logging(verbose, _run_log(cfg))
     with connect(cfg.cluster, address):
         checked()
@@ -103,45 +83,6 @@ def train(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS,
     typer.echo(f"[raylm] run: {summary['run_dir']}\n[raylm] exported model: {summary['export_dir']}")
 
 
-@app.command("rejects")
-@user_errors
-def rejects_cmd(config: str, overrides: list[str] = OVERRIDES, reason: str = typer.Option(None, help="Only this reason."),
-                limit: int = typer.Option(20, help="Rows to show.")) -> None:
-    """Show rows that `prepare` dropped (the rejects ledger), with file, line and reason."""
-    from raylm.datasets.report import print_rejects
-
-    print_rejects(_load(config, overrides).data.prepared_dir, reason, limit)
-
-
-@config_app.command("show")
-@user_errors
-def config_show(config: str = typer.Argument(None, help="A YAML recipe (omit it to see the defaults)."),
-                overrides: list[str] = OVERRIDES) -> None:
-    """The resolved config, section by section: each key with its value, default and description."""
-    from raylm.config import describe_config, load_config
-
-    if config and "=" in config and not os.path.exists(config):  # `raylm config show trainer.max_steps=5`
-        config, overrides = None, [config, *(overrides or [])]
-    typer.echo(describe_config(load_config(config, overrides or [])))
-
-
-@app.command("export")
-@user_errors
-def export_cmd(run_dir: str,
-               checkpoint: str = typer.Option("last", "--checkpoint", help="last, best (by the run's metric) or a "
-                                              "checkpoint path."),
-               dtype: str = typer.Option(None, "--dtype", help="Cast floating weights: fp32, bf16 or fp16."),
-               out: str = typer.Option(None, "--out", help="Output directory (default: RUN_DIR/export)."),
-               max_shard_gb: float = typer.Option(5.0, "--max-shard-gb", help="Largest safetensors file; bigger "
-                                                  "models get several files and an index.")) -> None:
-    """Consolidate a checkpoint (sharded FSDP or full) into a `from_pretrained` directory + tokenizer."""
-    from raylm.trainers.export import main as run_export
-
-    res = run_export(run_dir, checkpoint, dtype, out, max_shard_gb)
-    typer.echo(f"[raylm] {res['checkpoint']} -> {res['export_dir']}")
-
-
-@app.command("eval")
 @user_errors
 def eval_cmd(model_dir: str, config: str = typer.Option(None, "--config", help="Config whose prepared data to use."),
              prepared: str = typer.Option(None, "--prepared", help="Prepared data directory (overrides --config)."),
@@ -152,33 +93,18 @@ def eval_cmd(model_dir: str, config: str = typer.Option(None, "--config", help="
     """Perplexity (language models), accuracy/F1 (classifiers) or the task's metric of an HF directory, on a
     prepared split or a raw file (--input)."""
     from raylm.datasets.prepare import load_manifest
-    from raylm.tasks.corpus_eval import classify, perplexity
+    from raylm.serving.dispatch import evaluate_file, evaluate_prepared
 
-    if input_file:  # every task: raylm.tasks.downstream_files picks the task's per-file module
-        from raylm.tasks.downstream_files import evaluate_file
-
+    if input_file:  # every task: the export's task scores the file
         return _echo_metrics(evaluate_file(model_dir, input_file))
 
-    prepared_dir = prepared or (_load(config, []).data.prepared_dir if config else None)
+    prepared_dir = prepared or (load(config, [], "eval").data.prepared_dir if config else None)
     if not prepared_dir:
         raise UserError("eval needs prepared data: pass --config CONFIG or --prepared DIR")
-    manifest = load_manifest(prepared_dir)
-    if manifest.get("task") in ("token-classification", "question-answering", "seq2seq"):
-        raise UserError(f"{manifest['task']} models are scored on a raw labelled file",
-                        hint=f"raylm eval {model_dir} --input FILE (e.g. the config's data.validation_source)")
-    if manifest.get("nsp"):  # BERT pretraining pairs: MLM loss and NSP accuracy
-        from raylm.tasks.nsp_files import evaluate_prepared
-
-        res = evaluate_prepared(model_dir, prepared_dir, manifest, split, max_batches=max_batches)
-    elif manifest.get("task") == "sequence-classification":
-        res = classify(model_dir, prepared_dir, manifest, split, pad_id=manifest.get("pad_id") or 0)
-    else:
-        res = perplexity(model_dir, prepared_dir, manifest, split, max_batches=max_batches)
-    for k, v in res.items():
-        typer.echo(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+    res = evaluate_prepared(model_dir, prepared_dir, load_manifest(prepared_dir), split, max_batches)
+    _echo_metrics(res)
 
 
-@app.command("generate")
 @user_errors
 def generate_cmd(model_dir: str, prompt: str = typer.Option("", help="Text to continue (seq2seq: to translate or summarize)."),
                  max_new_tokens: int = typer.Option(None, help="Longest output (default: 60; seq2seq: the model's)."),
@@ -199,42 +125,80 @@ def generate_cmd(model_dir: str, prompt: str = typer.Option("", help="Text to co
                         no_repeat_ngram_size=no_repeat_ngram, seed=seed)[0])
 
 
-@app.command("report")
+@user_errors
+def export_cmd(run_dir: str,
+               checkpoint: str = typer.Option("last", "--checkpoint", help="last, best (by the run's metric) or a "
+                                              "checkpoint path."),
+               dtype: str = typer.Option(None, "--dtype", help="Cast floating weights: fp32, bf16 or fp16."),
+               output: str = typer.Option(None, "--output", "-o", help="Output directory (default: RUN_DIR/export)."),
+               out: str = typer.Option(None, "--out", hidden=True, help="Old spelling of --output."),
+               max_shard_gb: float = typer.Option(5.0, "--max-shard-gb", help="Largest safetensors file; bigger "
+                                                  "models get several files and an index.")) -> None:
+    """Consolidate a checkpoint (sharded FSDP or full) into a `from_pretrained` directory + tokenizer."""
+    from raylm.trainers.export import main as run_export  # torch
+
+    res = run_export(run_dir, checkpoint, dtype, renamed(output, out, "--output", "--out", " of raylm export"),
+                     max_shard_gb)
+    typer.echo(f"[raylm] {res['checkpoint']} -> {res['export_dir']}")
+
+
 @user_errors
 def report_cmd(run_dir: str) -> None:
     """Loss curves (PNG) and a summary table of a run."""
-    from raylm.trainers.report import report
-
     res = report(run_dir)
     typer.echo(res["table"])
     typer.echo(f"loss curves: {res['png']}")
 
 
-@app.command()
 @user_errors
-def run(config: str = typer.Argument("configs/demo.yaml"), overrides: list[str] = OVERRIDES, address: str = ADDRESS,
-        prompt: str = typer.Option("Return the", help="Prompt of the generated sample."),
-        verbose: bool = VERBOSE) -> None:
-    """The main job: prepare -> train -> evaluate -> generate a sample -> report."""
-    from raylm.main import main
-
-    cfg, checked = _load_overlapped(config, overrides, "run")
-    setup_logging(verbose, _run_log(cfg))
-    main(cfg, address=address, prompt=prompt, checked=checked)
+def rejects_cmd(config: str = CONFIG, overrides: list[str] = OVERRIDES,
+                reason: str = typer.Option(None, help="Only this reason."),
+                limit: int = typer.Option(20, help="Rows to show.")) -> None:
+    """Show rows that `prepare` dropped (the rejects ledger), with file, line and reason."""
+    print_rejects(load(config, overrides, "rejects").data.prepared_dir, reason, limit)
 
 
-# Sub-commands owned by other components, registered explicitly: an import error fails loudly
-# instead of making a command vanish.
-app.add_typer(k8s_app, name="k8s")
-app.add_typer(jobs_app, name="jobs")
-app.command("submit")(user_errors(submit_cmd))
-app.command("tune")(user_errors(tune_cmd))
-app.command("predict")(user_errors(predict_cmd))
+@user_errors
+def config_show(config: str = typer.Argument(None, help="A YAML recipe (omit it to see the defaults)."),
+                overrides: list[str] = OVERRIDES) -> None:
+    """The resolved config, section by section: each key with its value, default and description."""
+    if config and "=" in config and not os.path.exists(config):  # `raylm config show trainer.max_steps=5`
+        config, overrides = None, [config, *(overrides or [])]
+    typer.echo(describe_config(load(config, overrides, "config")))
 
 
 def _echo_metrics(res: dict) -> None:
     for k, v in res.items():
         typer.echo(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+
+
+# ---------------------------------------------------------------- the command table
+
+
+# Every command of `raylm`, sub-commands included (`raylm --help` lists the groups after the commands). Each
+# function is wrapped by user_errors once, where it is defined.
+COMMANDS: dict[str, Callable[..., Any] | Group] = {
+    "run": run_cmd,
+    "prepare": prepare_cmd,
+    "tokenizer": Group("Train a tokenizer.", {"train": tokenizer_train}),
+    "train": train_cmd,
+    "tune": tune_cmd,
+    "eval": eval_cmd,
+    "predict": predict_cmd,
+    "generate": generate_cmd,
+    "export": export_cmd,
+    "report": report_cmd,
+    "rejects": rejects_cmd,
+    "config": Group("Inspect configs: every key, its value, default and description.", {"show": config_show}),
+    "submit": submit_cmd,
+    "jobs": Group("Ray Jobs on a running cluster: list, status, logs, stop.",
+                  {"list": list_cmd, "status": status_cmd, "logs": logs_cmd, "stop": stop_cmd}),
+    "k8s": Group("KubeRay manifests: render, validate, apply.",
+                 {"render": render_cmd, "validate": validate_cmd, "apply": apply_cmd}),
+}
+
+app = build(COMMANDS, add_completion=False, pretty_exceptions_enable=False,
+            help="Train language models on Ray: embedded locally or on a cluster.")
 
 if __name__ == "__main__":
     app()

@@ -252,7 +252,10 @@ def _describe(model: type[BaseModel], obj: BaseModel, prefix: str, lines: list[s
         if sub is not None or items is not None:
             sections.append((name, f, sub, items))
             continue
-        note = "(default)" if values[name] == defaults[name] else f"(default {_show(defaults[name])})"
+        if name not in defaults:  # a key without a default (trainer.observers[i].factory)
+            note = "(required)"
+        else:
+            note = "(default)" if values[name] == defaults[name] else f"(default {_show(defaults[name])})"
         _field_line(f"{prefix}{name} = {_show(values[name])}  {note}", f.description or "", lines, width)
     for name, f, sub, items in sections:
         value = getattr(obj, name)

@@ -36,9 +36,11 @@ def _tokenizer(cfg: RootConfig) -> list[str]:
     if not path:
         return []
     from raylm.datasets.tokenizers import check_tokenizer, load_tokenizer
+    from raylm.tasks.registry import get_task
 
+    needs = get_task(cfg.trainer.task).tokenizer_needs
     try:
-        return [f"data.tokenizer.path={path}: {p}" for p in check_tokenizer(load_tokenizer(path), cfg.trainer.task)]
+        return [f"data.tokenizer.path={path}: {p}" for p in check_tokenizer(load_tokenizer(path), needs)]
     except UserError as err:
         return err.problems
 
@@ -50,24 +52,24 @@ def _model(cfg: RootConfig) -> list[str]:
     return []
 
 
-def _pairs(cfg: RootConfig) -> list[str]:
-    """seq2seq: each source file has its parallel partner (or is JSONL)."""
-    if cfg.trainer.task != "seq2seq" or _corpus(cfg):
+def _task_inputs(cfg: RootConfig) -> list[str]:
+    """What the task itself checks of its inputs (`Task.check_inputs`: seq2seq's parallel partners)."""
+    if _corpus(cfg):  # no files to look into
         return []
-    from raylm.tasks.seq2seq_data import check_files
+    from raylm.tasks.registry import get_task
 
-    return check_files(cfg.data)
+    return get_task(cfg.trainer.task).check_inputs(cfg)
 
 
 CHECKS: dict[str, Callable[[RootConfig], list[str]]] = {"corpus": _corpus, "tokenizer": _tokenizer, "model": _model,
-                                                        "pairs": _pairs}
+                                                        "task": _task_inputs}
 # What each command reads. prepare and tokenizer never build the model.
 USES: dict[str, tuple[str, ...]] = {
-    "prepare": ("corpus", "tokenizer", "pairs"),
-    "tokenizer": ("corpus", "tokenizer", "pairs"),
-    "train": ("corpus", "tokenizer", "model", "pairs"),
-    "run": ("corpus", "tokenizer", "model", "pairs"),
-    "tune": ("corpus", "tokenizer", "model", "pairs"),
+    "prepare": ("corpus", "tokenizer", "task"),
+    "tokenizer": ("corpus", "tokenizer", "task"),
+    "train": ("corpus", "tokenizer", "model", "task"),
+    "run": ("corpus", "tokenizer", "model", "task"),
+    "tune": ("corpus", "tokenizer", "model", "task"),
 }
 
 
@@ -79,8 +81,8 @@ def preflight(cfg: RootConfig, command: str = "run") -> None:
 
 
 # Checks whose cost is importing libraries, not reading the input: loading the tokenizer imports
-# transformers and torch (~3.5 s on 2 cores), which the command imports anyway.
-SLOW = ("tokenizer",)
+# transformers and torch (~3.5 s on 2 cores), which the command imports anyway; so does the task's module.
+SLOW = ("tokenizer", "task")
 
 
 def _tokenizer_files_there(cfg: RootConfig) -> bool:

@@ -95,7 +95,8 @@ def tiny_config(prepared_dir: str, storage: str, task: str = "causal-lm", overri
 
 
 def read_sample_log(base: str, world: int) -> dict[int, list[tuple[int, int, list[int]]]]:
-    """{rank: [(epoch, step, ids)]} from the per-rank files written by raylm.trainers.hooks.SampleLog."""
+    """{rank: [(epoch, step, ids)]} from the per-rank files written by support.observers.SampleLog (a run
+    whose config has `support.observers.sample_log_spec(base)` among its trainer.observers)."""
     out: dict[int, list[tuple[int, int, list[int]]]] = {}
     for r in range(world):
         rows = []

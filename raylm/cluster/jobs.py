@@ -73,7 +73,7 @@ def client(address: str | None = None) -> Any:
         raise UserError(
             f"cannot reach the Ray Jobs API at {url}: {str(err).splitlines()[0]}",
             hint="start a cluster (ray start --head) or forward its port "
-            "(kubectl port-forward svc/<cluster>-head-svc 8265:8265), or pass --address",
+            "(kubectl port-forward svc/<cluster>-head-svc 8265:8265), or pass --jobs-address",
         ) from None
 
 

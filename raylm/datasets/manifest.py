@@ -70,7 +70,7 @@ def _empty_validation(cfg: DataConfig, ledger: dict | None, notes: list[str]) ->
     return UserError(problems, hint=hint)
 
 
-def build_manifest(cfg: DataConfig, task: str, tok_dir: str, tok_fp: str, inputs_fp: str, markers: list[dict]) -> dict:
+def build_manifest(cfg: DataConfig, task: Any, tok_dir: str, tok_fp: str, inputs_fp: str, markers: list[dict]) -> dict:
     tok = toks.tokenizer_facts(tok_dir)  # without transformers where it can
     splits: dict[str, Any] = {}
     for split in SPLITS:
@@ -91,9 +91,9 @@ def build_manifest(cfg: DataConfig, task: str, tok_dir: str, tok_fp: str, inputs
     if splits["train"]["rows"] == 0:
         raise UserError(f"no training rows: the corpus is smaller than one block of {cfg.block_size} tokens",
                         hint="add text or lower data.block_size")
-    classify = task == "sequence-classification"
+    classify = task.labelled  # a units.UnitTask
     return {
-        "schema_version": SCHEMA_VERSION, "task": task, "source": cfg.source,
+        "schema_version": SCHEMA_VERSION, "task": task.name, "source": cfg.source,
         "tokenizer_dir": os.path.abspath(tok_dir), "tokenizer_fingerprint": tok_fp,
         "inputs_fingerprint": inputs_fp, "vocab_size": tok["vocab_size"], "eos_id": tok["eos_id"],
         "pad_id": tok["pad_id"], "mask_id": tok["mask_id"],

@@ -28,7 +28,7 @@ def _loss_note(m: dict, s: dict) -> str:
         return ""
     if m.get("nsp"):
         return f", {s['dropped']:,} tokens of documents that start no pair (one sentence, or alone in their window)"
-    if m.get("task") == "sequence-classification":
+    if m.get("num_labels"):  # labelled rows (a classifier's): cut, not packed
         return f", {s['dropped']:,} tokens truncated at data.max_length={m.get('max_length')}"
     return f", {s['dropped']:,} tail tokens dropped (the last partial block of {m.get('block_size')})"
 

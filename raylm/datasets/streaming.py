@@ -86,17 +86,13 @@ def read_small_split(prepared_dir: str, split: str, manifest: dict, limit: int |
     return ray.data.from_blocks(tables)
 
 
-# Tasks whose examples vary in length: their batches are length-grouped under group_by_length="auto".
-# Token-level tasks (NER, extractive QA) belong here when they land; packed LM blocks do not.
-GROUPED_TASKS = frozenset({"sequence-classification", "seq2seq"})
-
-
-def grouping_mode(group_by_length: bool | Literal["auto"], task: str | None) -> bool | None:
-    """True: length-group every window; False: plain batches; None (auto with an unknown task):
-    group the windows whose rows vary in length, cut the others in stream order."""
+def grouping_mode(group_by_length: bool | Literal["auto"], varied_lengths: bool | None) -> bool | None:
+    """True: length-group every window; False: plain batches; None (auto, the task unknown): group the
+    windows whose rows vary in length, cut the others in stream order. `varied_lengths`: the task's rows
+    vary in length (`Task.group_by_length`: classification, seq2seq; not packed LM blocks)."""
     if group_by_length != "auto":
         return bool(group_by_length)
-    return None if task is None else task in GROUPED_TASKS
+    return varied_lengths
 
 
 def _shuffle_kw(buffer_rows: int, seed: int, epoch: int) -> dict[str, Any]:
@@ -131,18 +127,18 @@ class TrainStream:
     `sharding` (see raylm.datasets.sharding): "split" reads this worker's part of the split and
     `position` counts this worker's batches; "stride" reads the whole split in the global order,
     takes every `world`-th batch from `rank`, and `position` counts *global* batches, so it holds
-    at any worker count. `task`, `group_by_length`, `length_group_batches`: see DataConfig;
-    without a task, "auto" groups the windows whose rows vary in length (classification) and
-    leaves packed blocks as they are.
+    at any worker count. `group_by_length`, `length_group_batches`: see DataConfig; `varied_lengths`:
+    the task's (see grouping_mode); without it, "auto" groups the windows whose rows vary in length
+    and leaves packed blocks as they are.
     """
 
     def __init__(self, shard: Any, batch_size: int, seed: int, buffer_rows: int,
                  collate: Callable[[dict, int], Any], epoch: int = 0, position: int = 0, *,
-                 task: str | None = None, group_by_length: bool | Literal["auto"] = "auto",
+                 varied_lengths: bool | None = None, group_by_length: bool | Literal["auto"] = "auto",
                  length_group_batches: int = 50, sharding: str = "split", world: int = 1, rank: int = 0) -> None:
         self.shard, self.batch_size, self.seed, self.buffer_rows = shard, batch_size, seed, buffer_rows
         self.collate, self.epoch, self.position = collate, epoch, position
-        self.group, self.window_batches = grouping_mode(group_by_length, task), length_group_batches
+        self.group, self.window_batches = grouping_mode(group_by_length, varied_lengths), length_group_batches
         self.stride, self.world, self.rank = sharding == "stride", world, rank
         self._it = self._open(position)
 

@@ -40,13 +40,12 @@ def sample_documents(cfg: DataConfig, source: str, n: int, max_files: int = 64) 
                     break
 
 
-def ensure_tokenizer(cfg: DataConfig, task: str, source: str) -> str:
-    """Use the configured tokenizer, the one already trained for this corpus, or train one."""
-    if task == "masked-lm" and cfg.nsp:  # sentence pairs need a BERT tokenizer ([CLS], [SEP], segments)
-        return nsp_tokenizer(cfg, source)
+def ensure_tokenizer(cfg: DataConfig, source: str, needs: tuple[str, ...] = ()) -> str:
+    """Use the configured tokenizer, the one already trained for this corpus, or train a byte-level BPE;
+    `needs`: the special tokens the task cannot do without (`Task.tokenizer_needs`)."""
     tok_dir = toks.resolve_tokenizer_dir(cfg.prepared_dir, cfg.tokenizer.path)
     _train_if_missing(cfg, source, tok_dir, toks.train_bpe, "BPE")
-    problems = toks.check_facts(toks.tokenizer_facts(tok_dir), task)
+    problems = toks.check_facts(toks.tokenizer_facts(tok_dir), needs)
     if problems:
         raise UserError([f"tokenizer {tok_dir}: {p}" for p in problems])
     return tok_dir
@@ -58,7 +57,7 @@ def nsp_tokenizer(cfg: DataConfig, source: str) -> str:
     tok_dir = toks.resolve_tokenizer_dir(cfg.prepared_dir, cfg.tokenizer.path)
     _train_if_missing(cfg, source, tok_dir, toks.train_wordpiece, "WordPiece")
     facts = toks.tokenizer_facts(tok_dir)
-    problems = toks.check_facts(facts, "masked-lm") + [
+    problems = toks.check_facts(facts, ("mask_id",)) + [
         f"no {name} token: NSP examples are [CLS] A [SEP] B [SEP]" for name in ("cls", "sep")
         if facts[f"{name}_id"] is None]
     if problems:

@@ -85,18 +85,19 @@ def load_backend(path: str | Path) -> tuple[Any, int | None]:
     return tok, tok.token_to_id(eos) if eos else None
 
 
-def check_tokenizer(tok, task: str) -> list[str]:
-    """Problems that make a tokenizer unusable for a task, one line each."""
-    return check_facts(_hf_facts(tok), task)
+# What a missing special token breaks, for the facts a task needs (`Task.tokenizer_needs`).
+NEED_WHY = {"eos_id": "tokenizer has no EOS token: causal LM packing needs one between documents",
+            "mask_id": "tokenizer has no mask token: masked LM needs one"}
 
 
-def check_facts(facts: dict, task: str) -> list[str]:
+def check_tokenizer(tok, needs: tuple[str, ...] = ()) -> list[str]:
+    """Problems that make a tokenizer unusable for a task needing `needs`, one line each."""
+    return check_facts(_hf_facts(tok), needs)
+
+
+def check_facts(facts: dict, needs: tuple[str, ...] = ()) -> list[str]:
     """`check_tokenizer` on `tokenizer_facts`."""
-    problems = []
-    if task in ("causal-lm",) and facts["eos_id"] is None:
-        problems.append("tokenizer has no EOS token: causal LM packing needs one between documents")
-    if task == "masked-lm" and facts["mask_id"] is None:
-        problems.append("tokenizer has no mask token: masked LM needs one")
+    problems = [NEED_WHY.get(k, f"tokenizer has no {k.removesuffix('_id')} token") for k in needs if facts.get(k) is None]
     if facts["vocab_size"] <= len(facts["specials"]):
         problems.append(
             f"tokenizer vocabulary ({facts['vocab_size']}) is no larger than its special tokens "

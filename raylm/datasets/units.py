@@ -13,6 +13,7 @@ neither the driver nor a worker holds the corpus.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -83,12 +84,21 @@ def label_id(value: str | None, labels: list[str] | None) -> int | None:
     return n if n >= 0 else None
 
 
+@dataclasses.dataclass(frozen=True)
+class UnitTask:
+    """What the units pipeline needs of a task: its name (the manifest's `task`) and whether rows carry
+    a label (sequence classification: truncated to data.max_length, not packed into blocks)."""
+
+    name: str
+    labelled: bool = False
+
+
 class SplitWriter:
     """One split of one unit: packs (or truncates) documents into shards of exactly `shard_rows`."""
 
-    def __init__(self, out_dir: str, split: str, key: str, cfg: DataConfig, task: str, eos_id: int) -> None:
+    def __init__(self, out_dir: str, split: str, key: str, cfg: DataConfig, task: UnitTask, eos_id: int) -> None:
         self.out_dir, self.split, self.key, self.cfg, self.eos = out_dir, split, key, cfg, eos_id
-        self.classify = task == "sequence-classification"
+        self.classify = task.labelled
         self.pending: list[Any] = []  # LM: arrays of blocks; classification: (ids, label) pairs
         self.pending_rows = 0
         self.carry = np.empty(0, np.int32)
@@ -155,7 +165,7 @@ class SplitWriter:
 class UnitWorker:
     """Actor of the pool: holds the tokenizer; turns one unit into shards, rejects and a marker."""
 
-    def __init__(self, cfg: DataConfig, tokenizer_dir: str, out_dir: str, task: str, dedup: list | None,
+    def __init__(self, cfg: DataConfig, tokenizer_dir: str, out_dir: str, task: UnitTask, dedup: list | None,
                  validation_files: list[str] | None = None, threads: int = 1) -> None:
         # The tokenizer's Rust pool would otherwise start a thread per core in every actor: N^2
         # threads on N cores with the default pool of one actor per CPU. Set before its first use.
@@ -210,7 +220,7 @@ class UnitWorker:
     def _clean(self, rows: list[dict], seen: set[int], owner: int, cfg: DataConfig) -> tuple[list[dict], np.ndarray]:
         """Normalise and filter in place (setting `reject`); returns kept rows and their text hashes
         (one blake2b per document: dedup's key and the train/validation split's)."""
-        classify = self.task == "sequence-classification"
+        classify = self.task.labelled
         for r in rows:
             check_row(r, cfg)
             if r["reject"]:
@@ -288,10 +298,10 @@ _SPEED_KNOBS = {"tokenize_batch_size", "tokenize_actors", "prepare_in_driver_mb"
                 "unit_bytes", "progress_seconds", "group_by_length", "length_group_batches"}
 
 
-def _fingerprint_inputs(cfg: DataConfig, task: str, tok_fp: str, files: list[tuple[str, int]]) -> str:
+def _fingerprint_inputs(cfg: DataConfig, task: UnitTask, tok_fp: str, files: list[tuple[str, int]]) -> str:
     keys = cfg.model_dump(mode="json", exclude=_SPEED_KNOBS)
     # The schema version too: a prepared dir (or an interrupted one) from another layout is redone.
-    return hashlib.sha256(json.dumps([keys, task, tok_fp, files, SCHEMA_VERSION], sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([keys, task.name, tok_fp, files, SCHEMA_VERSION], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _start_fresh_if_changed(out: Path, inputs_fp: str, force: bool) -> None:
@@ -306,20 +316,23 @@ def _start_fresh_if_changed(out: Path, inputs_fp: str, force: bool) -> None:
     atomic_json({"inputs_fingerprint": inputs_fp}, str(state))
 
 
-def prepare_corpus(cfg: DataConfig, task: str, force: bool = False, *,
+def prepare_corpus(cfg: DataConfig, task_name: str, force: bool = False, *,
                    tokenizer: Callable[[DataConfig, str], str] | None = None, fingerprint_extra: str = "",
                    worker: type[UnitWorker] | None = None, check_markers: Callable[[list[dict]], None] | None = None,
-                   manifest_extra: Callable[[list[dict]], dict] | None = None) -> dict:
+                   manifest_extra: Callable[[list[dict]], dict] | None = None, needs: tuple[str, ...] = (),
+                   labelled: bool = False) -> dict:
     """The prepare template (Ray must be initialised; idempotent and resumable, see the module doc): the
     corpus's units through `worker` (packed LM blocks by default) on the actor pool, then the manifest.
 
     A flavour of corpus prepare (NSP's sentence pairs) brings its hooks: `tokenizer(cfg, source)` (default:
-    ensure_tokenizer for `task`), `fingerprint_extra` (what else its shards depend on), `worker`,
-    `check_markers` (before the manifest: a clearer error than "no rows") and `manifest_extra`.
+    a BPE through ensure_tokenizer, holding the special tokens in `needs`), `fingerprint_extra` (what else
+    its shards depend on), `worker`, `check_markers` (before the manifest: a clearer error than "no rows")
+    and `manifest_extra`. `labelled`: rows carry a label (data.label_field) and are truncated, not packed.
     """
+    task = UnitTask(task_name, labelled)
     source = resolve_source(cfg)
     files = _fs.list_files(source) + (_fs.list_files(cfg.validation_source) if cfg.validation_source else [])
-    tok_dir = tokenizer(cfg, source) if tokenizer else ensure_tokenizer(cfg, task, source)
+    tok_dir = tokenizer(cfg, source) if tokenizer else ensure_tokenizer(cfg, source, needs)
     tok_fp = toks.fingerprint(tok_dir)
     inputs_fp = _fingerprint_inputs(cfg, task, tok_fp + fingerprint_extra, files)
     out = Path(cfg.prepared_dir)
@@ -404,7 +417,7 @@ def _start_dedup(cfg: DataConfig, out: Path, done: set[str], here: bool = False)
     return actors
 
 
-def _run_units(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: list[Unit], dedup: list | None,
+def _run_units(cfg: DataConfig, task: UnitTask, tok_dir: str, out: Path, todo: list[Unit], dedup: list | None,
                total_bytes: int, validation_files: list[str] | None, worker: type = UnitWorker,
                here: bool = False) -> None:
     import ray
@@ -439,7 +452,7 @@ def _run_units(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: list[U
     progress.finish()
 
 
-def _run_units_here(cfg: DataConfig, task: str, tok_dir: str, out: Path, todo: list[Unit], dedup: list | None,
+def _run_units_here(cfg: DataConfig, task: UnitTask, tok_dir: str, out: Path, todo: list[Unit], dedup: list | None,
                     total_bytes: int, validation_files: list[str] | None, worker: type) -> None:
     """The units one after another in this process, by the pool's own worker class (see `in_driver`)."""
     from raylm.datasets.progress import Progress

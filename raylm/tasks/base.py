@@ -10,20 +10,84 @@ import numpy as np
 import torch
 
 from raylm.config import RootConfig
+from raylm.datasets.config import DataConfig
+from raylm.datasets.labelled import LabelledFormat, prepare_labelled, task_tokenizer
+from raylm.datasets.tokenizer_training import ensure_tokenizer
+from raylm.datasets.units import prepare_corpus, resolve_source
+from raylm.errors import UserError
 from raylm.trainers import autobatch
 from raylm.trainers.step import Batch, evaluate
 
 
 class Task:
-    """A task family's training side: model, collate, loss, evaluation. Every hook but `build_model` and
-    `collate` has a default here; the registry (raylm.tasks.registry) names the tasks. What a task
-    optimises is in raylm.tasks.objectives (a table the config validator reads without torch)."""
+    """A task family: its data (prepare, tokenizer), its training side (model, collate, loss, evaluation)
+    and its serving side (score and predict a raw file). Every hook but `build_model` and `collate` has a
+    default here, the one of a language model on packed corpus blocks; the registry
+    (raylm.tasks.registry) names the tasks. What a task optimises is in raylm.tasks.objectives (a table
+    the config validator reads without torch) or, for a task outside raylm, its `objective`."""
 
     name = ""
+    objective: tuple[str, str] = ("val_loss", "min")  # read for tasks outside raylm (see objectives.py)
     # Validation metrics are sums over examples (not over the batches' order): the loop may regroup the
     # eval batches by length, so that each pads to its own longest row.
     eval_order_free = False
     meta_keys: tuple[str, ...] = ()  # manifest keys the workers need besides the model's (e.g. NER's tags)
+    # Rows vary in length: `data.group_by_length: auto` length-groups its batches (packed blocks do not).
+    group_by_length = False
+    # Shards hold blocks of data.block_size tokens (a changed block_size needs a new prepare).
+    packed_blocks = False
+    # The transformers Auto class that builds an `init_from` skeleton on the meta device (FSDP); empty:
+    # the model is built whole on every rank, then sharded.
+    meta_auto_model = ""
+    tokenizer_needs: tuple[str, ...] = ()  # tokenizer facts it cannot do without (see tokenizers.check_facts)
+
+    # ---------------------------------------------------------------- data
+
+    def prepare(self, data: DataConfig, force: bool = False) -> dict:
+        """Shards + manifest.json (Ray initialised; a no-op when up to date): packed corpus blocks by default."""
+        return prepare_corpus(data, self.name, force, needs=self.tokenizer_needs)
+
+    def train_tokenizer(self, data: DataConfig) -> str:
+        """`raylm tokenizer train`: the tokenizer directory, trained when missing (Ray initialised)."""
+        return ensure_tokenizer(data, resolve_source(data), self.tokenizer_needs)
+
+    def trains_on(self, prepared_task: str) -> bool:
+        """Whether shards prepared for `prepared_task` (the manifest's) train this task."""
+        return prepared_task == self.name
+
+    def check_inputs(self, cfg: RootConfig) -> list[str]:
+        """Problems of the input files this task reads, beyond the corpus checks (preflight), one line each."""
+        return []
+
+    def check_prepared(self, cfg: RootConfig, manifest: dict) -> list[str]:
+        """Problems of training `cfg` on shards with this manifest, one line each."""
+        problems = []
+        if not self.trains_on(manifest.get("task", "causal-lm")):
+            problems.append(f"data in {cfg.data.prepared_dir} was prepared for {manifest.get('task')}, "
+                            f"not {self.name}: run `raylm prepare` with this config")
+        if self.packed_blocks and manifest.get("block_size") != cfg.data.block_size:
+            problems.append(f"data.block_size is {cfg.data.block_size} but the shards hold blocks of "
+                            f"{manifest.get('block_size')}: prepare again or set data.block_size")
+        return problems
+
+    # ---------------------------------------------------------------- serving (an exported model)
+
+    def evaluate_file(self, model_dir: str, path: str) -> dict:
+        """`raylm eval MODEL --input FILE`: the task's metrics on a raw file."""
+        raise UserError(f"{self.name} has no per-file eval", hint="score a prepared split: raylm eval MODEL --config C")
+
+    def predict_file(self, model_dir: str, path: str, output: str, batch_size: int | None = None) -> dict:
+        """`raylm predict MODEL --input FILE --output OUT.jsonl`: one JSON line per input row; returns
+        {task, rows, output}. `batch_size`: rows per forward pass (None: the task's default)."""
+        raise UserError(f"{self.name} has no per-file predict")
+
+    def evaluate_prepared(self, model_dir: str, prepared_dir: str, manifest: dict, split: str,
+                          max_batches: int | None) -> dict:
+        """`raylm eval MODEL --config C`: the task's metrics on a prepared split."""
+        raise UserError(f"{self.name} models are scored on a raw labelled file",
+                        hint=f"raylm eval {model_dir} --input FILE (e.g. the config's data.validation_source)")
+
+    # ---------------------------------------------------------------- training
 
     @classmethod
     def check_config(cls, cfg: RootConfig) -> list[str]:
@@ -33,6 +97,14 @@ class Task:
     def extra_meta(self, cfg: RootConfig, manifest: dict) -> dict:
         """What the workers need besides the manifest's keys (e.g. seq2seq's tokenizer)."""
         return {}
+
+    def pretrained_kwargs(self, meta: dict) -> dict:
+        """Keyword arguments of `auto_model.from_pretrained/from_config` beyond the checkpoint's config."""
+        return {}
+
+    def fused_loss(self) -> bool:
+        """True when the loss is next-token cross-entropy that Liger's fused kernel may compute."""
+        return False
 
     def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
         raise NotImplementedError
@@ -61,3 +133,16 @@ class Task:
     def seq_len(self, meta: dict) -> int:
         """The longest row a batch can hold (the batch-size probe's width; grad_accum from tokens)."""
         return meta["block_size"]
+
+
+class LabelledTask(Task):
+    """A task reading labelled files (NER, QA, seq2seq, ...) through raylm.datasets.labelled: its
+    `labelled_format` holds the readers, row and feature layout, features and tokenizer."""
+
+    labelled_format: LabelledFormat
+
+    def prepare(self, data: DataConfig, force: bool = False) -> dict:
+        return prepare_labelled(data, self.labelled_format, force)
+
+    def train_tokenizer(self, data: DataConfig) -> str:
+        return task_tokenizer(data, self.labelled_format)

@@ -13,8 +13,14 @@ import bisect
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
 
 from raylm.datasets._task_io import base_row, check_on_error, encoder, numbered_lines, plain_tokenizer, reject
+from raylm.datasets.config import DataConfig
+from raylm.datasets.labelled import IDS, LabelledFormat
+from raylm.datasets.sources import BadRowError
 
 __all__ = ["IGNORE", "align_labels", "label_list", "merge_word_predictions", "plain_tokenizer", "read_conll",
            "read_ner", "read_token_jsonl", "to_iob2", "tokenize_ner_batch", "word_windows"]
@@ -224,3 +230,57 @@ def merge_word_predictions(word_ids: Sequence[Sequence[int]], predictions: Seque
             if context > best[wids[k]][0]:
                 best[wids[k]] = (context, int(preds[k]))
     return [p for _, p in best]
+
+
+# ---------------------------------------------------------------- `raylm prepare` (raylm.datasets.labelled)
+
+
+def ner_features(tokenizer: Any, row: dict, label2id: dict[str, int], max_length: int, stride: int) -> list[dict]:
+    """Windows of one sentence: input_ids, labels (-100 off first sub-tokens), word_ids (see align_labels)."""
+    words = list(row["tokens"])
+    tags = list(row.get("tags") or ["O"] * len(words))
+    feats = align_labels(tokenizer, words, [label2id.get(t, 0) for t in tags], max_length, stride)
+    return [{k: f[k] for k in ("input_ids", "labels", "word_ids")} for f in feats]
+
+
+class NerFormat(LabelledFormat):
+    """Token classification: CoNLL files or JSONL `{tokens, tags}`; the tag set from data.labels or the data."""
+
+    name = "token-classification"
+    fields = [("tokens", pa.list_(pa.string())), ("tags", pa.list_(pa.string()))]
+    feature_schema = pa.schema([("sample_id", pa.int64()), ("input_ids", IDS), ("labels", IDS), ("word_ids", IDS),
+                                ("row_id", pa.string()), ("split", pa.string())])
+
+    def read_rows(self, path: str, cfg: DataConfig, on_error: str) -> Iterator[dict]:
+        if re.sub(r"\.(gz|zst|zstd)$", "", path).endswith((".jsonl", ".json", ".ndjson")):
+            return read_token_jsonl(path, cfg.ner.tokens_field, cfg.ner.tags_field, on_error)
+        return read_conll(path, cfg.ner.tag_column, on_error)
+
+    def row_text(self, row: dict) -> str:
+        return " ".join(row["tokens"])
+
+    def check_rows(self, rows: Any, cfg: DataConfig) -> Any:
+        """With data.labels given, a sentence holding another tag is rejected as unknown_tag."""
+        if not cfg.labels:
+            return rows
+        labels, on_error = list(cfg.labels), cfg.on_error
+        known = set(labels)
+
+        def mark(batch: pa.Table) -> pa.Table:
+            out = batch.to_pylist()
+            for r in out:
+                bad = next((t for t in r["tags"] if t not in known), None)
+                if not r["reject"] and bad is not None:
+                    if on_error == "fail":
+                        raise BadRowError(f"{r['row_id']}: tag {bad!r} is not in data.labels {labels}")
+                    r["reject"] = "unknown_tag"
+            return pa.Table.from_pylist(out, schema=batch.schema)
+
+        return rows.map_batches(mark, batch_format="pyarrow")
+
+    def labels(self, cfg: DataConfig, tags: set[str]) -> list[str] | None:
+        """Tag names in id order: data.labels, else O then B-/I- of each type seen in the kept rows."""
+        return list(cfg.labels) if cfg.labels else label_list([sorted(tags)])
+
+    def features(self, tok: Any, row: dict, cfg: DataConfig, label2id: dict[str, int], state: Any) -> list[dict]:
+        return ner_features(tok, row, label2id, cfg.max_length, cfg.ner.stride)

@@ -3,16 +3,26 @@ on sentence pairs, raylm.tasks.nsp) and sequence classification: model, collate,
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
 from raylm.config import RootConfig
+from raylm.datasets.config import DataConfig
+from raylm.datasets.tokenizer_training import nsp_tokenizer
+from raylm.datasets.tokenizers import cls_sep_ids
+from raylm.datasets.units import prepare_corpus, resolve_source
+from raylm.tasks import corpus_eval, corpus_files, nsp_files
 from raylm.tasks import nsp as pretraining
 from raylm.tasks.base import Task
 from raylm.tasks.collate import mask_tokens, pad_batch, with_special_tokens
+from raylm.tasks.nsp_data import prepare_nsp
 from raylm.trainers import autobatch
 from raylm.trainers.step import Batch, evaluate
 
@@ -25,8 +35,29 @@ def _stack(col: np.ndarray) -> np.ndarray:
     return np.stack(col) if col.dtype == object else np.array(col)  # a copy: Ray's arrays are read-only
 
 
-class CausalLM(Task):
+class CorpusTask(Task):
+    """Serving shared by the corpus tasks: raw files through raylm.tasks.corpus_files, prepared splits
+    through raylm.tasks.corpus_eval."""
+
+    def evaluate_file(self, model_dir: str, path: str) -> dict:
+        return corpus_files.evaluate_file(model_dir, path, self.name)
+
+    def predict_file(self, model_dir: str, path: str, output: str, batch_size: int | None = None) -> dict:
+        return corpus_files.predict_file(model_dir, path, output, self.name, batch_size or 16)
+
+    def evaluate_prepared(self, model_dir: str, prepared_dir: str, manifest: dict, split: str,
+                          max_batches: int | None) -> dict:
+        return corpus_eval.perplexity(model_dir, prepared_dir, manifest, split, max_batches=max_batches)
+
+
+class CausalLM(CorpusTask):
     name = "causal-lm"
+    packed_blocks = True
+    meta_auto_model = "AutoModelForCausalLM"
+    tokenizer_needs = ("eos_id",)
+
+    def fused_loss(self) -> bool:
+        return True
 
     def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
@@ -56,13 +87,44 @@ class CausalLM(Task):
         return model(input_ids=inputs["input_ids"], labels=inputs["labels"]).loss
 
 
-class MaskedLM(Task):
+class MaskedLM(CorpusTask):
     """Masked LM on packed blocks; on sentence-pair shards (data.nsp, the manifest's `nsp`) BERT
     pretraining, MLM + next-sentence prediction (raylm.tasks.nsp)."""
 
     name = "masked-lm"
     mask_prob = 0.15
     meta_keys = ("nsp",)
+    packed_blocks = True
+    meta_auto_model = "AutoModelForMaskedLM"
+    tokenizer_needs = ("mask_id",)
+
+    def prepare(self, data: DataConfig, force: bool = False) -> dict:
+        """Packed blocks, or with data.nsp BERT's sentence pairs (raylm.tasks.nsp_data)."""
+        return prepare_nsp(data, force) if data.nsp else super().prepare(data, force)
+
+    def train_tokenizer(self, data: DataConfig) -> str:
+        """Sentence pairs need a BERT WordPiece ([CLS], [SEP], segments); blocks take the BPE."""
+        return nsp_tokenizer(data, resolve_source(data)) if data.nsp else super().train_tokenizer(data)
+
+    def trains_on(self, prepared_task: str) -> bool:
+        """Any corpus's blocks train a masked LM (causal LM shards too): only their length must match."""
+        return True
+
+    def evaluate_file(self, model_dir: str, path: str) -> dict:
+        if _is_nsp_export(model_dir):  # MLM + NSP: pairs from documents
+            return nsp_files.evaluate_file(model_dir, path)
+        return super().evaluate_file(model_dir, path)
+
+    def predict_file(self, model_dir: str, path: str, output: str, batch_size: int | None = None) -> dict:
+        if _is_nsp_export(model_dir):  # is-next probabilities of sentence pairs
+            return nsp_files.predict_file(model_dir, path, output, batch_size or 32)
+        return super().predict_file(model_dir, path, output, batch_size)
+
+    def evaluate_prepared(self, model_dir: str, prepared_dir: str, manifest: dict, split: str,
+                          max_batches: int | None) -> dict:
+        if manifest.get("nsp"):  # BERT pretraining pairs: MLM loss and NSP accuracy
+            return nsp_files.evaluate_prepared(model_dir, prepared_dir, manifest, split, max_batches=max_batches)
+        return super().evaluate_prepared(model_dir, prepared_dir, manifest, split, max_batches)
 
     @classmethod
     def check_config(cls, cfg: RootConfig) -> list[str]:
@@ -105,9 +167,30 @@ class MaskedLM(Task):
         return super().evaluate(model, batches, device, amp, meta)
 
 
-class SequenceClassification(Task):
+class SequenceClassification(CorpusTask):
     name = "sequence-classification"
     eval_order_free = True
+    group_by_length = True
+    meta_auto_model = "AutoModelForSequenceClassification"
+
+    def prepare(self, data: DataConfig, force: bool = False) -> dict:
+        """The corpus pipeline with a label per row (data.label_field), truncated to data.max_length."""
+        return prepare_corpus(data, self.name, force, needs=self.tokenizer_needs, labelled=True)
+
+    def extra_meta(self, cfg: RootConfig, manifest: dict) -> dict:
+        """The number of classes, and [CLS]/[SEP] for a tokenizer that has them."""
+        extra = {"num_labels": manifest.get("num_labels") or len(manifest.get("labels") or [])
+                 or _labels_in_data(cfg.data.prepared_dir, manifest)}
+        if manifest.get("cls_id") is None and manifest.get("tokenizer_dir"):
+            extra |= cls_sep_ids(manifest["tokenizer_dir"])
+        return extra
+
+    def pretrained_kwargs(self, meta: dict) -> dict:
+        return {"num_labels": meta["num_labels"]}
+
+    def evaluate_prepared(self, model_dir: str, prepared_dir: str, manifest: dict, split: str,
+                          max_batches: int | None) -> dict:
+        return corpus_eval.classify(model_dir, prepared_dir, manifest, split, pad_id=manifest.get("pad_id") or 0)
 
     def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification, BertConfig
@@ -155,3 +238,18 @@ class SequenceClassification(Task):
         return evaluate(model, self.eval_step, batches, device, amp, meta["num_labels"])
 
 
+
+
+def _is_nsp_export(model_dir: str) -> bool:
+    """A BertForPreTraining export (MLM + NSP heads), by its config's architectures."""
+    with open(os.path.join(model_dir, "config.json")) as f:
+        return any(a.endswith("ForPreTraining") for a in json.load(f).get("architectures") or [])
+
+
+def _labels_in_data(prepared_dir: str, manifest: dict) -> int:
+    """num_labels = largest label id in the train shards + 1 (reads the label column only)."""
+    top = 0
+    for f in manifest["splits"]["train"]["files"]:
+        col = pq.read_table(os.path.join(prepared_dir, f["path"]), columns=["label"]).column("label")
+        top = max(top, int(pc.max(col).as_py() or 0))
+    return max(top + 1, 2)

@@ -31,7 +31,6 @@ from raylm.datasets.sources import BadRowError, Unit, check_row, file_format, re
 from raylm.errors import UserError
 from raylm.tasks.collate import mask_tokens, pad_batch, with_special_tokens
 from raylm.tasks.corpus_eval import sample_continuation
-from raylm.tasks.downstream_files import task_of
 from raylm.tasks.metrics import classification_metrics, confusion_counts
 
 MAX_BLOCK = 1024  # tokens per causal/masked LM block at most (the model's context when shorter)
@@ -129,8 +128,9 @@ def _batched(blocks: Iterator[list[int]], n: int) -> Iterator[torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate_file(model_dir: str, input_path: str, batch_size: int = 16) -> dict:
-    kind = task_of(model_dir)  # from the export's architecture
+def evaluate_file(model_dir: str, input_path: str, kind: str, batch_size: int = 16) -> dict:
+    """Loss and perplexity of a text file (causal LM: nats/char and bits/byte too; masked LM: of the
+    masked tokens), or accuracy/F1 of a labelled file (classifier). `kind`: the task's name."""
     model, tok = _load(model_dir, kind)
     if kind == "sequence-classification":
         return _classify(model, tok, input_path, data_fields(model_dir), batch_size)
@@ -206,9 +206,10 @@ def _classify(model: Any, tok: Any, path: str, fields: dict, batch_size: int) ->
 
 
 @torch.no_grad()
-def predict_file(model_dir: str, input_path: str, output_path: str, batch_size: int = 16,
+def predict_file(model_dir: str, input_path: str, output_path: str, kind: str, batch_size: int = 16,
                  max_new_tokens: int = 40, seed: int = 0) -> dict:
-    kind = task_of(model_dir)  # from the export's architecture
+    """One JSON line per row: a continuation (causal LM), the masks filled (masked LM), or the label and
+    class probabilities (classifier). `kind`: the task's name."""
     model, tok = _load(model_dir, kind)
     fields = data_fields(model_dir) if kind == "sequence-classification" else {"text_field": "text"}
     rows, _ = read_rows(input_path, fields["text_field"])

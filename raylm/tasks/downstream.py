@@ -19,8 +19,11 @@ import torch
 
 from raylm.config import RootConfig
 from raylm.errors import UserError
-from raylm.tasks.base import Task
+from raylm.tasks import downstream_files
+from raylm.tasks.base import LabelledTask
 from raylm.tasks.collate import IGNORE, pad
+from raylm.tasks.conll import NerFormat
+from raylm.tasks.squad import QaFormat
 from raylm.trainers.parallel import gather
 
 ENCODERS = ("bert", "roberta")
@@ -40,8 +43,9 @@ def encoder_config(cfg: RootConfig, meta: dict, **kw: Any) -> Any:
     return conf
 
 
-class EncoderTask(Task):
-    """A task on a BERT-style encoder built from `model` or loaded from `model.init_from`."""
+class EncoderTask(LabelledTask):
+    """A task on a BERT-style encoder built from `model` or loaded from `model.init_from`; a raw file is
+    scored and predicted by raylm.tasks.downstream_files."""
 
     auto_class = ""
     model_keys: tuple[str, ...] = ()
@@ -53,6 +57,12 @@ class EncoderTask(Task):
             return []
         return [(f"trainer.task={cls.name} builds an encoder: set model.arch to bert or roberta "
                 f"(got {cfg.model.arch}), or model.init_from to a pretrained encoder")]
+
+    def evaluate_file(self, model_dir: str, path: str) -> dict:
+        return downstream_files.evaluate_file(model_dir, path, self.name)
+
+    def predict_file(self, model_dir: str, path: str, output: str, batch_size: int | None = None) -> dict:
+        return downstream_files.predict_file(model_dir, path, output, self.name, batch_size or 32)
 
     def head_kwargs(self, meta: dict) -> dict:
         return {}
@@ -93,6 +103,7 @@ class TokenClassification(EncoderTask):
     """Tags per word (CoNLL NER): first sub-token labels, entity-level seqeval P/R/F1."""
 
     name = "token-classification"
+    labelled_format = NerFormat()
     eval_order_free = True
     auto_class = "AutoModelForTokenClassification"
     model_keys = ("input_ids", "attention_mask", "labels")
@@ -145,6 +156,7 @@ class QuestionAnswering(EncoderTask):
     """Extractive QA (SQuAD): start/end logits over `[CLS] question [SEP] context [SEP]` windows; EM/F1."""
 
     name = "question-answering"
+    labelled_format = QaFormat()
     auto_class = "AutoModelForQuestionAnswering"
     model_keys = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions")
     meta_keys = ("qa",)

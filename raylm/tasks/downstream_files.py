@@ -24,52 +24,19 @@ import torch
 from raylm.datasets._task_io import parse_json_object
 from raylm.errors import UserError
 from raylm.tasks.collate import pad
-
-ARCH_TASKS = {"ForTokenClassification": "token-classification", "ForQuestionAnswering": "question-answering",
-              # seq2seq: BART/T5 (...ForConditionalGeneration), Marian (MarianMTModel), a warm-started BERT2BERT
-              "ForConditionalGeneration": "seq2seq", "MTModel": "seq2seq", "EncoderDecoderModel": "seq2seq",
-              "ForPreTraining": "next-sentence-prediction",  # BERT MLM + NSP
-              "ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm", "ForMaskedLM": "masked-lm",
-              "ForSequenceClassification": "sequence-classification"}
-# Tasks whose predict/eval --input live in a module of their own (same `predict_file`/`evaluate_file`).
-OWN_MODULE = {"seq2seq": "raylm.tasks.seq2seq", "next-sentence-prediction": "raylm.tasks.nsp_files",
-              **dict.fromkeys(("causal-lm", "masked-lm", "sequence-classification"), "raylm.tasks.corpus_files")}
+from raylm.tasks.conll import NerFormat
+from raylm.tasks.squad import QaFormat
 
 
-def task_of(model_dir: str) -> str:
-    """The downstream task an exported model was trained for, from its architecture's name."""
-    path = os.path.join(model_dir, "config.json")
-    if not os.path.isfile(path):
-        raise UserError(f"'{model_dir}' is not a Hugging Face model directory (no config.json)",
-                        hint="pass an exported model, e.g. runs/ner/export")
-    with open(path) as f:
-        archs = json.load(f).get("architectures") or []
-    for arch in archs:
-        for suffix, task in ARCH_TASKS.items():
-            if arch.endswith(suffix):
-                return task
-    raise UserError(f"{model_dir}: a {archs or 'model without architectures'} has no per-file predict/eval",
-                    hint="predict and eval --input take the models raylm trains (an export of `raylm train`)")
-
-
-def _own_module(model_dir: str) -> Any:
-    """The module serving this model's task when it is not NER/QA (see OWN_MODULE), else None."""
-    import importlib
-
-    name = OWN_MODULE.get(task_of(model_dir))
-    return importlib.import_module(name) if name else None
-
-
-def load(model_dir: str) -> tuple[str, Any, Any]:
-    """(task, model in eval mode, plain tokenizer)."""
+def load(model_dir: str, task: str) -> tuple[Any, Any]:
+    """(model in eval mode, plain tokenizer) of an NER or QA export."""
     import transformers
 
     from raylm.datasets._task_io import plain_tokenizer
 
-    task = task_of(model_dir)
     auto = "AutoModelForTokenClassification" if task == "token-classification" else "AutoModelForQuestionAnswering"
     model = getattr(transformers, auto).from_pretrained(model_dir).eval()
-    return task, model, plain_tokenizer(transformers.AutoTokenizer.from_pretrained(model_dir))
+    return model, plain_tokenizer(transformers.AutoTokenizer.from_pretrained(model_dir))
 
 
 def _max_length(model: Any, asked: int | None) -> int:
@@ -88,9 +55,8 @@ def _data_cfg(max_length: int) -> Any:
 
 
 def _labelled_rows(path: str, task: str, max_length: int) -> Iterator[dict]:
-    from raylm.datasets.task_prepare import read_rows
-
-    return read_rows(path, task, _data_cfg(max_length), on_error="skip")
+    fmt = NerFormat() if task == "token-classification" else QaFormat()
+    return fmt.read_rows(path, _data_cfg(max_length), "skip")
 
 
 def _unlabelled_rows(path: str, task: str) -> Iterator[dict]:
@@ -158,8 +124,7 @@ def _run(model: Any, feats: list[dict], pad_id: int, keys: tuple[str, ...], batc
 def tag_sentences(model: Any, tok: Any, rows: list[dict], batch_size: int = 32, max_length: int | None = None,
                   stride: int = 0) -> list[list[str]]:
     """One tag per word for each row `{tokens}` (windows merged by the max-context rule)."""
-    from raylm.datasets.task_prepare import ner_features
-    from raylm.tasks.conll import merge_word_predictions
+    from raylm.tasks.conll import merge_word_predictions, ner_features
 
     names = model.config.id2label
     feats = []
@@ -181,12 +146,11 @@ def tag_sentences(model: Any, tok: Any, rows: list[dict], batch_size: int = 32, 
 def answer_questions(model: Any, tok: Any, rows: list[dict], batch_size: int = 32, max_length: int | None = None,
                      doc_stride: int = 128, n_best: int = 20, max_answer_tokens: int = 30) -> list[dict]:
     """The best span per question `{id, question, context}`: `{answer, start, end}` (characters of the context)."""
-    from raylm.datasets.task_prepare import qa_features
-    from raylm.tasks.squad import _spans
+    from raylm.tasks.squad import _spans, qa_windows
 
     cfg = _data_cfg(_max_length(model, max_length))
     cfg.qa.doc_stride = min(doc_stride, cfg.max_length // 2)
-    feats = [f | {"row": k} for k, row in enumerate(rows) for f in qa_features(tok, row, cfg, with_answers=False)]
+    feats = [f | {"row": k} for k, row in enumerate(rows) for f in qa_windows(tok, row, cfg, with_answers=False)]
     best: list[tuple[float, int, int]] = [(float("-inf"), 0, 0)] * len(rows)
     for chunk, out in _run(model, feats, model.config.pad_token_id or 0, ("token_type_ids",), batch_size):
         for f, s_log, e_log in zip(chunk, out.start_logits.tolist(), out.end_logits.tolist()):
@@ -200,11 +164,9 @@ def answer_questions(model: Any, tok: Any, rows: list[dict], batch_size: int = 3
 # ---------------------------------------------------------------- entry points
 
 
-def predict_file(model_dir: str, input_path: str, output_path: str, batch_size: int = 32) -> dict:
+def predict_file(model_dir: str, input_path: str, output_path: str, task: str, batch_size: int = 32) -> dict:
     """Write one JSON line per sentence (`{id, tokens, tags}`) or question (`{id, answer, start, end}`)."""
-    if (own := _own_module(model_dir)) is not None:  # seq2seq `{id, source, prediction}`; NSP pairs `{a, b}`
-        return own.predict_file(model_dir, input_path, output_path, batch_size)
-    task, model, tok = load(model_dir)
+    model, tok = load(model_dir, task)
     rows = [r for r in _unlabelled_rows(input_path, task) if not r["reject"]]
     if not rows:
         raise UserError(f"{input_path}: no sentence or question to predict")
@@ -217,13 +179,11 @@ def predict_file(model_dir: str, input_path: str, output_path: str, batch_size: 
     return {"task": task, "rows": len(rows), "output": output_path}
 
 
-def evaluate_file(model_dir: str, input_path: str, batch_size: int = 32) -> dict:
+def evaluate_file(model_dir: str, input_path: str, task: str, batch_size: int = 32) -> dict:
     """Score a raw labelled file: entity P/R/F1 per sentence (NER) or SQuAD EM/F1 per question (QA)."""
     from raylm.tasks.metrics import entity_scores, squad_scores
 
-    if (own := _own_module(model_dir)) is not None:  # seq2seq: BLEU/ROUGE of beam search; NSP: pairs from documents
-        return own.evaluate_file(model_dir, input_path, batch_size)
-    task, model, tok = load(model_dir)
+    model, tok = load(model_dir, task)
     read = list(_labelled_rows(input_path, task, _max_length(model, None)))
     rows = [r for r in read if not r["reject"]]
     if not rows:

@@ -35,7 +35,7 @@ from raylm.datasets.config import DataConfig
 from raylm.datasets.manifest import COUNTS, SPLITS
 from raylm.datasets.pack import sample_ids
 from raylm.datasets.tokenizer_training import nsp_tokenizer
-from raylm.datasets.units import UnitWorker, atomic_write, prepare_corpus
+from raylm.datasets.units import UnitTask, UnitWorker, atomic_write, prepare_corpus
 from raylm.errors import UserError
 from raylm.tasks.nsp_pairs import IS_NEXT, nsp_examples
 
@@ -142,7 +142,7 @@ class PairWriter:
 class NSPUnitWorker(UnitWorker):
     """`prepare.UnitWorker` (read, clean, dedup, split, ledger, marker) writing sentence pairs."""
 
-    def __init__(self, cfg: DataConfig, tokenizer_dir: str, out_dir: str, task: str, dedup: list | None,
+    def __init__(self, cfg: DataConfig, tokenizer_dir: str, out_dir: str, task: UnitTask, dedup: list | None,
                  validation_files: list[str] | None = None, threads: int = 1) -> None:
         super().__init__(cfg, tokenizer_dir, out_dir, task, dedup, validation_files, threads)
         facts = toks.tokenizer_facts(tokenizer_dir)

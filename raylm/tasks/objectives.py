@@ -2,7 +2,8 @@
 `trainer.eval.best_metric` (which checkpoint is "best") and of a sweep's `tuning.metric`.
 
 The root config's validator reads it (a sweep without `tuning.metric` optimises its task's), so it must
-stay light; a test holds every registered task to an entry here.
+stay light; a test holds every built-in task to an entry here. A task outside raylm (an import path)
+has its `objective` on its class, read by importing it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from raylm.datasets.config import DataConfig
+from raylm.tasks.names import load_class
 from raylm.trainers.config import TrainerConfig
 
 
@@ -38,7 +40,9 @@ def task_objective(cfg: Sections) -> tuple[str, str]:
     trainer, data = cfg.trainer, cfg.data
     if trainer.task == "seq2seq":  # BLEU (translation) or ROUGE-L (summarization); the loss when nothing is decoded
         return ("val_loss", "min") if trainer.generation.eval_batches == 0 else SEQ2SEQ_METRICS[data.seq2seq.metric]
-    return OBJECTIVES[trainer.task]
+    if trainer.task in OBJECTIVES:
+        return OBJECTIVES[trainer.task]
+    return load_class(trainer.task).objective  # a task outside raylm says its own (imports its module)
 
 
 def best_checkpoint_rule(cfg: Sections) -> tuple[str, str]:

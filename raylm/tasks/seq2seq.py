@@ -32,8 +32,9 @@ import torch
 from raylm.config import RootConfig
 from raylm.datasets._task_io import parse_json_object
 from raylm.errors import UserError
-from raylm.tasks.base import Task
+from raylm.tasks.base import LabelledTask
 from raylm.tasks.collate import IGNORE, pad
+from raylm.tasks.seq2seq_data import PairFormat, check_files
 from raylm.trainers.parallel import gather
 
 ARCHS = ("bart", "t5", "marian")
@@ -101,10 +102,12 @@ def is_encoder_decoder(path: str) -> bool:
         return bool(json.load(f).get("is_encoder_decoder"))
 
 
-class Seq2Seq(Task):
+class Seq2Seq(LabelledTask):
     """Translation and summarization: teacher-forced cross-entropy, beam search, BLEU/ROUGE."""
 
     name = "seq2seq"
+    labelled_format = PairFormat()
+    group_by_length = True
     model_keys = ("input_ids", "attention_mask", "labels")
     meta_keys = ("seq2seq", "bos_id")
 
@@ -114,6 +117,16 @@ class Seq2Seq(Task):
             return []
         return [f"trainer.task=seq2seq builds an encoder-decoder: set model.arch to one of {', '.join(ARCHS)} "
                 f"(got {cfg.model.arch}), or model.init_from to a seq2seq model or a pretrained encoder"]
+
+    def check_inputs(self, cfg: RootConfig) -> list[str]:
+        """Each source file has its parallel partner (or is JSONL)."""
+        return check_files(cfg.data)
+
+    def evaluate_file(self, model_dir: str, path: str) -> dict:
+        return evaluate_file(model_dir, path)
+
+    def predict_file(self, model_dir: str, path: str, output: str, batch_size: int | None = None) -> dict:
+        return predict_file(model_dir, path, output, batch_size or 16)
 
     def extra_meta(self, cfg: RootConfig, manifest: dict) -> dict:
         """The tokenizer (workers decode outputs to text and may not see the driver's files) and the decoding."""

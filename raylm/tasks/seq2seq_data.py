@@ -1,4 +1,4 @@
-"""seq2seq (translation, summarization) for `raylm prepare` (`raylm.datasets.task_prepare`): which files
+"""seq2seq (translation, summarization) for `raylm prepare` (`raylm.datasets.labelled`): which files
 pair up, how a pair is read, and how it becomes features.
 
     data.source (+ validation_source) --(pair_files: train.de -> train.en)--> one read task per pair
@@ -25,7 +25,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from raylm.datasets.config import DataConfig
+from raylm.datasets.labelled import IDS, LabelledFormat
 from raylm.errors import UserError
 
 _COMPRESSED = re.compile(r"\.(gz|zst|zstd)$")
@@ -158,3 +161,47 @@ def train_tokenizer(texts: Iterator[str], out_dir: str, vocab_size: int, min_fre
 
     os.makedirs(Path(out_dir).parent, exist_ok=True)
     train_bpe(texts, out_dir, vocab_size, min_frequency)
+
+
+def manifest_extra(cfg: DataConfig, tok_dir: str) -> dict:
+    """Lengths and the ids around the text; the data settings travel with the exported model."""
+    src, tgt = max_lengths(cfg)
+    ids = special_ids(tok_dir)
+    return {"max_length": max(src, tgt), "block_size": max(src, tgt), "bos_id": ids["bos_id"],
+            "seq2seq": cfg.seq2seq.model_dump() | {"max_source_length": src, "eos_id": ids["eos_id"]}}
+
+
+class PairFormat(LabelledFormat):
+    """Parallel text (a file per side, or JSONL with both fields) for `raylm.datasets.labelled`."""
+
+    name = "seq2seq"
+    fields = [("source_text", pa.string()), ("target_text", pa.string())]
+    # target_text: the raw reference, kept in validation shards only (BLEU/ROUGE score text as written).
+    feature_schema = pa.schema([("sample_id", pa.int64()), ("input_ids", IDS), ("labels", IDS),
+                                ("row_id", pa.string()), ("target_text", pa.string()), ("split", pa.string())])
+    eval_only_columns = ("target_text",)
+
+    def files(self, listed: list[tuple[str, int]], cfg: DataConfig) -> tuple[list[str], list[tuple[str, int]]]:
+        """One read per source file; its partner goes into the fingerprint."""
+        return pair_files(listed, cfg)
+
+    def read_rows(self, path: str, cfg: DataConfig, on_error: str) -> Iterator[dict]:
+        return read_rows(path, cfg, on_error)
+
+    def row_text(self, row: dict) -> str:
+        return row["source_text"] or ""  # the source decides the split (one sentence, one side of the split)
+
+    def sample_texts(self, rows: Iterator[dict], limit: int) -> Iterator[str]:
+        return sample_texts(rows, limit)
+
+    def train_tokenizer(self, texts: Iterator[str], out_dir: str, vocab_size: int, min_frequency: int) -> None:
+        train_tokenizer(texts, out_dir, vocab_size, min_frequency)
+
+    def featurizer_state(self, tokenizer_dir: str) -> Any:
+        return special_ids(tokenizer_dir)
+
+    def features(self, tok: Any, row: dict, cfg: DataConfig, label2id: dict[str, int], state: Any) -> list[dict]:
+        return [features(tok, row, state, *max_lengths(cfg))]
+
+    def manifest_extra(self, cfg: DataConfig, tok_dir: str) -> dict:
+        return manifest_extra(cfg, tok_dir)

@@ -11,9 +11,13 @@ character offsets of its context tokens so a predicted span maps back to the ori
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
 
 from raylm.datasets._task_io import (
     base_row,
@@ -24,6 +28,8 @@ from raylm.datasets._task_io import (
     read_text,
     reject,
 )
+from raylm.datasets.config import DataConfig
+from raylm.datasets.labelled import IDS, LabelledFormat
 from raylm.datasets.sources import BadRowError
 
 __all__ = ["CLS_INDEX", "NO_OFFSET", "answer_problem", "answer_tokens", "best_answers", "plain_tokenizer",
@@ -230,3 +236,51 @@ def _spans(offsets: Sequence, s_log: Sequence[float], e_log: Sequence[float], n_
         for j in ends:
             if i <= j < i + max_len:
                 yield float(s_log[i]) + float(e_log[j]), i, j
+
+
+# ---------------------------------------------------------------- `raylm prepare` (raylm.datasets.labelled)
+
+
+def qa_windows(tokenizer: Any, row: dict, cfg: DataConfig, with_answers: bool = True) -> list[dict]:
+    """Windows of one question (see qa_features), offsets split in two int lists for Arrow."""
+    answers = row["answers"] if with_answers else None
+    out = []
+    for f in qa_features(tokenizer, row["question"], row["context"], answers, cfg.max_length, cfg.qa.doc_stride,
+                         cfg.qa.max_question_tokens):
+        out.append({"input_ids": f["input_ids"], "token_type_ids": f["token_type_ids"],
+                    "start_positions": f.get("start_positions", 0), "end_positions": f.get("end_positions", 0),
+                    "offset_start": [o[0] for o in f["offsets"]], "offset_end": [o[1] for o in f["offsets"]],
+                    "example_id": row["id"], "context": row["context"],
+                    "answers": list((row.get("answers") or {}).get("text") or [])})
+    return out
+
+
+class QaFormat(LabelledFormat):
+    """Extractive QA: SQuAD JSON or JSONL; one row per question, windows over its context."""
+
+    name = "question-answering"
+    fields = [("id", pa.string()), ("question", pa.string()), ("context", pa.string()),
+              ("answers", pa.struct([("text", pa.list_(pa.string())), ("answer_start", pa.list_(pa.int64()))])),
+              ("is_impossible", pa.bool_())]
+    feature_schema = pa.schema([
+        ("sample_id", pa.int64()), ("input_ids", IDS), ("token_type_ids", IDS), ("start_positions", pa.int32()),
+        ("end_positions", pa.int32()), ("offset_start", IDS), ("offset_end", IDS), ("example_id", pa.string()),
+        ("context", pa.string()), ("answers", pa.list_(pa.string())), ("split", pa.string())])
+    row_key = "example_id"
+    eval_only_columns = ("context", "answers")
+
+    def read_rows(self, path: str, cfg: DataConfig, on_error: str) -> Iterator[dict]:
+        return read_squad(path, on_error)
+
+    def row_text(self, row: dict) -> str:
+        # Questions about one paragraph share a split (no context seen in training is scored).
+        return row.get("context") or ""
+
+    def sample_texts(self, rows: Iterator[dict], limit: int) -> Iterator[str]:
+        return (f"{r['question']} {r['context']}" for r in itertools.islice(rows, limit))
+
+    def features(self, tok: Any, row: dict, cfg: DataConfig, label2id: dict[str, int], state: Any) -> list[dict]:
+        return qa_windows(tok, row, cfg)
+
+    def manifest_extra(self, cfg: DataConfig, tok_dir: str) -> dict:
+        return {"qa": cfg.qa.model_dump()}

@@ -11,7 +11,7 @@ _EXPORTS = {
     "ModelConfig": "raylm.trainers.config", "TrackingConfig": "raylm.trainers.config",
     "TrainerConfig": "raylm.trainers.config", "build_trainer": "raylm.trainers.driver",
     "export_model": "raylm.trainers.driver", "train": "raylm.trainers.driver",
-    "train_loop_per_worker": "raylm.trainers.loop", "TASKS": "raylm.tasks.registry",
+    "train_loop_per_worker": "raylm.trainers.loop",
     "get_task": "raylm.tasks.registry",
 }
 __all__ = sorted(_EXPORTS)

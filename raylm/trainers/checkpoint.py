@@ -30,6 +30,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict
 from typing import Any
@@ -102,26 +103,27 @@ def hf_class(model: torch.nn.Module) -> type:
     return next(c for c in type(model).__mro__ if c.__module__.startswith("transformers."))
 
 
-def _writer(path: str, hold_s: float) -> Any:
-    """A DCP FileSystemWriter; with `hold_s` its coordinator holds the write open that long before the
-    metadata (tests: a window in which a crash leaves a partial checkpoint)."""
+def _writer(path: str, on_write: Callable[[str], None] | None) -> Any:
+    """A DCP FileSystemWriter; with `on_write` its coordinator calls it with `path` once every shard is
+    written, before the metadata that completes the checkpoint (the loop's observers: see
+    raylm.trainers.hooks.LoopObserver.on_checkpoint_write)."""
     from torch.distributed.checkpoint import FileSystemWriter
 
-    class Held(FileSystemWriter):
+    class Observed(FileSystemWriter):
         def finish(self, metadata: Any, results: Any) -> None:
-            time.sleep(hold_s)
+            on_write(path)
             super().finish(metadata, results)
 
-    return Held(path) if hold_s else FileSystemWriter(path)
+    return Observed(path) if on_write else FileSystemWriter(path)
 
 
 class Checkpointer:
     """Writes this rank's part of each checkpoint and reports it; at most one sharded write in flight."""
 
-    def __init__(self, t: TrainerConfig, run_dir: str, hold_s: float = 0.0) -> None:
+    def __init__(self, t: TrainerConfig, run_dir: str, on_write: Callable[[str], None] | None = None) -> None:
         self.sharded = t.scaling.strategy == "fsdp" and t.fsdp.checkpoint == "sharded"
         self.async_ = self.sharded and t.fsdp.async_checkpoint
-        self.run_dir, self.hold_s = run_dir, hold_s
+        self.run_dir, self.on_write = run_dir, on_write  # on_write: told of each sharded write (see _writer)
         # The background write's collectives (plan, metadata gather) get their own group: on the
         # default one they could interleave with the training thread's all-reduces.
         timeout = datetime.timedelta(seconds=t.watchdog.collective_timeout_s)  # as the default group's
@@ -206,7 +208,7 @@ class Checkpointer:
         if rank == 0:
             self._write_small(dest, ctx, st, metrics_file)
         sd = _model_and_optim(ctx.model, ctx.opt)
-        writer = _writer(os.path.join(dest, DCP_DIR), self.hold_s)
+        writer = _writer(os.path.join(dest, DCP_DIR), self.on_write)
         if not self.async_:
             dcp.save(sd, storage_writer=writer)
             return None

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from raylm.tasks.names import name_problem
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +242,22 @@ class ExportSection(BaseModel):
     dir: str | None = Field(None, description="Where the final HF model is exported (default: <run>/export).")
 
 
+class ObserverSpec(BaseModel):
+    """A loop observer (raylm.trainers.hooks.LoopObserver): told each batch's sample ids and each sharded
+    checkpoint write, with no say in either (tests keep sample ledgers and crash windows with one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    factory: str = Field(
+        ..., pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+        description="'module:function', imported on every worker (the module must be on the workers' Python "
+        "path) and called as function(rank, world, start_step, run_dir, **options).",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="The factory's keyword arguments (plain values: they travel in the config)."
+    )
+
+
 # Keys that moved from the flat `trainer` section into a sub-section (issue 14): old name -> new
 # path under `trainer`. raylm.config moves them (files, overrides, search spaces) before validation.
 MOVED_TRAINER_KEYS: dict[str, str] = {
@@ -265,12 +283,21 @@ class TrainerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: Literal["causal-lm", "masked-lm", "sequence-classification", "token-classification",
-                  "question-answering", "seq2seq"] = Field(
-        "causal-lm", description="What is trained: the model head, loss, collate and metrics (raylm.tasks.corpus); "
+    task: str = Field(
+        "causal-lm", description="What is trained: its data, model head, loss, collate, metrics and per-file eval "
+        "(raylm.tasks). causal-lm, masked-lm (data.nsp: MLM + NSP), sequence-classification (raylm.tasks.corpus); "
         "token-classification (NER, data.ner) and question-answering (extractive, data.qa): raylm.tasks.downstream; "
-        "seq2seq (translation, summarization; data.seq2seq, trainer.generation): raylm.tasks.seq2seq.",
+        "seq2seq (translation, summarization; data.seq2seq, trainer.generation): raylm.tasks.seq2seq; or a Task "
+        "class outside raylm as module:Class.",
     )
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, name: str) -> str:
+        if (problem := name_problem(name)) is not None:
+            raise ValueError(problem)
+        return name
+
     run_name: str = Field(
         "demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="Run directory under cluster.storage_path; the same name resumes the run.",
@@ -319,6 +346,9 @@ class TrainerConfig(BaseModel):
     export: ExportSection = Field(default_factory=ExportSection, description=ExportSection.__doc__)
     watchdog: WatchdogSection = Field(default_factory=WatchdogSection, description=WatchdogSection.__doc__)
     generation: GenerationSection = Field(default_factory=GenerationSection, description=GenerationSection.__doc__)
+    observers: list[ObserverSpec] = Field(
+        default_factory=list, description="Loop observers, built on every worker in this order (ObserverSpec).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "TrainerConfig":

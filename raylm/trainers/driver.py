@@ -13,7 +13,6 @@ from typing import Any
 from raylm.cluster.storage import is_remote
 from raylm.config import RootConfig, save_config
 from raylm.datasets.sharding import sharding_for
-from raylm.datasets.tokenizers import cls_sep_ids
 from raylm.errors import UserError
 from raylm.tasks.objectives import best_checkpoint_rule
 
@@ -49,44 +48,21 @@ def model_meta(cfg: RootConfig, manifest: dict) -> dict:
     """What workers need from the manifest (they may not see the driver's filesystem)."""
     meta = {k: manifest.get(k) for k in ("vocab_size", "eos_id", "pad_id", "mask_id", "block_size", "max_length",
                                          "cls_id", "sep_id")}
-    if cfg.trainer.task == "sequence-classification":
-        meta["num_labels"] = (manifest.get("num_labels") or len(manifest.get("labels") or [])
-                              or _labels_in_data(cfg.data.prepared_dir, manifest))
-        if meta["cls_id"] is None and manifest.get("tokenizer_dir"):
-            meta.update(cls_sep_ids(manifest["tokenizer_dir"]))
-    from raylm.tasks.registry import get_task
+    from raylm.tasks.registry import get_task  # task modules import torch: the CLI imports this module at start
 
     task = get_task(cfg.trainer.task)
     meta |= {k: manifest.get(k) for k in task.meta_keys}  # e.g. NER's tag names
-    meta |= task.extra_meta(cfg, manifest)  # e.g. seq2seq's tokenizer
+    meta |= task.extra_meta(cfg, manifest)  # e.g. seq2seq's tokenizer, a classifier's number of labels
     if meta["pad_id"] is None:
         meta["pad_id"] = meta["eos_id"]
     return meta
 
 
-def _labels_in_data(prepared_dir: str, manifest: dict) -> int:
-    """num_labels = largest label id in the train shards + 1 (reads the label column only)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    top = 0
-    for f in manifest["splits"]["train"]["files"]:
-        col = pq.read_table(os.path.join(prepared_dir, f["path"]), columns=["label"]).column("label")
-        top = max(top, int(pc.max(col).as_py() or 0))
-    return max(top + 1, 2)
-
-
 def check_compatible(cfg: RootConfig, manifest: dict) -> None:
-    problems = []
-    if manifest.get("task", "causal-lm") != cfg.trainer.task and cfg.trainer.task != "masked-lm":
-        problems.append(f"data in {cfg.data.prepared_dir} was prepared for {manifest.get('task')}, "
-                        f"not {cfg.trainer.task}: run `raylm prepare` with this config")
-    from raylm.tasks.registry import get_task
+    from raylm.tasks.registry import get_task  # task modules import torch: the CLI imports this module at start
 
-    problems += get_task(cfg.trainer.task).check_config(cfg)
-    if manifest.get("block_size") != cfg.data.block_size and cfg.trainer.task in ("causal-lm", "masked-lm"):
-        problems.append(f"data.block_size is {cfg.data.block_size} but the shards hold blocks of "
-                        f"{manifest.get('block_size')}: prepare again or set data.block_size")
+    task = get_task(cfg.trainer.task)
+    problems = task.check_prepared(cfg, manifest) + task.check_config(cfg)
     if problems:
         raise UserError(problems)
 
@@ -200,9 +176,9 @@ def eval_rows(cfg: RootConfig) -> int:
 
 def train(cfg: RootConfig, started_at: float | None = None) -> dict:
     """Fit (resuming the run of the same name if it has checkpoints), export, summarise."""
-    from raylm.datasets.prepare import prepare
+    from raylm.tasks.registry import prepare_data  # task modules import torch: the CLI imports this module at start
 
-    manifest = prepare(cfg.data, task=cfg.trainer.task)  # no-op when the shards are up to date
+    manifest = prepare_data(cfg.data, cfg.trainer.task)  # no-op when the shards are up to date
     check_compatible(cfg, manifest)
     run_dir = local_run_dir(cfg)
     os.makedirs(run_dir, exist_ok=True)

@@ -43,15 +43,16 @@ def enabled(mode: str, device: torch.device) -> bool:
 _FUSED_LOSS_MODELS = ("gpt2", "llama")  # their lm head reads the final hidden states as is (no softcap, no scale)
 
 
-def apply_fused_kernels(model: torch.nn.Module, task: str, mode: str, device: torch.device,
+def apply_fused_kernels(model: torch.nn.Module, fused_loss: bool, mode: str, device: torch.device,
                         say: Callable[[str], None], compiled: bool = False) -> bool:
     """Patch the model instance with Liger's kernels where they apply; True when the fused loss is used.
+    `fused_loss`: the task's loss is next-token cross-entropy (`Task.fused_loss`).
     `compiled`: the blocks will be torch.compiled; inductor then fuses RMSNorm, RoPE and SwiGLU itself,
     and Liger's hand-written kernels inside a compiled block only cut its graph into pieces
     (H200, 1.1B llama: 43.5% MFU with them against 49.0% for the same blocks compiled without), so
     only the fused linear cross-entropy (outside the blocks) is used."""
     kind = getattr(model.config, "model_type", "")
-    if not enabled(mode, device) or task != "causal-lm" or kind not in _FUSED_LOSS_MODELS:
+    if not enabled(mode, device) or not fused_loss or kind not in _FUSED_LOSS_MODELS:
         return False
     lk = liger()
     if device.type == "cuda" and lk is None:

@@ -31,7 +31,7 @@ from raylm.trainers import checkpoint, preemption
 from raylm.trainers import state as ckpt
 from raylm.trainers.autobatch import resolve_batch_size
 from raylm.trainers.config import TrainerConfig
-from raylm.trainers.hooks import SampleLog, check_nonfinite
+from raylm.trainers.hooks import Observers, check_nonfinite
 from raylm.trainers.hostmem import release_freed_memory
 from raylm.trainers.kernels import apply_fused_kernels, loss_fn_for
 from raylm.trainers.materialize import build_on_meta, init_weights, materialize
@@ -54,10 +54,8 @@ class LoopConfig:
     run_dir: str
     metrics_path: str
     run_id: str
-    sample_log: str | None = None  # per-rank sample-id ledger (tests, benchmarks)
     resume_from: str | None = None  # a checkpoint path to start from (a PBT exploit)
     started_at: float | None = None  # when the command started (time.time()): start-up is reported from it
-    checkpoint_hold_s: float = 0.0  # tests: hold each sharded checkpoint write open this long (a crash window)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -84,7 +82,7 @@ class Run:
     feeder: Feeder
     val: list
     sink: Sink
-    samples: SampleLog
+    observers: Observers  # trainer.observers: told each batch and each sharded checkpoint write
     progress: Progress
     rank: int
     world: int
@@ -120,13 +118,14 @@ def setup(loop_cfg: LoopConfig, cfg: RootConfig, watchdog: Watchdog) -> Run:
         # DDP: built whole (hf checkpoint weights go in before wrapping: every rank starts equal).
         # FSDP: built on the meta device, sharded, then materialised shard by shard.
         model = build_model(task, cfg, meta, hf_weights, say if rank == 0 else lambda _: None)
+        model.config.raylm_task = trainer.task  # the export's task, for `raylm eval --input` and `predict`
         amp = autocast_dtype(trainer.precision, device)
         if trainer.scaling.strategy == "ddp":
             batch_size = resolve_batch_size(trainer.batch_size, model, task, meta, device, amp, rank)
         # The fused loss reads the lm head's weight outside the model's forward: not under FSDP's sharding.
         kernels = trainer.fused_kernels if trainer.scaling.strategy == "ddp" else "off"
         compiled = compile_enabled(trainer, device)
-        fused = apply_fused_kernels(model, trainer.task, kernels, device, say if rank == 0 else lambda _: None, compiled)
+        fused = apply_fused_kernels(model, task.fused_loss(), kernels, device, say if rank == 0 else lambda _: None, compiled)
         if compiled and rank == 0:
             say("[raylm] compiling the transformer blocks (torch.compile, regional) during the first step...")
         model = wrap_model(model, trainer, device)
@@ -167,14 +166,15 @@ def setup(loop_cfg: LoopConfig, cfg: RootConfig, watchdog: Watchdog) -> Run:
     val = [to_batch(collate(raw, i * 31 + rank), device, counts=counts) for i, (raw, counts) in enumerate(val_raw)]
     data = cfg.data
     stream = TrainStream(ray.train.get_dataset_shard("train"), batch_size, data.seed, data.shuffle_buffer_rows,
-                         lambda raw, seed: (raw, seed), state.epoch, state.batches_in_epoch, task=trainer.task,
-                         group_by_length=data.group_by_length, length_group_batches=data.length_group_batches,
+                         lambda raw, seed: (raw, seed), state.epoch, state.batches_in_epoch,
+                         varied_lengths=task.group_by_length, group_by_length=data.group_by_length, length_group_batches=data.length_group_batches,
                          sharding=state.sharding, world=world, rank=rank)
-    return Run(cfg, task, ctx, state, Feeder(stream, collate, device), val, sink,
-               SampleLog(loop_cfg.sample_log or os.environ.get("RAYLM_SAMPLE_LOG"), rank, state.step, world),
+    observers = Observers.load(trainer.observers, rank, world, state.step, loop_cfg.run_dir)
+    on_write = observers.on_checkpoint_write if observers else None
+    return Run(cfg, task, ctx, state, Feeder(stream, collate, device), val, sink, observers,
                Progress(trainer.max_steps, state.step, cfg.tracking.progress_every_s, enabled=rank == 0),
                rank, world, batch_size, grad_accum, last_ckpt,
-               checkpoint.Checkpointer(trainer, loop_cfg.run_dir, loop_cfg.checkpoint_hold_s), watchdog)
+               checkpoint.Checkpointer(trainer, loop_cfg.run_dir, on_write), watchdog)
 
 
 def build_model(task: Task, cfg: RootConfig, meta: dict, hf_weights: str | None,
@@ -236,7 +236,7 @@ def run_loop(loop_cfg: LoopConfig, run: Run) -> None:
         beat(f"train step ({STEP_COLLECTIVES[trainer.scaling.strategy]})", state.step + 1)
         batches = run.feeder.take(run.grad_accum)
         for b in batches:
-            run.samples.write(b.epoch, state.step, b.sample_ids)
+            run.observers.on_batch(b.epoch, state.step, b.sample_ids)
         out = train_step(run.ctx, batches)  # queued on the device; nothing read back
         state.step += 1
         state.epoch, state.batches_in_epoch = batches[-1].epoch, batches[-1].position
@@ -274,7 +274,7 @@ def run_loop(loop_cfg: LoopConfig, run: Run) -> None:
             run.progress.eval(state.step, metrics)
             saved = report(metrics, state, run.ctx, run.rank, save_now, run.sink, run.checkpointer)
             run.last_ckpt = os.path.join(loop_cfg.run_dir, saved) if saved else run.last_ckpt
-    run.samples.close()
+    run.observers.close()
     run.sink.close()
     if stop and state.step < trainer.max_steps:  # restart from this step's checkpoint
         beat("the last checkpoint's write", state.step)

@@ -25,12 +25,6 @@ from typing import Any
 import torch
 from torch import nn
 
-# Auto classes of the tasks whose skeleton can be built from an `init_from` directory's config on the
-# meta device; other tasks load eagerly on every rank (a warning says so).
-_AUTO = {"causal-lm": "AutoModelForCausalLM", "masked-lm": "AutoModelForMaskedLM",
-         "sequence-classification": "AutoModelForSequenceClassification"}
-
-
 # ---------------------------------------------------------------- building on the meta device
 
 
@@ -43,12 +37,12 @@ def build_on_meta(task: Any, cfg: Any, meta: dict) -> nn.Module | None:
     with torch.device("meta"):
         if not m.init_from:
             return task.build_model(cfg, meta)
-        if task.name not in _AUTO or meta.get("nsp"):  # BertForPreTraining (data.nsp) has no Auto class here
+        # A task without `meta_auto_model` loads eagerly on every rank (a warning says so).
+        if not task.meta_auto_model or meta.get("nsp"):  # BertForPreTraining (data.nsp) has no Auto class here
             return None
-        kw = {"num_labels": meta["num_labels"]} if task.name == "sequence-classification" else {}
-        conf = AutoConfig.from_pretrained(m.init_from, **kw)
+        conf = AutoConfig.from_pretrained(m.init_from, **task.pretrained_kwargs(meta))
         conf._attn_implementation = m.attn_implementation
-        return getattr(transformers, _AUTO[task.name]).from_config(conf)
+        return getattr(transformers, task.meta_auto_model).from_config(conf)
 
 
 def config_seed(seed: int, name: str) -> int:

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import typer
 
+from raylm._cli import setup_logging, user_errors
+from raylm.cli_options import CONFIG, OVERRIDES, RAY_ADDRESS, VERBOSE, load
+from raylm.cluster import connect
 from raylm.config import RootConfig
 from raylm.errors import UserError
-from raylm.tuning.driver import TrainerFactory
+from raylm.preflight import preflight
+from raylm.tuning.searchers import require_extra
+from raylm.tuning.space import space_problems
+
+if TYPE_CHECKING:  # raylm.tuning.driver imports ray.tune (~1.5 s): not for `raylm --help`
+    from raylm.tuning.driver import TrainerFactory
 
 
 def main(cfg: RootConfig, *, address: str | None = None, factory: TrainerFactory | None = None) -> int:
@@ -17,8 +26,7 @@ def main(cfg: RootConfig, *, address: str | None = None, factory: TrainerFactory
     0: at least one trial produced a usable result; 1: none did; 130: the sweep was
     interrupted (run the same command again to resume).
     """
-    from raylm.cluster import connect
-    from raylm.tuning.results import markdown
+    from raylm.tuning.results import markdown  # ray.tune
     from raylm.tuning.sweep import run_sweep
 
     with connect(cfg.cluster, address):
@@ -42,19 +50,12 @@ def main(cfg: RootConfig, *, address: str | None = None, factory: TrainerFactory
     return 0
 
 
-OVERRIDES = typer.Argument(None, help="Dotted overrides, e.g. tuning.num_samples=4 trainer.max_steps=50")
-ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded Ray).")
-
-
-def tune_cmd(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRESS,
-             verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's messages on the console too.")) -> None:
+@user_errors
+def tune_cmd(config: str = CONFIG, overrides: list[str] = OVERRIDES, address: str = RAY_ADDRESS,
+             verbose: bool = VERBOSE) -> None:
     """Sweep hyperparameters with Ray Tune (the config's `tuning` section); rerun to resume."""
-    from raylm.config import load_config
-
-    cfg = load_config(config, overrides or [])
-    check_before_ray(cfg, config)
-    from raylm._cli import setup_logging
-    from raylm.tuning.driver import sweep_paths
+    cfg = load(config, overrides, "tune", check=lambda c: check_before_ray(c, config))
+    from raylm.tuning.driver import sweep_paths  # ray.tune, after the config is known good
 
     setup_logging(verbose, os.path.join(str(sweep_paths(cfg).sweep_dir), "ray.log"))
     code = main(cfg, address=address)
@@ -64,11 +65,7 @@ def tune_cmd(config: str, overrides: list[str] = OVERRIDES, address: str = ADDRE
 
 def check_before_ray(cfg: RootConfig, origin: str = "config") -> None:
     """Every input problem (search space, searcher extra, data, model) in one UserError, in a
-    second, before a cluster starts."""
-    from raylm.preflight import preflight
-    from raylm.tuning.searchers import require_extra
-    from raylm.tuning.space import space_problems
-
+    second, before a cluster starts: `raylm tune`'s preflight."""
     if cfg.tuning is None:
         raise UserError(f"{origin}: no 'tuning' section to sweep", hint="see configs/tune-*.yaml")
     problems = space_problems(cfg.tuning, cfg.model_dump(mode="json"))

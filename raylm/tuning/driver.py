@@ -104,12 +104,12 @@ def prepare_trial_data(cfg: RootConfig) -> None:
     """Prepare the trial's shards once, under a lock (two trials may share a data config)."""
     import fcntl
 
-    from raylm.datasets.prepare import prepare
+    from raylm.tasks.registry import prepare_data
 
     os.makedirs(os.path.dirname(cfg.data.prepared_dir) or ".", exist_ok=True)
     with open(cfg.data.prepared_dir + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        prepare(cfg.data, task=cfg.trainer.task)
+        prepare_data(cfg.data, cfg.trainer.task)
 
 
 def train_run_name(trial_id: str, resume_from: str | None) -> str:

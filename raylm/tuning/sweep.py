@@ -55,9 +55,9 @@ def _trainable(cfg: RootConfig, paths: SweepPaths, factory: TrainerFactory | Non
 
 def prepare_base_data(cfg: RootConfig) -> None:
     """Shards for the base data config, prepared once before any trial starts."""
-    from raylm.datasets.prepare import prepare
+    from raylm.tasks.registry import prepare_data
 
-    prepare(cfg.data, task=cfg.trainer.task)
+    prepare_data(cfg.data, cfg.trainer.task)
 
 
 def state_api_reachable(wait_s: float = 20.0) -> bool:

@@ -78,3 +78,12 @@ def test_bad_input_never_touches_an_existing_run(tmp_path):
 
 def test_missing_config_file(tmp_path):
     assert_user_error(raylm("train", "nope.yaml", cwd=str(tmp_path)), "config file not found: nope.yaml")
+
+
+def test_old_address_of_the_jobs_api_still_works_with_a_notice(tmp_path):
+    env_free = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    res = subprocess.run([sys.executable, "-m", "raylm", "jobs", "list", "--address", "http://127.0.0.1:9"],
+                         cwd=str(tmp_path), env=dict(env_free, PYTHONPATH=REPO), capture_output=True, text=True,
+                         timeout=300)
+    assert_user_error(res, "notice: --address for the Jobs API is now --jobs-address",
+                      "error: cannot reach the Ray Jobs API at http://127.0.0.1:9")

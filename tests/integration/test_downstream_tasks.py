@@ -69,7 +69,8 @@ def test_token_classification_prepare_train_eval_predict(ray_session, tmp_path):
 
     from raylm.cli import app
     from raylm.datasets.clean import read_rejects
-    from raylm.datasets.prepare import load_manifest, prepare
+    from raylm.datasets.prepare import load_manifest
+    from raylm.tasks.registry import prepare_data
     from raylm.trainers.driver import train
 
     train_file, bad_line = write_conll(tmp_path / "train.conll", ner_sentences(120, 0), bad_line=True)
@@ -112,7 +113,7 @@ def test_token_classification_prepare_train_eval_predict(ray_session, tmp_path):
     # ---- on_error: fail stops at the bad line: file:line: what
     strict = validate(raw_config(tmp_path, "token-classification", train_file, val_file, on_error="fail"))
     with pytest.raises(UserError, match=rf"{train_file}:{bad_line}: expected 4 columns"):
-        prepare(strict.data, task="token-classification")
+        prepare_data(strict.data, "token-classification")
 
 
 def squad_file(path, n_paragraphs: int, seed: int, bad: bool = False) -> str:

@@ -16,6 +16,7 @@ import torch
 from raylm.trainers.checkpoint import is_sharded
 from raylm.trainers.driver import build_trainer
 
+from support.observers import observed, sample_log_spec, write_hold_spec
 from testkit import is_registered, ledger_headers, read_state, tiny_config, write_synthetic
 
 pytestmark = pytest.mark.long  # minutes of multi-process runs: `bash scripts/test.sh -m long`
@@ -34,8 +35,8 @@ def _losses(run_dir: str, key: str = "train_loss") -> dict[int, float]:
     return {r["step"]: r[key] for r in rows if key in r}
 
 
-def _fit(cfg, manifest, **loop) -> None:
-    result = build_trainer(cfg, manifest=manifest, loop_overrides=loop or None).fit()
+def _fit(cfg, manifest) -> None:
+    result = build_trainer(cfg, manifest=manifest).fit()
     assert result.error is None, result.error
 
 
@@ -68,8 +69,7 @@ def test_worker_killed_mid_async_write_resumes_from_the_previous_checkpoint_exac
     runs, ids, run_dir = straight.runs, f"{straight.runs}/crash.ids", f"{straight.runs}/crash"
     cfg = tiny_config(straight.data, runs, run_name="crash", scaling={"strategy": "fsdp", "max_failures": 1}, **COMMON)
     # Each sharded write holds 3 s before its metadata: the window a crash lands in.
-    trainer = build_trainer(cfg, manifest=straight.manifest,
-                            loop_overrides={"sample_log": ids, "checkpoint_hold_s": 3.0})
+    trainer = build_trainer(observed(cfg, sample_log_spec(ids), write_hold_spec(3.0)), manifest=straight.manifest)
     out: list = []
     fit = threading.Thread(target=lambda: out.append(trainer.fit()))
     fit.start()
@@ -118,7 +118,8 @@ def test_checkpoints_move_between_ddp_and_fsdp_and_to_fewer_workers_keeping_the_
 
     def fit(steps: int, **trainer) -> None:
         opts = {**COMMON, "max_steps": steps, "checkpoint": {"every": 3}, **trainer}
-        _fit(tiny_config(straight.data, runs, run_name="mixed", **opts), straight.manifest, sample_log=ids)
+        cfg = tiny_config(straight.data, runs, run_name="mixed", **opts)
+        _fit(observed(cfg, sample_log_spec(ids)), straight.manifest)
 
     fit(3, scaling={"strategy": "ddp"})  # an hf checkpoint (model/ + full optimizer)...
     assert os.path.isdir(f"{runs}/mixed/checkpoint_00000003/model")

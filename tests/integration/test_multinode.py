@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from support.localray import LocalRay
+from support.observers import observers_override, sample_log_spec
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(1500)]  # `bash scripts/test.sh -m long`
 
@@ -76,17 +77,12 @@ def _driver(address: str, storage: str) -> None:
 @pytest.fixture(scope="module")
 def three_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalRay, Path]]:
     """A head (with the Jobs API) and two worker nodes with one `trainslot` each, and a directory
-    every node sees. RAYLM_SAMPLE_LOG in the nodes' environment: the train workers keep a ledger."""
+    every node sees."""
     shared = tmp_path_factory.mktemp("shared")
-    old = os.environ.get("RAYLM_SAMPLE_LOG")
-    os.environ["RAYLM_SAMPLE_LOG"] = str(shared / "ids")
-    try:
-        with LocalRay(num_cpus=2, dashboard=True) as cluster:
-            cluster.add_worker(num_cpus=2, resources={"node_a": 1, "trainslot": 1})
-            cluster.add_worker(num_cpus=2, resources={"node_b": 1, "trainslot": 1})
-            yield cluster, shared
-    finally:
-        os.environ.pop("RAYLM_SAMPLE_LOG", None) if old is None else os.environ.update(RAYLM_SAMPLE_LOG=old)
+    with LocalRay(num_cpus=2, dashboard=True) as cluster:
+        cluster.add_worker(num_cpus=2, resources={"node_a": 1, "trainslot": 1})
+        cluster.add_worker(num_cpus=2, resources={"node_b": 1, "trainslot": 1})
+        yield cluster, shared
 
 
 def test_ddp_workers_on_two_nodes_checkpoint_in_shared_storage(three_nodes: tuple[LocalRay, Path]) -> None:
@@ -173,9 +169,12 @@ def test_raylm_job_across_nodes_survives_a_dead_driver_and_a_lost_node(three_nod
     env = {**cluster.env, "PYTHONPATH": str(REPO)}
     wait_jobs_api(cluster)
 
-    # ---- 1. `raylm train --address`: prepare on the cluster, 2 workers on 2 nodes, checkpoints in shared storage
-    res = subprocess.run([sys.executable, "-m", "raylm", "train", str(cfg), "--address", cluster.gcs_address],
-                         capture_output=True, text=True, env=env, timeout=900)
+    # ---- 1. `raylm train --address`: prepare on the cluster, 2 workers on 2 nodes, checkpoints in shared storage.
+    # The train workers keep a sample ledger (trainer.observers: Ray puts the driver's directory, the repository
+    # root, on their Python path).
+    ledger = observers_override(sample_log_spec(shared / "ids"))
+    res = subprocess.run([sys.executable, "-m", "raylm", "train", str(cfg), ledger, "--address", cluster.gcs_address],
+                         capture_output=True, text=True, env=env, timeout=900, cwd=REPO)
     assert res.returncode == 0 and "[raylm] exported model:" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
     assert is_registered(str(shared / "runs" / "across"), "checkpoint_00000008")
     (h0, rows0), (h1, rows1) = _ledger(shared / "ids", 0), _ledger(shared / "ids", 1)
@@ -188,9 +187,9 @@ def test_raylm_job_across_nodes_survives_a_dead_driver_and_a_lost_node(three_nod
     steps = len(train_ids) // 4 + 2  # past the end of epoch 0 even on one worker
     ids, run_dir = shared / "ids-elastic", shared / "runs" / "elastic"
     overrides = ["trainer.run_name=elastic", "trainer.scaling.num_workers=[1, 2]", f"trainer.max_steps={steps}",
-                 "trainer.checkpoint.every=3", "trainer.eval.every=3"]
-    submit = dict(address=cluster.dashboard_url, command="python -m raylm train",
-                  env={"PYTHONPATH": str(REPO), "RAYLM_SAMPLE_LOG": str(ids)})
+                 "trainer.checkpoint.every=3", "trainer.eval.every=3", observers_override(sample_log_spec(ids))]
+    # PYTHONPATH: the job's workers import raylm and tests.support.observers (the ledger) from the repository.
+    submit = dict(address=cluster.dashboard_url, command="python -m raylm train", env={"PYTHONPATH": str(REPO)})
     assert jobs.submit(cfg, overrides, **submit) == 0
     client, job = jobs.client(cluster.dashboard_url), "raylm-elastic"
     wait_until("a first checkpoint", lambda: is_registered(str(run_dir), "checkpoint_00000003"))
@@ -245,10 +244,11 @@ def test_fixed_size_run_waits_for_a_replacement_node_after_a_node_is_lost(three_
     assert epoch >= 9, f"{len(train_ids)} training rows: too few to lose a node mid-epoch"
     # Three epochs: the node is lost in the first, with the rest of the run still ahead on any machine.
     overrides = ["trainer.run_name=fixed", "trainer.scaling.num_workers=2", "trainer.scaling.max_failures=2",
-                 f"trainer.max_steps={3 * epoch}", "trainer.checkpoint.every=3", "trainer.eval.every=3"]
+                 f"trainer.max_steps={3 * epoch}", "trainer.checkpoint.every=3", "trainer.eval.every=3",
+                 observers_override(sample_log_spec(ids))]
     job = "raylm-fixed"
     assert jobs.submit(cfg, overrides, address=cluster.dashboard_url, command="python -m raylm train",
-                       env={"PYTHONPATH": str(REPO), "RAYLM_SAMPLE_LOG": str(ids)}) == 0
+                       env={"PYTHONPATH": str(REPO)}) == 0
     wait_until("a checkpoint and training past it",
                lambda: is_registered(str(run_dir), "checkpoint_00000003") and len(_ledger(ids, 1)[1]) >= 4)
     lost = ledger_headers(str(ids), 1)[0]

@@ -60,7 +60,8 @@ def test_nsp_prepare_train_eval_predict(ray_session, tmp_path):
 
     from raylm.cli import app
     from raylm.datasets.clean import read_rejects
-    from raylm.datasets.prepare import load_manifest, prepare
+    from raylm.datasets.prepare import load_manifest
+    from raylm.tasks.registry import prepare_data
     from raylm.trainers.driver import train
 
     train_file, bad_line = write_text(tmp_path / "train.txt", documents(120, 0), nul_in=5)
@@ -115,4 +116,4 @@ def test_nsp_prepare_train_eval_predict(ray_session, tmp_path):
     strict = validate(raw_config(tmp_path, train_file, str(val_file), on_error="fail",
                                  prepared_dir=str(tmp_path / "strict"), tokenizer={"path": m["tokenizer_dir"]}))
     with pytest.raises(UserError, match=rf"{train_file}:{bad_line}: NUL byte"):
-        prepare(strict.data, task="masked-lm")
+        prepare_data(strict.data, "masked-lm")

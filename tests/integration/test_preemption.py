@@ -13,6 +13,7 @@ import pytest
 
 from raylm.trainers.driver import build_trainer
 
+from support.observers import observed, sample_log_spec
 from testkit import ledger_headers, read_sample_log, tiny_config, write_synthetic
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(900)]  # `bash scripts/test.sh -m long`
@@ -31,7 +32,7 @@ def test_sigterm_checkpoints_at_that_step_and_the_resumed_run_loses_nothing(ray_
                       eval={"every": 20, "batches": 1}, scaling={"max_failures": 0, "max_preemptions": 1},
                       schedule={"type": "constant"})
     ids = f"{runs}/ids"
-    trainer = build_trainer(cfg, manifest=manifest, loop_overrides={"sample_log": ids})
+    trainer = build_trainer(observed(cfg, sample_log_spec(ids)), manifest=manifest)
     out: list = []
     fit = threading.Thread(target=lambda: out.append(trainer.fit()))
     fit.start()
@@ -66,5 +67,5 @@ def test_failing_code_stops_after_max_failures(ray_session, tmp_path):
     from ray.train import TrainingFailedError
 
     with pytest.raises(TrainingFailedError, match="non-finite"):
-        build_trainer(cfg, manifest=manifest, loop_overrides={"sample_log": ids}).fit()
+        build_trainer(observed(cfg, sample_log_spec(ids)), manifest=manifest).fit()
     assert len(ledger_headers(ids, 0)) == 2  # the first attempt and one retry, then the run failed

@@ -19,6 +19,7 @@ from raylm.datasets.prepare import PROGRESS, prepare
 from raylm.datasets.sources import read_corpus
 from raylm.datasets.tokenizers import train_bpe
 from raylm.errors import UserError
+from raylm.tasks.registry import prepare_data
 
 from prep_checks import assert_same_splits  # tests/integration/prep_checks.py
 
@@ -125,7 +126,7 @@ def test_classification_truncates_and_maps_string_labels(ray_session, tmp_path, 
     cfg = DataConfig(source=str(tmp_path / "c"), prepared_dir=str(tmp_path / "p"), text_field="sentence",
                      label_field="label", labels=["neg", "pos"], max_length=24, shard_rows=16, tokenize_actors=1,
                      validation_fraction=0.0, tokenizer={"path": tokenizer})
-    m = prepare(cfg, task="sequence-classification")
+    m = prepare_data(cfg, "sequence-classification")
     assert m["rejected"] == {"bad_label": 1} and m["num_labels"] == 2
     table = pa.concat_tables(pq.read_table(os.path.join(cfg.prepared_dir, f["path"])) for f in m["splits"]["train"]["files"])
     assert table.num_rows == 60 and max(len(x) for x in table.column("input_ids").to_pylist()) == 24
@@ -144,7 +145,7 @@ def test_tokenizer_pools_size_by_the_machine_on_the_embedded_ray(ray_session, mo
     """The embedded Ray's logical CPUs (max(cores, 8)) oversubscribe a small machine on purpose; a pool
     of CPU-bound tokenizer actors must not follow them (8 actors on 2 cores: 100 MB in 29 s, not 22)."""
     from raylm.cluster import _connect
-    from raylm.datasets import task_prepare
+    from raylm.datasets import labelled as task_prepare
     from raylm.datasets import units as prep
 
     cfg = DataConfig(source="x", prepared_dir="y")

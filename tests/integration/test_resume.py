@@ -13,6 +13,7 @@ import torch
 
 from raylm.trainers.driver import build_trainer
 
+from support.observers import observed, sample_log_spec
 from testkit import is_registered, read_sample_log, tiny_config, write_synthetic
 
 
@@ -49,7 +50,8 @@ def test_resume_continues_step_optimizer_state_and_data_position(ray_session, tm
 
     def fit(name: str, steps: int) -> None:
         cfg = tiny_config(data, runs, run_name=name, max_steps=steps, **common)
-        result = build_trainer(cfg, manifest=manifest, loop_overrides={"sample_log": f"{runs}/{name}.ids"}).fit()
+        cfg = observed(cfg, sample_log_spec(f"{runs}/{name}.ids"))
+        result = build_trainer(cfg, manifest=manifest).fit()
         assert result.error is None, result.error
 
     fit("straight", 6)
@@ -73,7 +75,7 @@ def test_sigkilled_worker_restarts_from_checkpoint_and_every_sample_is_trained_o
     cfg = tiny_config(data, runs, max_steps=40, checkpoint={"every": 5}, eval={"every": 5, "batches": 1},
                       scaling={"max_failures": 2}, schedule={"type": "constant"})
     ids = f"{runs}/ids"
-    trainer = build_trainer(cfg, manifest=manifest, loop_overrides={"sample_log": ids})
+    trainer = build_trainer(observed(cfg, sample_log_spec(ids)), manifest=manifest)
     out: list = []
     fit = threading.Thread(target=lambda: out.append(trainer.fit()))
     fit.start()
@@ -106,7 +108,7 @@ def test_stride_position_resumes_with_another_worker_count_and_every_sample_once
         cfg = tiny_config(data, runs, overrides=["data.sharding=stride"], scaling={"num_workers": workers},
                           max_steps=steps, checkpoint={"every": 6}, eval={"every": 6, "batches": 1},
                           schedule={"type": "constant"})
-        result = build_trainer(cfg, manifest=manifest, loop_overrides={"sample_log": ids}).fit()
+        result = build_trainer(observed(cfg, sample_log_spec(ids)), manifest=manifest).fit()
         assert result.error is None, result.error
 
     fit(2, 6)  # 2 x 6 x 4 = 48 rows

@@ -68,7 +68,8 @@ def test_translation_tokenizer_prepare_train_eval_predict(ray_session, tmp_path)
 
     from raylm.cli import app
     from raylm.datasets.clean import read_rejects
-    from raylm.datasets.prepare import load_manifest, prepare
+    from raylm.datasets.prepare import load_manifest
+    from raylm.tasks.registry import prepare_data
     from raylm.trainers.driver import train
 
     train_de, bad = write_pair(tmp_path, "train", pairs(160, 0), empty_target_at=7)
@@ -121,4 +122,4 @@ def test_translation_tokenizer_prepare_train_eval_predict(ray_session, tmp_path)
     # ---- on_error: fail stops at the bad pair: file:line: what
     strict = validate(raw_config(tmp_path, train_de, val_de, on_error="fail"))
     with pytest.raises(UserError, match=rf"{train_de}:{bad}: empty target line"):
-        prepare(strict.data, task="seq2seq")
+        prepare_data(strict.data, "seq2seq")

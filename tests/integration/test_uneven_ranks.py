@@ -19,6 +19,7 @@ import torch
 
 from raylm.trainers.driver import build_trainer
 
+from support.observers import observed, sample_log_spec
 from testkit import ledger_headers, tiny_config, write_synthetic
 
 pytestmark = pytest.mark.ray
@@ -109,7 +110,7 @@ def test_a_rank_hung_in_a_collective_fails_the_attempt_leaves_stacks_and_the_run
                       checkpoint={"every": 2}, scaling={"strategy": "fsdp", "max_failures": 1},
                       watchdog={"collective_timeout_s": timeout_s, "min_stall_s": 2, "stall_factor": 2})
     ids = str(tmp_path / "ids")
-    result = build_trainer(cfg, manifest=manifest, loop=hang_once, loop_overrides={"sample_log": ids}).fit()
+    result = build_trainer(observed(cfg, sample_log_spec(ids)), manifest=manifest, loop=hang_once).fit()
     assert result.error is None, result.error
     run_dir = f"{runs}/hang"
 

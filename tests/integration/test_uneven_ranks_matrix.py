@@ -30,7 +30,7 @@ def _synthetic(tmp_path, task: str) -> SimpleNamespace:
 
 def _raw_files(tmp_path, task: str) -> SimpleNamespace:
     """Real files through `raylm prepare` (the tasks whose shards the synthetic writer does not make)."""
-    from raylm.datasets.prepare import prepare
+    from raylm.tasks.registry import prepare_data
 
     if task == "token-classification":
         from test_downstream_tasks import ner_sentences, raw_config, write_conll
@@ -53,7 +53,7 @@ def _raw_files(tmp_path, task: str) -> SimpleNamespace:
         raw = raw_config(tmp_path, write_text(tmp_path / "train.txt", documents(40, 0))[0],
                          write_text(tmp_path / "val.txt", documents(6, 1))[0])
     cfg = validate(raw)
-    return SimpleNamespace(raw=raw, manifest=prepare(cfg.data, task=cfg.trainer.task))
+    return SimpleNamespace(raw=raw, manifest=prepare_data(cfg.data, cfg.trainer.task))
 
 
 TASKS = ["causal-lm", "masked-lm", "sequence-classification", "token-classification", "question-answering",

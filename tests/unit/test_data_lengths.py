@@ -20,8 +20,10 @@ from raylm.datasets.prepare import UnitWorker
 from raylm.datasets.sources import plan_units
 from raylm.datasets.streaming import TrainStream, grouping_mode
 from raylm.datasets.tokenizers import load_backend
+from raylm.datasets.units import UnitTask
 from raylm.tasks.collate import with_special_tokens
 from raylm.tasks.corpus import SequenceClassification
+from raylm.tasks.registry import get_task
 
 pytestmark = pytest.mark.unit
 WORDS = "the a film movie is was good bad great awful plot acting long short fun dull story end".split()
@@ -68,7 +70,7 @@ def test_prepared_classification_shard_holds_unpadded_sequences(bert_tok_dir, tm
     (out / "_progress").mkdir(parents=True)
     cfg = DataConfig(source=str(src), format="tsv", text_field="sentence", label_field="label", max_length=24,
                      validation_fraction=0.0, dedup=False, shard_rows=1000)
-    worker = UnitWorker(cfg, str(bert_tok_dir), str(out), "sequence-classification", None)
+    worker = UnitWorker(cfg, str(bert_tok_dir), str(out), UnitTask("sequence-classification", labelled=True), None)
     for unit in plan_units(cfg, cfg.source):
         worker.process(unit)
     table = pq.read_table(next(out.glob("train/*.parquet")))
@@ -131,7 +133,8 @@ def sst2_like_lengths(n: int, seed: int = 0) -> list[int]:
 
 def stream(shard: FakeShard, group: bool | str = "auto", task: str | None = "sequence-classification",
            epoch: int = 0, position: int = 0, bs: int = 16) -> TrainStream:
-    return TrainStream(shard, bs, 7, 64, lambda b, _seed: b, epoch, position, task=task,
+    varied = None if task is None else get_task(task).group_by_length
+    return TrainStream(shard, bs, 7, 64, lambda b, _seed: b, epoch, position, varied_lengths=varied,
                        group_by_length=group, length_group_batches=20)
 
 
@@ -149,9 +152,14 @@ def ids_of(batches: list[dict]) -> list[list[int]]:
 
 
 def test_grouping_mode_follows_the_task():
-    assert grouping_mode("auto", "sequence-classification") is True
-    assert grouping_mode("auto", "causal-lm") is False and grouping_mode("auto", None) is None
-    assert grouping_mode(False, "sequence-classification") is False and grouping_mode(True, "masked-lm") is True
+    def varied(task):
+        return get_task(task).group_by_length
+
+    assert grouping_mode("auto", varied("sequence-classification")) is True
+    assert grouping_mode("auto", varied("seq2seq")) is True
+    assert grouping_mode("auto", varied("causal-lm")) is False and grouping_mode("auto", None) is None
+    assert grouping_mode(False, varied("sequence-classification")) is False
+    assert grouping_mode(True, varied("masked-lm")) is True
 
 
 def test_grouped_stream_cuts_padding_and_sees_every_row_once():

@@ -24,6 +24,7 @@ from raylm.datasets.config import DataConfig
 from raylm.datasets.pack import sample_id, sample_ids, split_of, splits_of
 from raylm.datasets.prepare import PROGRESS, UnitWorker
 from raylm.datasets.sources import plan_units
+from raylm.datasets.units import UnitTask
 
 pytestmark = pytest.mark.unit
 WORDS = ("the a of and to in is was it that he she they we you not but with for on as at by this "
@@ -103,7 +104,7 @@ def _cls_corpus(root: Path) -> None:
 
 def _run(corpus: Path, out: Path, tok_dir: Path, cfg: DataConfig, task: str) -> dict:
     (out / PROGRESS).mkdir(parents=True)
-    worker = UnitWorker(cfg, str(tok_dir), str(out), task, None)
+    worker = UnitWorker(cfg, str(tok_dir), str(out), UnitTask(task, task == "sequence-classification"), None)
     worker.dedup = LocalDedup()
     summary = []
     for unit in plan_units(cfg, str(corpus)):

@@ -31,7 +31,7 @@ def bpe_dir(tmp_path_factory):
 def test_trained_tokenizer_facts_match_transformers_without_it(bpe_dir):
     assert toks._plain_facts(bpe_dir) is not None  # the fast path, not the fallback
     assert toks.tokenizer_facts(bpe_dir) == toks._hf_facts(toks.load_tokenizer(bpe_dir))
-    assert toks.check_facts(toks.tokenizer_facts(bpe_dir), "causal-lm") == []
+    assert toks.check_facts(toks.tokenizer_facts(bpe_dir), ("eos_id",)) == []
 
 
 @pytest.mark.parametrize("tokens", [{"eos_token": "<|endoftext|>", "pad_token": "<pad>"},
@@ -39,8 +39,8 @@ def test_trained_tokenizer_facts_match_transformers_without_it(bpe_dir):
 def test_other_special_tokens_match_transformers(tmp_path, tokens):
     d = _specials_only(tmp_path, **tokens)
     assert toks.tokenizer_facts(d) == toks._hf_facts(toks.load_tokenizer(d))
-    assert toks.check_facts(toks.tokenizer_facts(d), "causal-lm") == toks.check_tokenizer(toks.load_tokenizer(d),
-                                                                                          "causal-lm")
+    assert toks.check_facts(toks.tokenizer_facts(d), ("eos_id",)) == toks.check_tokenizer(toks.load_tokenizer(d),
+                                                                                          ("eos_id",))
 
 
 def test_anything_unusual_goes_through_transformers(tmp_path, bpe_dir):

@@ -11,14 +11,11 @@ import torch
 
 from raylm.config import validate
 from raylm.datasets.config import DataConfig
+from raylm.datasets.labelled import Featurizer, read_rows
 from raylm.datasets.sources import BadRowError
-from raylm.datasets.task_prepare import (
-    Featurizer,
-    ner_features,
-    read_rows,
-)
 from raylm.datasets.tokenizers import train_wordpiece
 from raylm.errors import UserError
+from raylm.tasks.conll import NerFormat, ner_features
 from raylm.tasks.downstream import (
     QuestionAnswering,
     TokenClassification,
@@ -128,26 +125,25 @@ def test_tune_and_best_checkpoint_default_to_the_task_metric():
 def test_task_readers_skip_into_the_ledger_or_fail_with_file_and_line(tmp_path):
     path = tmp_path / "a.conll"
     path.write_text("alice NNP I-PER\nmet VBD O\n\nbob NNP\n\nparis NNP I-LOC\n")
-    rows = list(read_rows(str(path), "token-classification", DataConfig()))
+    rows = list(read_rows(str(path), NerFormat(), DataConfig()))
     assert [r["reject"] for r in rows] == ["", "wrong_columns", ""] and rows[1]["row_id"] == f"{path}:4"
     with pytest.raises(BadRowError, match=rf"{path}:4: expected 3 columns"):
-        list(read_rows(str(path), "token-classification", DataConfig(on_error="fail")))
+        list(read_rows(str(path), NerFormat(), DataConfig(on_error="fail")))
     jl = tmp_path / "a.jsonl"
     jl.write_text(json.dumps({"words": ["a"], "ner": ["O"]}) + "\n" + json.dumps({"words": ["b"]}) + "\n")
     cfg = DataConfig(ner={"tokens_field": "words", "tags_field": "ner"})
-    assert [r["reject"] for r in read_rows(str(jl), "token-classification", cfg)] == ["", "missing_field"]
+    assert [r["reject"] for r in read_rows(str(jl), NerFormat(), cfg)] == ["", "missing_field"]
 
 
 def test_featurizer_skips_rejected_rows(tok_dir):
     import pyarrow as pa
 
-    from raylm.datasets.task_prepare import ROW_SCHEMA
 
     long = (SENTS[0][0] + SENTS[1][0], SENTS[0][1] + SENTS[1][1])  # 9 words: more than one window of 8
     rows = [{"source": "f", "row_id": f"f:{i}", "reject": r, "split": "train", "tokens": w, "tags": t}
             for i, ((w, t), r) in enumerate(zip([long, SENTS[1]], ["", "bad_tag"]))]
-    out = Featurizer("token-classification", DataConfig(max_length=8), tok_dir, {t: i for i, t in enumerate(LABELS)})(
-        pa.Table.from_pylist(rows, schema=ROW_SCHEMA["token-classification"]))
+    out = Featurizer(NerFormat(), DataConfig(max_length=8), tok_dir, {t: i for i, t in enumerate(LABELS)})(
+        pa.Table.from_pylist(rows, schema=NerFormat().row_schema))
     assert set(out.column("row_id").to_pylist()) == {"f:0"} and out.num_rows >= 2  # windows of 8 sub-tokens
     assert all(len(x) <= 8 for x in out.column("input_ids").to_pylist())
 
@@ -155,7 +151,8 @@ def test_featurizer_skips_rejected_rows(tok_dir):
 def test_predict_and_eval_files_on_a_saved_token_classifier(tok_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from raylm.tasks.downstream_files import evaluate_file, predict_file, task_of
+    from raylm.serving.dispatch import evaluate_file, predict_file
+    from raylm.tasks.registry import task_of_export as task_of
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     meta = {"vocab_size": len(tok), "pad_id": 0, "max_length": 32, "labels": LABELS}
@@ -179,7 +176,7 @@ def test_predict_and_eval_files_on_a_saved_token_classifier(tok_dir, tmp_path):
 def test_predict_answers_are_spans_of_the_context(tok_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from raylm.tasks.downstream_files import evaluate_file, predict_file
+    from raylm.serving.dispatch import evaluate_file, predict_file
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     model_dir = str(tmp_path / "qa")

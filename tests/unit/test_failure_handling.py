@@ -110,19 +110,44 @@ def test_window_sync_counts_the_ranks_told_to_stop():
 
 
 def test_sample_log_of_a_run_resumed_with_fewer_workers_cuts_the_ranks_it_lost(tmp_path):
-    from raylm.trainers.hooks import SampleLog
-
+    from support.observers import SampleLog
     from testkit import read_sample_log
 
     base = str(tmp_path / "ids")
     for rank in (0, 1):
         log = SampleLog(base, rank, 0, world=2)
         for step in range(5):
-            log.write(0, step, torch.tensor([10 * rank + step]))
+            log.on_batch(0, step, torch.tensor([10 * rank + step]))
         log.close()
     SampleLog(base, 0, 3, world=1).close()  # a node lost after step 4; resumed from step 3 on one worker
     logs = read_sample_log(base, 2)
     assert [s for _, s, _ in logs[0]] == [0, 1, 2] and [s for _, s, _ in logs[1]] == [0, 1, 2]
+
+
+def test_observers_named_in_the_config_are_built_by_import_path_and_see_a_sharded_write_before_its_metadata(tmp_path):
+    """trainer.observers -> hooks.Observers (as on a worker: by import path); the checkpoint writer calls them
+    with every shard written and the metadata not yet (the window test_fsdp's crash lands in)."""
+    import torch.distributed.checkpoint as dcp
+
+    from raylm.trainers.checkpoint import _writer
+    from raylm.trainers.hooks import Observers
+
+    from support.observers import observed, sample_log_spec
+
+    base, dcp_dir = str(tmp_path / "ids"), str(tmp_path / "dcp")
+    cfg = observed(tiny_config(str(tmp_path), str(tmp_path)), sample_log_spec(base))
+    observers = Observers.load(cfg.trainer.observers, 0, 1, 0, str(tmp_path))
+    observers.on_batch(0, 0, torch.tensor([7, 8]))
+    seen = []
+    observers.observers.append(type("Spy", (), {"on_batch": lambda *a: None, "close": lambda *a: None,
+                                                "on_checkpoint_write": lambda self, path: seen.append(
+                                                    sorted(os.listdir(path)))})())
+    dcp.save({"w": torch.ones(3)}, storage_writer=_writer(dcp_dir, observers.on_checkpoint_write))
+    observers.close()
+    assert seen == [["__0_0.distcp"]] and os.path.exists(f"{dcp_dir}/.metadata")
+    assert open(f"{base}.rank0").read().splitlines()[1:] == ["0 0 7 8"]
+    with pytest.raises(TypeError, match="print returned NoneType, which lacks on_batch"):
+        Observers.load(observed(cfg, {"factory": "builtins:print"}).trainer.observers, 0, 1, 0, str(tmp_path))
 
 
 def test_latest_checkpoint_is_read_from_the_runs_storage(tmp_path):

@@ -53,7 +53,7 @@ def test_tokenizer_round_trip(tok_dir):
     text = "Return the quick fox, raise ValueError!\n  indented  ünïcode"
     assert tok.decode(tok(text)["input_ids"]) == text
     assert tok.eos_token == "<|endoftext|>" and tok.pad_token_id is not None and tok.mask_token_id is not None
-    assert check_tokenizer(tok, "causal-lm") == []
+    assert check_tokenizer(tok, ("eos_id",)) == []
     assert len(fingerprint(tok_dir)) == 16
 
 
@@ -64,7 +64,7 @@ def test_tokenizer_with_only_special_tokens_is_refused(tmp_path):
     t = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "<pad>": 1}, unk_token="<pad>"))
     fast = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|endoftext|>", pad_token="<pad>")
     fast.save_pretrained(tmp_path / "tiny")
-    problems = check_tokenizer(load_tokenizer(tmp_path / "tiny"), "causal-lm")
+    problems = check_tokenizer(load_tokenizer(tmp_path / "tiny"), ("eos_id",))
     assert any("no larger than its special tokens" in p for p in problems)
 
 

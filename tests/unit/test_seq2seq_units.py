@@ -271,8 +271,8 @@ def test_warm_start_from_an_encoder_builds_bert2bert(tmp_path):
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from raylm.datasets.tokenizers import train_wordpiece
-    from raylm.tasks import downstream_files as downstream_eval
     from raylm.tasks import seq2seq
+    from raylm.tasks.registry import task_of_export
 
     enc_dir = str(tmp_path / "encoder")
     train_wordpiece(iter([t for p in PAIRS for t in p] * 3), enc_dir, vocab_size=120, min_frequency=1)
@@ -295,7 +295,7 @@ def test_warm_start_from_an_encoder_builds_bert2bert(tmp_path):
     out_dir = str(tmp_path / "export")
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    assert downstream_eval.task_of(out_dir) == "seq2seq"
+    assert task_of_export(out_dir) == "seq2seq"
     assert isinstance(seq2seq.generate_text(out_dir, "ein hund", num_beams=2, max_new_tokens=4), str)
 
 

@@ -160,7 +160,7 @@ def test_fused_loss_equals_hf_loss_and_gradients_on_cpu():
         ref.backward()
         want = [p.grad.clone() for p in model.parameters()]
         model.zero_grad()
-        assert apply_fused_kernels(model, "causal-lm", "on", CPU, print)
+        assert apply_fused_kernels(model, True, "on", CPU, print)
         got = causal_lm_fused_loss(model, {"input_ids": x, "labels": x})
         got.backward()
         assert got.item() == pytest.approx(ref.item(), abs=1e-6)
@@ -178,8 +178,8 @@ def test_chunked_cross_entropy_never_needs_more_than_a_chunk_and_ignores_minus_1
 
 def test_fused_kernels_are_off_on_cpu_by_default_and_import_guarded():
     model = _gpt2()
-    assert not apply_fused_kernels(model, "causal-lm", "auto", CPU, print)
-    assert not apply_fused_kernels(model, "masked-lm", "on", CPU, print)
+    assert not apply_fused_kernels(model, True, "auto", CPU, print)
+    assert not apply_fused_kernels(model, False, "on", CPU, print)
     assert liger() is None or hasattr(liger(), "LigerFusedLinearCrossEntropyLoss")
 
 
@@ -197,9 +197,9 @@ def test_liger_block_kernels_only_when_the_blocks_are_not_compiled(monkeypatch):
     cuda = torch.device("cuda")
     conf = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                        intermediate_size=64, max_position_embeddings=16)
-    assert apply_fused_kernels(LlamaForCausalLM(conf), "causal-lm", "auto", cuda, print, compiled=True)
+    assert apply_fused_kernels(LlamaForCausalLM(conf), True, "auto", cuda, print, compiled=True)
     assert calls == []
-    assert apply_fused_kernels(LlamaForCausalLM(conf), "causal-lm", "auto", cuda, print, compiled=False)
+    assert apply_fused_kernels(LlamaForCausalLM(conf), True, "auto", cuda, print, compiled=False)
     assert len(calls) == 1 and calls[0]["fused_linear_cross_entropy"] is False
 
 

@@ -8,11 +8,11 @@ import torch
 
 from raylm.tasks.collate import mask_tokens, with_special_tokens
 from raylm.trainers.config import TrainerConfig
-from raylm.trainers.hooks import SampleLog
 from raylm.trainers.metrics import flops_per_token, mfu
 from raylm.trainers.optim import lr_factor, param_groups
 from raylm.trainers.parallel import autocast_dtype
 
+from support.observers import SampleLog
 from testkit import read_sample_log
 
 
@@ -70,7 +70,7 @@ def test_sample_log_cuts_rolled_back_steps_on_resume(tmp_path):
     base = str(tmp_path / "ids")
     log = SampleLog(base, 0, 0)
     for step in range(5):
-        log.write(0, step, torch.tensor([2 * step, 2 * step + 1]))
+        log.on_batch(0, step, torch.tensor([2 * step, 2 * step + 1]))
     log.close()
     SampleLog(base, 0, 3).close()  # resumed from the checkpoint at step 3: steps 3, 4 are retrained
     assert [s for _, s, _ in read_sample_log(base, 1)[0]] == [0, 1, 2]
