@@ -4,8 +4,8 @@ translation (Multi30k de->en) and summarization (DialogSum) against `Seq2SeqTrai
 Per task, both sides fine-tune all-MiniLM-L6-v2 on the same first N training examples with the same
 budget (steps, batch, AdamW lr, linear decay, no warmup, clip 1.0, seed) and the same features
 (raylm's: first-sub-token labels and word windows for NER, doc-stride windows for QA, built by
-`raylm.datasets.task_prepare`), then BOTH exported models are scored by the same code
-(`raylm eval --input`, i.e. `downstream_eval.evaluate_file`) on the first M dev examples: entity F1
+`raylm.datasets.labelled`), then BOTH exported models are scored by the same code
+(`raylm eval --input`, i.e. `serving.dispatch.evaluate_file`) on the first M dev examples: entity F1
 (seqeval) for NER, EM/F1 (official SQuAD) for QA. raylm runs prepare (Ray Data) + Ray Train with
 `--workers` workers; its wall time includes Ray's start-up costs, reported apart.
 
@@ -60,10 +60,10 @@ def model_dir() -> str:
 def subset(kind: str, src: str, n: int, out: str) -> str:
     """The first n sentences (CoNLL) or questions (SQuAD -> flat JSONL) of `src`, written to `out`."""
     from raylm.datasets.config import DataConfig
-    from raylm.datasets.task_prepare import read_rows
+    from raylm.datasets.labelled import read_rows
 
     rows = []
-    for r in read_rows(src, TASK[kind], DataConfig(on_error="skip")):
+    for r in read_rows(src, _format(kind), DataConfig(on_error="skip")):
         if not r["reject"]:
             rows.append(r)
         if len(rows) >= n:
@@ -77,19 +77,27 @@ def subset(kind: str, src: str, n: int, out: str) -> str:
     return out
 
 
+def _format(kind: str):
+    """The task's reader and features (what `raylm prepare` uses)."""
+    from raylm.tasks.registry import get_task
+
+    return get_task(TASK[kind]).labelled_format
+
+
 def features(kind: str, path: str, tok, max_length: int, doc_stride: int) -> tuple[list[dict], list[str] | None]:
     """raylm's training features for the HF side (labels from the training subset)."""
     from raylm.datasets.config import DataConfig
-    from raylm.datasets.task_prepare import ner_features, qa_features, read_rows
-    from raylm.tasks.conll import label_list
+    from raylm.datasets.labelled import read_rows
+    from raylm.tasks.conll import label_list, ner_features
+    from raylm.tasks.squad import qa_windows
 
     cfg = DataConfig(max_length=max_length, on_error="skip", qa={"doc_stride": doc_stride})
-    rows = [r for r in read_rows(path, TASK[kind], cfg) if not r["reject"]]
+    rows = [r for r in read_rows(path, _format(kind), cfg) if not r["reject"]]
     if kind == "ner":
         labels = label_list(r["tags"] for r in rows)
         ids = {t: i for i, t in enumerate(labels)}
         return [f for r in rows for f in ner_features(tok, r, ids, max_length, 0)], labels
-    feats = [f for r in rows for f in qa_features(tok, r, cfg)]
+    feats = [f for r in rows for f in qa_windows(tok, r, cfg)]
     return [{k: f[k] for k in ("input_ids", "token_type_ids", "start_positions", "end_positions")} for f in feats], None
 
 
@@ -173,7 +181,7 @@ def raylm_side(kind: str, mdir: str, train_path: str, dev_path: str, args: argpa
 
 
 def run_task(kind: str, mdir: str, args: argparse.Namespace, root: str) -> dict:
-    from raylm.tasks.downstream_files import evaluate_file
+    from raylm.serving.dispatch import evaluate_file
 
     src = {"ner": ("conll2003/eng.train", "conll2003/eng.testa"), "qa": ("squad_v1.1/train.json", "squad_v1.1/dev.json")}[kind]
     ext = ".conll" if kind == "ner" else ".jsonl"
@@ -302,7 +310,7 @@ def run_s2s_task(kind: str, args: argparse.Namespace, root: str) -> dict:
     from raylm.config import validate
     from raylm.datasets.config import DataConfig
     from raylm.datasets.prepare import load_manifest
-    from raylm.tasks.downstream_files import evaluate_file
+    from raylm.serving.dispatch import evaluate_file
     from raylm.tasks.seq2seq_data import read_rows, sample_texts, train_tokenizer
     from raylm.trainers.driver import train
 

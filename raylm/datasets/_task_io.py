@@ -65,6 +65,13 @@ def base_row(path: str, where: str | int) -> dict:
     return {"source": path, "row_id": f"{path}:{where}", "reject": ""}
 
 
+def jsonl_rows(path: str) -> Iterator[tuple[int, dict, str]]:
+    """(line number, its base row, the line) of each non-blank line of a JSONL file."""
+    for no, line in numbered_lines(path):
+        if line.strip():
+            yield no, base_row(path, no), line
+
+
 def _open(path: str):
     raw = _fs.open_input(path)
     comp = compression(path)

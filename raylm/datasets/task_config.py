@@ -1,5 +1,5 @@
 """The `data.ner`, `data.qa` and `data.seq2seq` config sections: what the downstream-task readers need to know about
-the input files (`raylm.datasets.task_prepare`). The shared knobs stay in `data`: `source` and
+the input files (`raylm.datasets.labelled` with the task's `LabelledFormat`). The shared knobs stay in `data`: `source` and
 `validation_source` (files), `max_length` (sub-tokens a feature holds, special tokens included),
 `labels` (tag names in id order; unset: read from the data), `on_error`, `shard_rows`,
 `tokenizer`, `tokenize_actors`.

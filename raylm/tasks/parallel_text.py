@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Iterator
 
-from raylm.datasets._task_io import base_row, check_on_error, count_lines, numbered_lines, reject
+from raylm.datasets._task_io import base_row, check_on_error, count_lines, jsonl_rows, numbered_lines, reject
 from raylm.datasets.sources import BadRowError
 from raylm.errors import UserError
 
@@ -51,10 +51,7 @@ def read_seq2seq_jsonl(path: str, source_field: str | None = None, target_field:
                        on_error: str = "fail") -> Iterator[dict]:
     """Pairs from JSONL objects; unset fields: the first of SOURCE_FIELDS / TARGET_FIELDS present."""
     check_on_error(on_error)
-    for no, line in numbered_lines(path):
-        if not line.strip():
-            continue
-        row = base_row(path, no)
+    for _, row, line in jsonl_rows(path):
         try:
             obj = json.loads(line)
         except ValueError:

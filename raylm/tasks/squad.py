@@ -23,7 +23,7 @@ from raylm.datasets._task_io import (
     base_row,
     check_on_error,
     encoder,
-    numbered_lines,
+    jsonl_rows,
     plain_tokenizer,
     read_text,
     reject,
@@ -71,10 +71,7 @@ def _read_squad_json(path: str, on_error: str) -> Iterator[dict]:
 
 
 def _read_squad_jsonl(path: str, on_error: str) -> Iterator[dict]:
-    for no, line in numbered_lines(path):
-        if not line.strip():
-            continue
-        row = base_row(path, no)
+    for no, row, line in jsonl_rows(path):
         try:
             obj = json.loads(line)
             answers = obj.get("answers") or {"text": [], "answer_start": []}
