@@ -47,7 +47,7 @@ def epoch_per_rank(ds, group: bool, position: int = 0) -> list[list[dict]]:
 
     def consume(r: int) -> None:
         s = TrainStream(splits[r], BS, 3, 64, lambda b, _seed: b, 0, position,
-                        task="sequence-classification", group_by_length=group, length_group_batches=10)
+                        varied_lengths=True, group_by_length=group, length_group_batches=10)  # a classifier's rows
         while True:
             b = s.next()
             if s.epoch:
