@@ -28,6 +28,7 @@ sys.path.insert(0, str(HERE))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from raylm.config import RootConfig, load_config  # noqa: E402
+from raylm.tasks.meta import ModelMeta  # noqa: E402
 
 from _corpus import SST2  # noqa: E402
 
@@ -63,15 +64,15 @@ def first_rows(n: int, out: str) -> str:
     return out
 
 
-def rank_epoch(split: Any, cfg: RootConfig, meta: dict, group: bool, out: list[dict]) -> None:
+def rank_epoch(split: Any, cfg: RootConfig, meta: ModelMeta, group: bool, out: list[dict]) -> None:
     """One epoch of one rank's training batches, as the loop builds its TrainStream."""
     from raylm.datasets.streaming import TrainStream
     from raylm.tasks.registry import get_task
 
     task, d = get_task(cfg.trainer.task), cfg.data
-    stream = TrainStream(split, cfg.trainer.batch_size, d.seed, d.shuffle_buffer_rows,
+    stream = TrainStream(split, cfg.trainer.batch_size, d.seed, d.stream.shuffle_buffer_rows,
                          lambda raw, seed: task.collate(raw, meta, seed), varied_lengths=task.group_by_length,
-                         group_by_length=group, length_group_batches=d.length_group_batches)
+                         group_by_length=group, length_group_batches=d.stream.length_group_batches)
     while True:
         batch = stream.next()
         if stream.epoch:  # rolled over: the epoch is done
@@ -80,7 +81,7 @@ def rank_epoch(split: Any, cfg: RootConfig, meta: dict, group: bool, out: list[d
         out.append({"real": int(mask.sum()), "tensor": mask.numel(), "width": mask.shape[1]})
 
 
-def measure(ds: Any, cfg: RootConfig, meta: dict, group: bool) -> dict:
+def measure(ds: Any, cfg: RootConfig, meta: ModelMeta, group: bool) -> dict:
     splits = ds.streaming_split(cfg.trainer.scaling.num_workers, equal=True)
     per_rank: list[list[dict]] = [[] for _ in splits]
     t0 = time.perf_counter()
@@ -128,7 +129,7 @@ def main() -> None:
         "benchmark": "padding_in_training_batches", "dataset": str(SST2), "recipe": str(RECIPE.relative_to(HERE.parent)),
         "train_rows": train["rows"], "tokens_per_row": round(train["tokens_out"] / train["rows"], 2),
         "max_length": cfg.data.max_length, "workers": args.workers, "batch_size_per_rank": args.batch_size,
-        "length_group_batches": args.window, "shuffle_buffer_rows": cfg.data.shuffle_buffer_rows,
+        "length_group_batches": args.window, "shuffle_buffer_rows": cfg.data.stream.shuffle_buffer_rows,
         # Before issue 15 the shards held every row padded to the tokenizer's 128, cut to max_length:
         "padding_if_padded_to_max_length": round(1 - runs[0]["real_tokens"] / (
             sum(runs[0]["batches_per_rank"]) * args.batch_size * cfg.data.max_length), 4),

@@ -76,6 +76,7 @@ def bare_run(data: str, manifest: dict, root: str, steps: int, warmup: int) -> d
     import pyarrow.parquet as pq
     import torch
 
+    from raylm.tasks.meta import ModelMeta
     from raylm.tasks.registry import get_task
     from raylm.trainers.optim import build_optimizer, build_scheduler
 
@@ -86,7 +87,7 @@ def bare_run(data: str, manifest: dict, root: str, steps: int, warmup: int) -> d
     files = [os.path.join(data, f["path"]) for f in manifest["splits"]["train"]["files"]]
     ids = torch.from_numpy(np.concatenate([np.stack(pq.read_table(f).column("input_ids").to_numpy(zero_copy_only=False))
                                            for f in files]).astype(np.int64))
-    model = task.build_model(cfg, {"vocab_size": 4096, "block_size": 128, "eos_id": 1})
+    model = task.build_model(cfg, ModelMeta(vocab_size=4096, block_size=128, eos_id=1))
     opt, b = build_optimizer(model, cfg.trainer, torch.device("cpu")), cfg.trainer.batch_size
     sched = build_scheduler(opt, cfg.trainer)
     times = []

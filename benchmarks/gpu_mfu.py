@@ -128,7 +128,7 @@ def run_bare(size: str, batch: int, args: argparse.Namespace) -> dict:
     if args.compile != "false":
         compile_blocks(model)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=dev.type == "cuda")
-    x = torch.randint(0, meta["vocab_size"], (batch, 1024), device=dev)
+    x = torch.randint(0, meta.vocab_size, (batch, 1024), device=dev)
     warm, timed = args.skip, args.steps - args.skip
     for i in range(warm + timed):
         if i == warm:
@@ -147,7 +147,7 @@ def run_bare(size: str, batch: int, args: argparse.Namespace) -> dict:
     peak = device_peak_flops(dev, None)
     out = {"tokens_per_s": tps, "mfu": tps * fpt / peak if peak else 0.0,
            "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else 0.0,
-           "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "vocab_size": meta["vocab_size"]}
+           "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "vocab_size": meta.vocab_size}
     del model, opt
     if dev.type == "cuda":
         torch.cuda.empty_cache()

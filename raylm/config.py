@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from raylm.cluster.config import ClusterConfig, K8sConfig
-from raylm.datasets.config import DataConfig
+from raylm.datasets.config import MOVED_DATA_KEYS, DataConfig
 from raylm.errors import UserError
 from raylm.tasks.objectives import task_objective
 from raylm.trainers.config import MOVED_TRAINER_KEYS, ModelConfig, TrackingConfig, TrainerConfig
@@ -56,13 +56,19 @@ class RootConfig(BaseModel):
 _SAID: set[str] = set()  # moves already reported by this process: one line per moved key
 
 
+# section -> {old key: its place in the section now}
+MOVED_KEYS: dict[str, dict[str, str]] = {"trainer": MOVED_TRAINER_KEYS, "data": MOVED_DATA_KEYS}
+
+
 def moved_key(key: str, value: Any = None) -> str:
-    """The current name of dotted `key`: `trainer.lr` -> `trainer.optimizer.lr` (reported once)."""
+    """The current name of dotted `key`: `trainer.lr` -> `trainer.optimizer.lr`, `data.sharding` ->
+    `data.stream.sharding` (reported once)."""
     section, _, name = key.partition(".")
+    moves = MOVED_KEYS.get(section, {})
     # `trainer.schedule` was the schedule's type; a mapping there is the new section itself.
-    if section != "trainer" or name not in MOVED_TRAINER_KEYS or isinstance(value, dict):
+    if name not in moves or isinstance(value, dict):
         return key
-    new = f"trainer.{MOVED_TRAINER_KEYS[name]}"
+    new = f"{section}.{moves[name]}"
     if key not in _SAID:
         _SAID.add(key)
         log.warning("%s moved to %s", key, new)
@@ -70,31 +76,39 @@ def moved_key(key: str, value: Any = None) -> str:
 
 
 def migrate(raw: dict[str, Any]) -> dict[str, Any]:
-    """`raw` with moved keys at their new place: in `trainer`, and as `tuning.space` keys."""
+    """`raw` with moved keys at their new place: in their section, and as `tuning.space` keys."""
     out = copy.deepcopy(raw)
-    trainer = out.get("trainer")
     conflicts = []
-    if isinstance(trainer, dict):
-        old_keys = [k for k in trainer if k in MOVED_TRAINER_KEYS and not isinstance(trainer[k], dict)]
-        # `schedule: cosine` first: its place becomes the section the other schedule keys move into.
-        for old in sorted(old_keys, key=lambda k: k != "schedule"):
-            value = trainer.pop(old)
-            new = moved_key(f"trainer.{old}", value)
-            *parents, leaf = new.split(".")[1:]
-            node = trainer
-            for p in parents:
-                if not isinstance(node.get(p), dict):
-                    node[p] = {}
-                node = node[p]
-            if leaf in node:
-                conflicts.append(f"trainer.{old} and {new} are both set: keep {new} ({old} is its old name)")
-            node[leaf] = value
+    for section, moves in MOVED_KEYS.items():
+        node = out.get(section)
+        if isinstance(node, dict):
+            conflicts += _move_keys(section, node, moves)
     space = (out.get("tuning") or {}).get("space") if isinstance(out.get("tuning"), dict) else None
     if isinstance(space, dict):
         out["tuning"]["space"] = {moved_key(k): v for k, v in space.items()}
     if conflicts:
         raise UserError(conflicts)
     return out
+
+
+def _move_keys(section: str, body: dict[str, Any], moves: dict[str, str]) -> list[str]:
+    """Move `body`'s old keys in place; the conflicts (old and new both set), one line each."""
+    conflicts = []
+    old_keys = [k for k in body if k in moves and not isinstance(body[k], dict)]
+    # `schedule: cosine` first: its place becomes the section the other schedule keys move into.
+    for old in sorted(old_keys, key=lambda k: k != "schedule"):
+        value = body.pop(old)
+        new = moved_key(f"{section}.{old}", value)
+        *parents, leaf = new.split(".")[1:]
+        node = body
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        if leaf in node:
+            conflicts.append(f"{section}.{old} and {new} are both set: keep {new} ({old} is its old name)")
+        node[leaf] = value
+    return conflicts
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -312,8 +312,7 @@ def _pool_size(cfg: DataConfig) -> int:
 
 
 def _fingerprint(cfg: DataConfig, task: str, tok_dir: str, files: dict[str, list[tuple[str, int]]]) -> str:
-    keys = cfg.model_dump(mode="json", exclude={"tokenize_batch_size", "tokenize_actors", "shuffle_buffer_rows",
-                                                "seed", "progress_seconds"})
+    keys = cfg.flat_dump({"tokenize_batch_size", "tokenize_actors", "shuffle_buffer_rows", "seed", "progress_seconds"})
     blob = json.dumps([keys, task, toks.fingerprint(tok_dir), files, SCHEMA_VERSION], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

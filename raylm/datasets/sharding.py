@@ -1,7 +1,7 @@
 """How the training split is shared among workers, and a data position that survives a change of
 worker count.
 
-Two ways (`data.sharding`):
+Two ways (`data.stream.sharding`):
 - `split`: Ray Data's `streaming_split(world, equal=True)` hands each worker its own part of the
   split (each row is read once, by one worker). Worker r's k-th batch is the same on every run with
   the same worker count, so a resume skips the k consumed batches; it cannot change the count.
@@ -30,7 +30,7 @@ def resolve_sharding(sharding: Literal["auto", "split", "stride"], elastic: bool
 
 
 def sharding_for(sharding: Literal["auto", "split", "stride"], num_workers: int | tuple[int, int]) -> str:
-    """`data.sharding` resolved for `trainer.scaling.num_workers`: auto is stride for an elastic [min, max]."""
+    """`data.stream.sharding` resolved for `trainer.scaling.num_workers`: auto is stride for an elastic [min, max]."""
     return resolve_sharding(sharding, elastic=not isinstance(num_workers, int))
 
 
@@ -52,10 +52,10 @@ def check_resume(saved_sharding: str, saved_world: int | None, sharding: str, wo
     from raylm.errors import UserError
 
     if saved_sharding != sharding:
-        raise UserError(f"this run's checkpoint counts its data position with data.sharding={saved_sharding}, "
-                        f"the config now says {sharding}", hint=f"resume with data.sharding={saved_sharding}")
+        raise UserError(f"this run's checkpoint counts its data position with data.stream.sharding={saved_sharding}, "
+                        f"the config now says {sharding}", hint=f"resume with data.stream.sharding={saved_sharding}")
     if sharding == "split" and saved_world and saved_world != world:
         raise UserError(f"this run's checkpoint was written by {saved_world} workers and its data position "
-                        f"is per worker (data.sharding=split); it cannot resume with {world}",
+                        f"is per worker (data.stream.sharding=split); it cannot resume with {world}",
                         hint=f"resume with trainer.scaling.num_workers={saved_world}, or start the run with "
-                        "data.sharding=stride (a position that holds at any worker count)")
+                        "data.stream.sharding=stride (a position that holds at any worker count)")

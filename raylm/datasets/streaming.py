@@ -9,12 +9,12 @@ row count. We checked it empirically too (consumers at different speeds, started
 times: the same rows per split every run). With a seeded local shuffle on top, worker r's
 micro-batch k of epoch e is the same on every run, so skipping the k consumed ones is exact.
 
-With `data.sharding: stride` every worker reads the split in that same global order instead and
+With `data.stream.sharding: stride` every worker reads the split in that same global order instead and
 takes every world-th micro-batch; the position counts global batches, so a run can resume with
 another worker count (see raylm.datasets.sharding).
 
 Classification rows vary in length: the stream groups them by length (windows of
-`data.length_group_batches` micro-batches, sorted, cut, yielded in a seeded random order; issue 15)
+`data.stream.length_group_batches` micro-batches, sorted, cut, yielded in a seeded random order; issue 15)
 so that padding each batch to its longest row wastes little. Each window is grouped with its own
 seeded rng, so the grouped stream is as repeatable as the plain one.
 """

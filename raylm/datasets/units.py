@@ -299,7 +299,7 @@ _SPEED_KNOBS = {"tokenize_batch_size", "tokenize_actors", "prepare_in_driver_mb"
 
 
 def _fingerprint_inputs(cfg: DataConfig, task: UnitTask, tok_fp: str, files: list[tuple[str, int]]) -> str:
-    keys = cfg.model_dump(mode="json", exclude=_SPEED_KNOBS)
+    keys = cfg.flat_dump(_SPEED_KNOBS)
     # The schema version too: a prepared dir (or an interrupted one) from another layout is redone.
     return hashlib.sha256(json.dumps([keys, task.name, tok_fp, files, SCHEMA_VERSION], sort_keys=True).encode()).hexdigest()[:16]
 

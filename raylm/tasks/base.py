@@ -15,6 +15,7 @@ from raylm.datasets.labelled import LabelledFormat, prepare_labelled, task_token
 from raylm.datasets.tokenizer_training import ensure_tokenizer
 from raylm.datasets.units import prepare_corpus, resolve_source
 from raylm.errors import UserError
+from raylm.tasks.meta import ModelMeta
 from raylm.trainers import autobatch
 from raylm.trainers.step import Batch, evaluate
 
@@ -31,8 +32,8 @@ class Task:
     # Validation metrics are sums over examples (not over the batches' order): the loop may regroup the
     # eval batches by length, so that each pads to its own longest row.
     eval_order_free = False
-    meta_keys: tuple[str, ...] = ()  # manifest keys the workers need besides the model's (e.g. NER's tags)
-    # Rows vary in length: `data.group_by_length: auto` length-groups its batches (packed blocks do not).
+    meta_keys: tuple[str, ...] = ()  # manifest keys the workers need in ModelMeta.extra (e.g. NER's tags)
+    # Rows vary in length: `data.stream.group_by_length: auto` length-groups its batches (packed blocks do not).
     group_by_length = False
     # Shards hold blocks of data.block_size tokens (a changed block_size needs a new prepare).
     packed_blocks = False
@@ -95,10 +96,11 @@ class Task:
         return []
 
     def extra_meta(self, cfg: RootConfig, manifest: dict) -> dict:
-        """What the workers need besides the manifest's keys (e.g. seq2seq's tokenizer)."""
+        """What the workers need besides the manifest's keys (e.g. seq2seq's tokenizer): a key naming a
+        ModelMeta field sets it, any other lands in `meta.extra`."""
         return {}
 
-    def pretrained_kwargs(self, meta: dict) -> dict:
+    def pretrained_kwargs(self, meta: ModelMeta) -> dict:
         """Keyword arguments of `auto_model.from_pretrained/from_config` beyond the checkpoint's config."""
         return {}
 
@@ -106,10 +108,10 @@ class Task:
         """True when the loss is next-token cross-entropy that Liger's fused kernel may compute."""
         return False
 
-    def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
+    def build_model(self, cfg: RootConfig, meta: ModelMeta) -> torch.nn.Module:
         raise NotImplementedError
 
-    def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
+    def collate(self, batch: dict[str, np.ndarray], meta: ModelMeta, step_seed: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -122,17 +124,17 @@ class Task:
         return self.loss(model, inputs), None
 
     def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch], device: torch.device,
-                 amp: torch.dtype | None, meta: dict) -> dict[str, float]:
+                 amp: torch.dtype | None, meta: ModelMeta) -> dict[str, float]:
         """Validation metrics over every rank's batches (one all-reduce): the loss by default."""
         return evaluate(model, self.eval_step, batches, device, amp)
 
-    def fake_raw_batch(self, meta: dict, b: int, seq_len: int) -> dict[str, np.ndarray]:
+    def fake_raw_batch(self, meta: ModelMeta, b: int, seq_len: int) -> dict[str, np.ndarray]:
         """A full-length raw batch for the batch_size=auto probe (input_ids blocks by default)."""
         return autobatch.fake_raw_batch(meta, b, seq_len)
 
-    def seq_len(self, meta: dict) -> int:
+    def seq_len(self, meta: ModelMeta) -> int:
         """The longest row a batch can hold (the batch-size probe's width; grad_accum from tokens)."""
-        return meta["block_size"]
+        return meta.block_size
 
 
 class LabelledTask(Task):

@@ -22,6 +22,7 @@ from raylm.tasks import corpus_eval, corpus_files, nsp_files
 from raylm.tasks import nsp as pretraining
 from raylm.tasks.base import Task
 from raylm.tasks.collate import mask_tokens, pad_batch, with_special_tokens
+from raylm.tasks.meta import ModelMeta
 from raylm.tasks.nsp_data import prepare_nsp
 from raylm.trainers import autobatch
 from raylm.trainers.step import Batch, evaluate
@@ -59,25 +60,25 @@ class CausalLM(CorpusTask):
     def fused_loss(self) -> bool:
         return True
 
-    def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
+    def build_model(self, cfg: RootConfig, meta: ModelMeta) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
         m = cfg.model
         if m.init_from:
             return _from_pretrained(AutoModelForCausalLM, m.init_from, attn_implementation=m.attn_implementation)
         if m.arch == "llama":
-            conf = LlamaConfig(vocab_size=meta["vocab_size"], hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
+            conf = LlamaConfig(vocab_size=meta.vocab_size, hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
                                num_attention_heads=m.n_head, intermediate_size=4 * m.n_embd,
-                               max_position_embeddings=meta["block_size"], eos_token_id=meta["eos_id"],
-                               bos_token_id=meta["eos_id"], tie_word_embeddings=True)
+                               max_position_embeddings=meta.block_size, eos_token_id=meta.eos_id,
+                               bos_token_id=meta.eos_id, tie_word_embeddings=True)
         else:
-            conf = GPT2Config(vocab_size=meta["vocab_size"], n_positions=meta["block_size"], n_embd=m.n_embd,
+            conf = GPT2Config(vocab_size=meta.vocab_size, n_positions=meta.block_size, n_embd=m.n_embd,
                               n_layer=m.n_layer, n_head=m.n_head, resid_pdrop=m.dropout, embd_pdrop=m.dropout,
-                              attn_pdrop=m.dropout, bos_token_id=meta["eos_id"], eos_token_id=meta["eos_id"])
+                              attn_pdrop=m.dropout, bos_token_id=meta.eos_id, eos_token_id=meta.eos_id)
         conf._attn_implementation = m.attn_implementation
         return AutoModelForCausalLM.from_config(conf)
 
-    def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
+    def collate(self, batch: dict[str, np.ndarray], meta: ModelMeta, step_seed: int) -> dict[str, torch.Tensor]:
         ids = torch.from_numpy(_stack(batch["input_ids"]).astype(np.int64))
         # HF shifts labels inside the model: each block predicts its own next tokens.
         return {"input_ids": ids, "labels": ids.clone(), "sample_id": torch.from_numpy(np.array(batch["sample_id"])),
@@ -130,39 +131,39 @@ class MaskedLM(CorpusTask):
     def check_config(cls, cfg: RootConfig) -> list[str]:
         return pretraining.check_config(cfg)
 
-    def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
+    def build_model(self, cfg: RootConfig, meta: ModelMeta) -> torch.nn.Module:
         from transformers import AutoModelForMaskedLM, BertConfig, RobertaConfig
 
-        if meta.get("nsp"):
+        if meta.extra.get("nsp"):
             return pretraining.build_model(cfg, meta)
         m = cfg.model
         if m.init_from:
             return _from_pretrained(AutoModelForMaskedLM, m.init_from, attn_implementation=m.attn_implementation)
         cls = RobertaConfig if m.arch == "roberta" else BertConfig
-        conf = cls(vocab_size=meta["vocab_size"], hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
+        conf = cls(vocab_size=meta.vocab_size, hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
                    num_attention_heads=m.n_head, intermediate_size=4 * m.n_embd,
-                   max_position_embeddings=meta["block_size"] + 2, pad_token_id=meta["pad_id"],
+                   max_position_embeddings=meta.block_size + 2, pad_token_id=meta.pad_id,
                    hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.dropout)
         conf._attn_implementation = m.attn_implementation
         return AutoModelForMaskedLM.from_config(conf)
 
-    def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
-        if meta.get("nsp"):
+    def collate(self, batch: dict[str, np.ndarray], meta: ModelMeta, step_seed: int) -> dict[str, torch.Tensor]:
+        if meta.extra.get("nsp"):
             return pretraining.collate(batch, meta, step_seed, self.mask_prob)
         ids = torch.from_numpy(_stack(batch["input_ids"]).astype(np.int64))
         ids, labels = mask_tokens(ids, meta, torch.Generator().manual_seed(step_seed), self.mask_prob)
         return {"input_ids": ids, "labels": labels, "sample_id": torch.from_numpy(np.array(batch["sample_id"]))}
 
-    def fake_raw_batch(self, meta: dict, b: int, seq_len: int) -> dict[str, np.ndarray]:
+    def fake_raw_batch(self, meta: ModelMeta, b: int, seq_len: int) -> dict[str, np.ndarray]:
         """A full-length raw batch for the batch_size=auto probe: pairs (data.nsp) or blocks."""
-        if meta.get("nsp"):
+        if meta.extra.get("nsp"):
             return pretraining.fake_raw_batch(meta, b, seq_len)
         return super().fake_raw_batch(meta, b, seq_len)
 
     def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch], device: torch.device,
-                 amp: torch.dtype | None, meta: dict) -> dict[str, float]:
+                 amp: torch.dtype | None, meta: ModelMeta) -> dict[str, float]:
         """Pairs: MLM loss and NSP accuracy; blocks: the loss evaluation every LM task gets."""
-        if meta.get("nsp"):
+        if meta.extra.get("nsp"):
             return pretraining.evaluate(model, batches, device, amp)
         return super().evaluate(model, batches, device, amp, meta)
 
@@ -185,24 +186,24 @@ class SequenceClassification(CorpusTask):
             extra |= cls_sep_ids(manifest["tokenizer_dir"])
         return extra
 
-    def pretrained_kwargs(self, meta: dict) -> dict:
-        return {"num_labels": meta["num_labels"]}
+    def pretrained_kwargs(self, meta: ModelMeta) -> dict:
+        return {"num_labels": meta.extra["num_labels"]}
 
     def evaluate_prepared(self, model_dir: str, prepared_dir: str, manifest: dict, split: str,
                           max_batches: int | None) -> dict:
         return corpus_eval.classify(model_dir, prepared_dir, manifest, split, pad_id=manifest.get("pad_id") or 0)
 
-    def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
+    def build_model(self, cfg: RootConfig, meta: ModelMeta) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification, BertConfig
 
-        m, n = cfg.model, meta["num_labels"]
+        m, n = cfg.model, meta.extra["num_labels"]
         if m.init_from:
             model = _from_pretrained(AutoModelForSequenceClassification, m.init_from, num_labels=n,
                                      ignore_mismatched_sizes=True, attn_implementation=m.attn_implementation)
         else:
-            conf = BertConfig(vocab_size=meta["vocab_size"], hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
+            conf = BertConfig(vocab_size=meta.vocab_size, hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
                               num_attention_heads=m.n_head, intermediate_size=4 * m.n_embd,
-                              max_position_embeddings=meta["max_length"] + 2, pad_token_id=meta["pad_id"],
+                              max_position_embeddings=meta.max_length + 2, pad_token_id=meta.pad_id,
                               num_labels=n)
             model = AutoModelForSequenceClassification.from_config(conf)
         # How `raylm eval --input` and `raylm predict` read a raw file, kept with the export (raylm.tasks.corpus_files).
@@ -211,9 +212,9 @@ class SequenceClassification(CorpusTask):
                                    "label_field": d.validation_label_field or d.label_field, "labels": d.labels}
         return model
 
-    def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
+    def collate(self, batch: dict[str, np.ndarray], meta: ModelMeta, step_seed: int) -> dict[str, torch.Tensor]:
         seqs = [with_special_tokens(s, meta) for s in batch["input_ids"]]
-        ids, mask = pad_batch(seqs, meta["pad_id"])
+        ids, mask = pad_batch(seqs, meta.pad_id)
         return {"input_ids": ids, "attention_mask": mask,
                 "labels": torch.from_numpy(batch["label"].astype(np.int64)),
                 "sample_id": torch.from_numpy(np.array(batch["sample_id"])), "_n": torch.tensor(len(seqs))}
@@ -222,10 +223,10 @@ class SequenceClassification(CorpusTask):
         out = model(**inputs)
         return out.loss, out.logits.argmax(-1)
 
-    def seq_len(self, meta: dict) -> int:
-        return meta.get("max_length") or 128
+    def seq_len(self, meta: ModelMeta) -> int:
+        return meta.max_length or 128
 
-    def fake_raw_batch(self, meta: dict, b: int, seq_len: int) -> dict[str, np.ndarray]:
+    def fake_raw_batch(self, meta: ModelMeta, b: int, seq_len: int) -> dict[str, np.ndarray]:
         """Variable-length rows (an object array of arrays, as the shards hold them) at full length."""
         raw = autobatch.fake_raw_batch(meta, b, seq_len)
         rows = np.empty(b, dtype=object)
@@ -233,9 +234,9 @@ class SequenceClassification(CorpusTask):
         return {**raw, "input_ids": rows, "label": np.zeros(b, dtype=np.int64)}
 
     def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch], device: torch.device,
-                 amp: torch.dtype | None, meta: dict) -> dict[str, float]:
+                 amp: torch.dtype | None, meta: ModelMeta) -> dict[str, float]:
         """Loss, accuracy and F1 from the summed confusion counts."""
-        return evaluate(model, self.eval_step, batches, device, amp, meta["num_labels"])
+        return evaluate(model, self.eval_step, batches, device, amp, meta.extra["num_labels"])
 
 
 

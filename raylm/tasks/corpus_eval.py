@@ -13,6 +13,7 @@ import torch
 from raylm.datasets.tokenizers import cls_sep_ids
 from raylm.errors import UserError
 from raylm.tasks.collate import pad_batch, with_special_tokens
+from raylm.tasks.meta import ModelMeta
 from raylm.tasks.metrics import classification_metrics, confusion_counts
 
 
@@ -71,7 +72,7 @@ def classify(model_dir: str, prepared_dir: str, manifest: dict, split: str = "va
              batch_size: int = 64, pad_id: int = 0) -> dict:
     model = _load("AutoModelForSequenceClassification", model_dir)
     # As in training: [CLS] ... [SEP] around the shard ids when the tokenizer defines them.
-    meta = {"max_length": manifest.get("max_length"), **cls_sep_ids(manifest.get("tokenizer_dir") or model_dir)}
+    meta = ModelMeta(max_length=manifest.get("max_length"), **cls_sep_ids(manifest.get("tokenizer_dir") or model_dir))
     k = max(int(manifest.get("num_labels") or 0), int(model.config.num_labels))
     confusion = np.zeros(k * k)
     for batch in split_batches(prepared_dir, manifest, split, batch_size, None):

@@ -31,6 +31,7 @@ from raylm.datasets.sources import BadRowError, Unit, check_row, file_format, re
 from raylm.errors import UserError
 from raylm.tasks.collate import mask_tokens, pad_batch, with_special_tokens
 from raylm.tasks.corpus_eval import sample_continuation
+from raylm.tasks.meta import ModelMeta
 from raylm.tasks.metrics import classification_metrics, confusion_counts
 
 MAX_BLOCK = 1024  # tokens per causal/masked LM block at most (the model's context when shorter)
@@ -138,8 +139,8 @@ def evaluate_file(model_dir: str, input_path: str, kind: str, batch_size: int = 
     sep = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
     loss_sum = targets = 0.0
     gen = torch.Generator().manual_seed(0)
-    meta = {"eos_id": sep, "pad_id": tok.pad_token_id if tok.pad_token_id is not None else sep,
-            "mask_id": tok.mask_token_id, "vocab_size": len(tok)}
+    meta = ModelMeta(eos_id=sep, pad_id=tok.pad_token_id if tok.pad_token_id is not None else sep,
+                     mask_id=tok.mask_token_id, vocab_size=len(tok))
     for ids in _batched(_blocks(tok, rows, _context(model), sep), batch_size):
         if kind == "causal-lm":
             n = ids.numel() - ids.shape[0]  # each block predicts all but its first token
@@ -179,8 +180,8 @@ def _label_ids(rows: list[dict], labels: list[str] | None, model: Any) -> list[i
 
 def _features(tok: Any, model: Any, rows: list[dict]) -> list[np.ndarray]:
     """As training collates: [CLS] ids [SEP] (BERT-style tokenizers), cut to the model's length."""
-    meta = {"cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id, "pad_id": None,
-            "max_length": getattr(model.config, "max_position_embeddings", 512)}
+    meta = ModelMeta(cls_id=tok.cls_token_id, sep_id=tok.sep_token_id, pad_id=None,
+                     max_length=getattr(model.config, "max_position_embeddings", 512))
     return [with_special_tokens(np.asarray(ids), meta) for ids in _encode(tok, [r["text"] for r in rows])]
 
 

@@ -23,21 +23,22 @@ from raylm.tasks import downstream_files
 from raylm.tasks.base import LabelledTask
 from raylm.tasks.collate import IGNORE, pad
 from raylm.tasks.conll import NerFormat
+from raylm.tasks.meta import ModelMeta
 from raylm.tasks.squad import QaFormat
 from raylm.trainers.parallel import gather
 
 ENCODERS = ("bert", "roberta")
 
 
-def encoder_config(cfg: RootConfig, meta: dict, **kw: Any) -> Any:
+def encoder_config(cfg: RootConfig, meta: ModelMeta, **kw: Any) -> Any:
     """A BERT (or RoBERTa) config from `model`, sized for the prepared features."""
     from transformers import BertConfig, RobertaConfig
 
     m = cfg.model
     cls, extra = (RobertaConfig, 2) if m.arch == "roberta" else (BertConfig, 0)  # RoBERTa offsets positions by 2
-    conf = cls(vocab_size=meta["vocab_size"], hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
+    conf = cls(vocab_size=meta.vocab_size, hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
                num_attention_heads=m.n_head, intermediate_size=4 * m.n_embd,
-               max_position_embeddings=(meta.get("max_length") or 512) + extra, pad_token_id=meta["pad_id"],
+               max_position_embeddings=(meta.max_length or 512) + extra, pad_token_id=meta.pad_id,
                hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.dropout, **kw)
     conf._attn_implementation = m.attn_implementation
     return conf
@@ -64,10 +65,10 @@ class EncoderTask(LabelledTask):
     def predict_file(self, model_dir: str, path: str, output: str, batch_size: int | None = None) -> dict:
         return downstream_files.predict_file(model_dir, path, output, self.name, batch_size or 32)
 
-    def head_kwargs(self, meta: dict) -> dict:
+    def head_kwargs(self, meta: ModelMeta) -> dict:
         return {}
 
-    def fake_raw_batch(self, meta: dict, b: int, seq_len: int) -> dict[str, np.ndarray]:
+    def fake_raw_batch(self, meta: ModelMeta, b: int, seq_len: int) -> dict[str, np.ndarray]:
         """A full-length raw training batch (the batch_size=auto probe on a GPU)."""
         def rows(value: int) -> np.ndarray:  # variable-length rows arrive as an object array of arrays
             out = np.empty(b, dtype=object)
@@ -77,7 +78,7 @@ class EncoderTask(LabelledTask):
         return {"input_ids": rows(5), "labels": rows(0), "token_type_ids": rows(0), "sample_id": np.arange(b),
                 "start_positions": np.ones(b, np.int64), "end_positions": np.ones(b, np.int64)}
 
-    def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
+    def build_model(self, cfg: RootConfig, meta: ModelMeta) -> torch.nn.Module:
         import transformers
 
         auto = getattr(transformers, self.auto_class)
@@ -109,13 +110,13 @@ class TokenClassification(EncoderTask):
     model_keys = ("input_ids", "attention_mask", "labels")
     meta_keys = ("labels", "num_labels")
 
-    def head_kwargs(self, meta: dict) -> dict:
-        labels = meta["labels"]
+    def head_kwargs(self, meta: ModelMeta) -> dict:
+        labels = meta.extra["labels"]
         return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
                 "label2id": {t: i for i, t in enumerate(labels)}}
 
-    def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
-        ids = pad(batch["input_ids"], meta["pad_id"])
+    def collate(self, batch: dict[str, np.ndarray], meta: ModelMeta, step_seed: int) -> dict[str, torch.Tensor]:
+        ids = pad(batch["input_ids"], meta.pad_id)
         labels = pad(batch["labels"], IGNORE, ids.shape[1])  # pads are no targets
         return {"input_ids": ids, "attention_mask": pad([np.ones(len(r)) for r in batch["input_ids"]], 0),
                 "labels": labels, "sample_id": torch.from_numpy(np.array(batch["sample_id"])),
@@ -123,12 +124,12 @@ class TokenClassification(EncoderTask):
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, batches: list, device: torch.device, amp: torch.dtype | None,
-                 meta: dict) -> dict[str, float]:
+                 meta: ModelMeta) -> dict[str, float]:
         """Loss and entity P/R/F1 (seqeval) over every rank's validation windows."""
         from raylm.tasks.metrics import entity_scores
 
         model.eval()
-        names, loss_sum, n, preds, golds = meta["labels"], 0.0, 0, [], []
+        names, loss_sum, n, preds, golds = meta.extra["labels"], 0.0, 0, [], []
         for b in batches:
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 out = model(**{k: b.inputs[k] for k in self.model_keys})
@@ -161,8 +162,8 @@ class QuestionAnswering(EncoderTask):
     model_keys = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions")
     meta_keys = ("qa",)
 
-    def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
-        ids = pad(batch["input_ids"], meta["pad_id"])
+    def collate(self, batch: dict[str, np.ndarray], meta: ModelMeta, step_seed: int) -> dict[str, torch.Tensor]:
+        ids = pad(batch["input_ids"], meta.pad_id)
         out = {"input_ids": ids, "token_type_ids": pad(batch["token_type_ids"], 0, ids.shape[1]),
                "attention_mask": pad([np.ones(len(r)) for r in batch["input_ids"]], 0),
                "start_positions": torch.as_tensor(np.asarray(batch["start_positions"], dtype=np.int64)),
@@ -177,7 +178,7 @@ class QuestionAnswering(EncoderTask):
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, batches: list, device: torch.device, amp: torch.dtype | None,
-                 meta: dict) -> dict[str, float]:
+                 meta: ModelMeta) -> dict[str, float]:
         """Loss and SQuAD EM/F1 of the best span per question over the windows every rank saw."""
         from raylm.tasks.metrics import squad_scores
         from raylm.tasks.squad import best_answers
@@ -199,7 +200,7 @@ class QuestionAnswering(EncoderTask):
                 ends.append(out.end_logits[k].float().cpu().tolist())
                 contexts[qid], golds[qid] = context, answers
         parts = gather((loss_sum, n, feats, starts, ends, contexts, golds))
-        qa = meta.get("qa") or {}
+        qa = meta.extra.get("qa") or {}
         for p in parts:
             contexts.update(p[5])
             golds.update(p[6])

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from raylm.config import RootConfig
 from raylm.errors import UserError
 from raylm.tasks.collate import IGNORE, pad, replace_chosen
+from raylm.tasks.meta import ModelMeta
 
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -33,7 +34,7 @@ def check_config(cfg: RootConfig) -> list[str]:
     return []
 
 
-def build_model(cfg: RootConfig, meta: dict) -> torch.nn.Module:
+def build_model(cfg: RootConfig, meta: ModelMeta) -> torch.nn.Module:
     from transformers import BertConfig, BertForPreTraining
 
     m = cfg.model
@@ -41,9 +42,9 @@ def build_model(cfg: RootConfig, meta: dict) -> torch.nn.Module:
         return BertForPreTraining.from_pretrained(m.init_from, attn_implementation=m.attn_implementation)
     if m.arch != "bert":
         raise UserError(check_config(cfg) or [f"model.arch={m.arch}: NSP shards need a BERT model"])
-    conf = BertConfig(vocab_size=meta["vocab_size"], hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
+    conf = BertConfig(vocab_size=meta.vocab_size, hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
                       num_attention_heads=m.n_head, intermediate_size=4 * m.n_embd,
-                      max_position_embeddings=meta["block_size"], type_vocab_size=2, pad_token_id=meta["pad_id"],
+                      max_position_embeddings=meta.block_size, type_vocab_size=2, pad_token_id=meta.pad_id,
                       hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.dropout)
     conf._attn_implementation = m.attn_implementation
     return BertForPreTraining(conf)
@@ -52,7 +53,7 @@ def build_model(cfg: RootConfig, meta: dict) -> torch.nn.Module:
 # ---------------------------------------------------------------- batches
 
 
-def mask_pairs(ids: torch.Tensor, special: torch.Tensor, meta: dict, gen: torch.Generator,
+def mask_pairs(ids: torch.Tensor, special: torch.Tensor, meta: ModelMeta, gen: torch.Generator,
                prob: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT dynamic masking over the non-special tokens: `prob` of them are targets, of those 80%
     [MASK], 10% a random token, 10% kept. A batch gets at least one target (else its MLM loss is NaN)."""
@@ -72,11 +73,11 @@ def pad_pairs(batch: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]:
             "attention_mask": pad([np.ones(len(r)) for r in batch["input_ids"]], 0, ids.shape[1])}
 
 
-def collate(batch: dict[str, Any], meta: dict, step_seed: int, prob: float = 0.15) -> dict[str, torch.Tensor]:
+def collate(batch: dict[str, Any], meta: ModelMeta, step_seed: int, prob: float = 0.15) -> dict[str, torch.Tensor]:
     """Padded pairs, masked (the seed makes a batch's masks the same after a resume), NSP labels."""
-    out = pad_pairs(batch, meta["pad_id"])
+    out = pad_pairs(batch, meta.pad_id)
     ids = out["input_ids"]
-    special = out["attention_mask"].eq(0) | ids.eq(meta["cls_id"]) | ids.eq(meta["sep_id"])
+    special = out["attention_mask"].eq(0) | ids.eq(meta.cls_id) | ids.eq(meta.sep_id)
     out["input_ids"], out["labels"] = mask_pairs(ids, special, meta, torch.Generator().manual_seed(step_seed), prob)
     out["next_sentence_label"] = torch.from_numpy(np.array(batch["next_sentence_label"], dtype=np.int64))  # a copy: Ray's arrays are read-only
     if "sample_id" in batch:
@@ -84,10 +85,10 @@ def collate(batch: dict[str, Any], meta: dict, step_seed: int, prob: float = 0.1
     return out
 
 
-def fake_raw_batch(meta: dict, b: int, seq_len: int) -> dict[str, np.ndarray]:
+def fake_raw_batch(meta: ModelMeta, b: int, seq_len: int) -> dict[str, np.ndarray]:
     """A full-length raw batch of pairs as the shards hold them (the batch_size=auto probe on a GPU)."""
     half = max(1, (seq_len - 3) // 2)
-    row = np.array([meta["cls_id"], *[8] * half, meta["sep_id"], *[9] * (seq_len - 3 - half), meta["sep_id"]], np.int32)
+    row = np.array([meta.cls_id, *[8] * half, meta.sep_id, *[9] * (seq_len - 3 - half), meta.sep_id], np.int32)
     types = (np.arange(seq_len) > half + 1).astype(np.int8)
     ids, tts = np.empty(b, dtype=object), np.empty(b, dtype=object)
     ids[:], tts[:] = [row.copy() for _ in range(b)], [types.copy() for _ in range(b)]

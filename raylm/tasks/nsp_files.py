@@ -16,6 +16,7 @@ every time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -25,13 +26,14 @@ from typing import Any
 import torch
 
 from raylm.errors import UserError
+from raylm.tasks.meta import ModelMeta
 from raylm.tasks.nsp import collate, metrics, pad_pairs, score
 
 TASK = "next-sentence-prediction"
 PAIR_KEYS = (("a", "b"), ("sentence1", "sentence2"), ("text_a", "text_b"))
 
 
-def load(model_dir: str) -> tuple[Any, Any, dict]:
+def load(model_dir: str) -> tuple[Any, Any, ModelMeta]:
     """(BertForPreTraining in eval mode, plain tokenizer, the ids and sizes collate needs)."""
     from transformers import AutoTokenizer, BertForPreTraining
 
@@ -39,10 +41,10 @@ def load(model_dir: str) -> tuple[Any, Any, dict]:
 
     model = BertForPreTraining.from_pretrained(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
-    meta = {"pad_id": tok.pad_token_id or 0, "cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id,
-            "mask_id": tok.mask_token_id, "vocab_size": model.config.vocab_size,
-            "block_size": model.config.max_position_embeddings}
-    missing = [k for k in ("cls_id", "sep_id", "mask_id") if meta[k] is None]
+    meta = ModelMeta(pad_id=tok.pad_token_id or 0, cls_id=tok.cls_token_id, sep_id=tok.sep_token_id,
+                     mask_id=tok.mask_token_id, vocab_size=model.config.vocab_size,
+                     block_size=model.config.max_position_embeddings)
+    missing = [k for k in ("cls_id", "sep_id", "mask_id") if getattr(meta, k) is None]
     if missing:
         raise UserError(f"{model_dir}: its tokenizer has no {', '.join(k[:-3] for k in missing)} token",
                         hint="NSP pairs are [CLS] A [SEP] B [SEP]: export the model with its BERT tokenizer")
@@ -50,7 +52,7 @@ def load(model_dir: str) -> tuple[Any, Any, dict]:
 
 
 @torch.no_grad()
-def _score_all(model: Any, batches: Iterator[dict], meta: dict) -> list[float]:
+def _score_all(model: Any, batches: Iterator[dict], meta: ModelMeta) -> list[float]:
     total = torch.zeros(5, dtype=torch.float64)
     for i, batch in enumerate(batches):
         total += score(model, collate(batch, meta, step_seed=i)).double()
@@ -72,7 +74,8 @@ def evaluate_prepared(model_dir: str, prepared_dir: str, manifest: dict, split: 
     from raylm.tasks.corpus_eval import _empty_split_hint, split_batches
 
     model, _, meta = load(model_dir)
-    meta |= {k: manifest[k] for k in ("pad_id", "cls_id", "sep_id", "mask_id") if manifest.get(k) is not None}
+    meta = dataclasses.replace(meta, **{k: manifest[k] for k in ("pad_id", "cls_id", "sep_id", "mask_id")
+                                        if manifest.get(k) is not None})
     total = _score_all(model, split_batches(prepared_dir, manifest, split, batch_size, max_batches), meta)
     if not total[3]:
         raise UserError(f"split '{split}' of {prepared_dir} has no pairs to evaluate",
@@ -111,7 +114,7 @@ def evaluate_file(model_dir: str, input_path: str, batch_size: int = 32, seed: i
     model, tok, meta = load(model_dir)
     docs, rejected = read_documents(input_path, tok)
     try:
-        examples = nsp_examples(docs, meta["block_size"], meta["cls_id"], meta["sep_id"], seed)
+        examples = nsp_examples(docs, meta.block_size, meta.cls_id, meta.sep_id, seed)
     except ValueError as err:
         raise UserError(f"{input_path}: {err} ({len(docs)} documents read, {rejected} rejected)",
                         hint="documents are blank-line separated paragraphs, one sentence a line (or JSONL {text})") from None
@@ -150,7 +153,7 @@ def read_pairs(path: str) -> Iterator[dict]:
 
 
 @torch.no_grad()
-def is_next_probs(model: Any, tok: Any, meta: dict, pairs: list[tuple[str, str]], batch_size: int = 32) -> list[float]:
+def is_next_probs(model: Any, tok: Any, meta: ModelMeta, pairs: list[tuple[str, str]], batch_size: int = 32) -> list[float]:
     """P(B follows A) for each (A, B) text pair."""
     from raylm.tasks.nsp_pairs import pack_pair
 
@@ -158,9 +161,9 @@ def is_next_probs(model: Any, tok: Any, meta: dict, pairs: list[tuple[str, str]]
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
         enc = tok.encode_batch([t for p in chunk for t in p], add_special_tokens=False)
-        rows = [pack_pair(enc[2 * k].ids, enc[2 * k + 1].ids, meta["block_size"] - 3, meta["cls_id"], meta["sep_id"], rng)
+        rows = [pack_pair(enc[2 * k].ids, enc[2 * k + 1].ids, meta.block_size - 3, meta.cls_id, meta.sep_id, rng)
                 for k in range(len(chunk))]
-        inputs = pad_pairs(_columns(rows), meta["pad_id"])
+        inputs = pad_pairs(_columns(rows), meta.pad_id)
         logits = model(**inputs).seq_relationship_logits
         out += torch.softmax(logits.float(), -1)[:, 0].tolist()
     return out

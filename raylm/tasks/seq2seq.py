@@ -34,6 +34,7 @@ from raylm.datasets._task_io import parse_json_object
 from raylm.errors import UserError
 from raylm.tasks.base import LabelledTask
 from raylm.tasks.collate import IGNORE, pad
+from raylm.tasks.meta import ModelMeta
 from raylm.tasks.seq2seq_data import PairFormat, check_files
 from raylm.trainers.parallel import gather
 
@@ -43,12 +44,12 @@ ARCHS = ("bart", "t5", "marian")
 # ---------------------------------------------------------------- models
 
 
-def model_config(cfg: RootConfig, meta: dict) -> Any:
+def model_config(cfg: RootConfig, meta: ModelMeta) -> Any:
     """A BART, T5 or Marian config from `model`, sized for the prepared data and its tokenizer."""
     from transformers import BartConfig, MarianConfig, T5Config
 
     m, ids = cfg.model, special_ids(meta, cfg.model.arch)
-    common = {"vocab_size": meta["vocab_size"], "pad_token_id": ids["pad"], "eos_token_id": ids["eos"],
+    common = {"vocab_size": meta.vocab_size, "pad_token_id": ids["pad"], "eos_token_id": ids["eos"],
               "decoder_start_token_id": ids["start"], "tie_word_embeddings": True}
     if m.arch == "t5":
         return T5Config(d_model=m.n_embd, d_kv=m.n_embd // m.n_head, d_ff=4 * m.n_embd, num_layers=m.n_layer,
@@ -57,17 +58,17 @@ def model_config(cfg: RootConfig, meta: dict) -> Any:
     return cls(d_model=m.n_embd, encoder_layers=m.n_layer, decoder_layers=m.n_layer, encoder_attention_heads=m.n_head,
                decoder_attention_heads=m.n_head, encoder_ffn_dim=4 * m.n_embd, decoder_ffn_dim=4 * m.n_embd,
                # positions for the longest source, target and generated output (decoder start included)
-               max_position_embeddings=max(meta["max_length"], cfg.trainer.generation.max_new_tokens + 1),
+               max_position_embeddings=max(meta.max_length, cfg.trainer.generation.max_new_tokens + 1),
                dropout=m.dropout, attention_dropout=m.dropout,
                forced_eos_token_id=None, scale_embedding=m.arch == "marian",
                **({"bos_token_id": ids["eos"]} if cls is BartConfig else {}), **common)
 
 
-def special_ids(meta: dict, arch: str) -> dict[str, int]:
+def special_ids(meta: ModelMeta, arch: str) -> dict[str, int]:
     """pad, eos and the decoder's start token: EOS for BART (its convention), PAD for T5 and Marian,
     [CLS] (else PAD) for an encoder-decoder warm-started from BERT (`arch` "encoder-decoder")."""
-    s = meta.get("seq2seq") or {}
-    pad_id, eos, bos = meta["pad_id"], s.get("eos_id", meta.get("eos_id")), meta.get("bos_id")
+    s = meta.extra.get("seq2seq") or {}
+    pad_id, eos, bos = meta.pad_id, s.get("eos_id", meta.eos_id), meta.extra.get("bos_id")
     start = {"bart": eos, "encoder-decoder": bos if bos is not None else pad_id}
     return {"pad": pad_id, "eos": eos, "start": start.get(arch, pad_id)}
 
@@ -83,7 +84,7 @@ def generation_config(model: Any, gen: dict) -> Any:
                             eos_token_id=c.eos_token_id, bos_token_id=getattr(c, "bos_token_id", None))
 
 
-def warm_started(init_from: str, meta: dict) -> Any:
+def warm_started(init_from: str, meta: ModelMeta) -> Any:
     """An EncoderDecoderModel whose encoder and decoder both start from the encoder at `init_from`."""
     from transformers import EncoderDecoderModel
 
@@ -133,7 +134,7 @@ class Seq2Seq(LabelledTask):
         with open(os.path.join(manifest["tokenizer_dir"], "tokenizer.json")) as f:
             return {"tokenizer_json": f.read(), "generation": cfg.trainer.generation.model_dump()}
 
-    def build_model(self, cfg: RootConfig, meta: dict) -> torch.nn.Module:
+    def build_model(self, cfg: RootConfig, meta: ModelMeta) -> torch.nn.Module:
         from transformers import AutoModelForSeq2SeqLM
 
         m = cfg.model
@@ -148,11 +149,11 @@ class Seq2Seq(LabelledTask):
         else:
             raise UserError(self.check_config(cfg))
         model.generation_config = generation_config(model, cfg.trainer.generation.model_dump())
-        model.config.raylm_seq2seq = meta.get("seq2seq")  # how predict/eval read files, kept with the export
+        model.config.raylm_seq2seq = meta.extra.get("seq2seq")  # how predict/eval read files, kept with the export
         return model
 
-    def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
-        ids = pad(batch["input_ids"], meta["pad_id"])
+    def collate(self, batch: dict[str, np.ndarray], meta: ModelMeta, step_seed: int) -> dict[str, torch.Tensor]:
+        ids = pad(batch["input_ids"], meta.pad_id)
         labels = pad(batch["labels"], IGNORE)  # the target's padding is no target
         out = {"input_ids": ids, "attention_mask": pad([np.ones(len(r)) for r in batch["input_ids"]], 0),
                "labels": labels, "sample_id": torch.from_numpy(np.array(batch["sample_id"])),
@@ -167,9 +168,9 @@ class Seq2Seq(LabelledTask):
     def eval_step(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, None]:
         return self.loss(model, inputs), None
 
-    def fake_raw_batch(self, meta: dict, b: int, seq_len: int) -> dict[str, np.ndarray]:
+    def fake_raw_batch(self, meta: ModelMeta, b: int, seq_len: int) -> dict[str, np.ndarray]:
         """A full-length raw training batch (the batch_size=auto probe on a GPU)."""
-        s = meta.get("seq2seq") or {}
+        s = meta.extra.get("seq2seq") or {}
 
         def rows(n: int) -> np.ndarray:
             out = np.empty(b, dtype=object)
@@ -181,15 +182,15 @@ class Seq2Seq(LabelledTask):
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, batches: list, device: torch.device, amp: torch.dtype | None,
-                 meta: dict) -> dict[str, float]:
+                 meta: ModelMeta) -> dict[str, float]:
         """Loss over every batch; BLEU and ROUGE of beam search over the first generation.eval_batches."""
         from tokenizers import Tokenizer
 
         from raylm.trainers.state import unwrap
 
         model.eval()
-        core, tok = unwrap(model), Tokenizer.from_str(meta["tokenizer_json"])
-        n_decode = (meta.get("generation") or {}).get("eval_batches", 4)
+        core, tok = unwrap(model), Tokenizer.from_str(meta.extra["tokenizer_json"])
+        n_decode = (meta.extra.get("generation") or {}).get("eval_batches", 4)
         loss_sum, n, hyps, refs = 0.0, 0, [], []
         for k, b in enumerate(batches):
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from raylm.tasks.meta import ModelMeta
+
 log = logging.getLogger(__name__)
 CPU_DEFAULT = 16  # no memory wall to find on a CPU: a batch that keeps a core busy
 HEADROOM = 0.90
@@ -60,14 +62,14 @@ def fits_within(probe: Callable[[int], float], limit_bytes: float, extra_bytes: 
     return fits
 
 
-def fake_raw_batch(meta: dict, b: int, seq_len: int) -> dict[str, np.ndarray]:
+def fake_raw_batch(meta: ModelMeta, b: int, seq_len: int) -> dict[str, np.ndarray]:
     """A full-length raw batch of packed blocks (the shards' layout for the LM tasks), for the probe."""
     rng = np.random.default_rng(0)
-    ids = rng.integers(8, max(9, meta["vocab_size"]), size=(b, seq_len)).astype(np.int32)
+    ids = rng.integers(8, max(9, meta.vocab_size), size=(b, seq_len)).astype(np.int32)
     return {"input_ids": ids, "sample_id": np.arange(b)}
 
 
-def cuda_probe(model: torch.nn.Module, task: Any, meta: dict, device: torch.device, amp: torch.dtype | None,
+def cuda_probe(model: torch.nn.Module, task: Any, meta: ModelMeta, device: torch.device, amp: torch.dtype | None,
                seq_len: int) -> Callable[[int], float]:
     def probe(b: int) -> float:
         torch.cuda.reset_peak_memory_stats(device)
@@ -86,7 +88,7 @@ def cuda_probe(model: torch.nn.Module, task: Any, meta: dict, device: torch.devi
     return probe
 
 
-def resolve_batch_size(batch_size: int | str, model: torch.nn.Module, task: Any, meta: dict, device: torch.device,
+def resolve_batch_size(batch_size: int | str, model: torch.nn.Module, task: Any, meta: ModelMeta, device: torch.device,
                        amp: torch.dtype | None, rank: int) -> int:
     """An int as configured; `auto`: probe on a GPU (the minimum over ranks), CPU_DEFAULT on a CPU."""
     if batch_size != "auto":

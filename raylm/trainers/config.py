@@ -96,7 +96,7 @@ class ScalingSection(BaseModel):
     num_workers: int | tuple[int, int] = Field(
         2, description="Ray Train workers (one process each). [min, max]: elastic -- the run starts with as many "
         "as the cluster fits (at least min), keeps training on fewer when a node is lost, and grows back "
-        "to max when nodes return (each change restarts from the latest checkpoint; data.sharding auto "
+        "to max when nodes return (each change restarts from the latest checkpoint; data.stream.sharding auto "
         "becomes stride so every sample is still seen once).",
     )
     elastic_resize_s: float = Field(

@@ -14,6 +14,7 @@ from raylm.cluster.storage import is_remote
 from raylm.config import RootConfig, save_config
 from raylm.datasets.sharding import sharding_for
 from raylm.errors import UserError
+from raylm.tasks.meta import ModelMeta
 from raylm.tasks.objectives import best_checkpoint_rule
 
 # The task registry, the loop and export import torch and transformers (~3 s on 2 cores): they are imported
@@ -44,18 +45,16 @@ def local_run_dir(cfg: RootConfig, name: str | None = None, storage_path: str | 
     return os.path.join(base, name or cfg.trainer.run_name)
 
 
-def model_meta(cfg: RootConfig, manifest: dict) -> dict:
+def model_meta(cfg: RootConfig, manifest: dict) -> ModelMeta:
     """What workers need from the manifest (they may not see the driver's filesystem)."""
-    meta = {k: manifest.get(k) for k in ("vocab_size", "eos_id", "pad_id", "mask_id", "block_size", "max_length",
-                                         "cls_id", "sep_id")}
     from raylm.tasks.registry import get_task  # task modules import torch: the CLI imports this module at start
 
     task = get_task(cfg.trainer.task)
-    meta |= {k: manifest.get(k) for k in task.meta_keys}  # e.g. NER's tag names
-    meta |= task.extra_meta(cfg, manifest)  # e.g. seq2seq's tokenizer, a classifier's number of labels
-    if meta["pad_id"] is None:
-        meta["pad_id"] = meta["eos_id"]
-    return meta
+    values = {k: manifest.get(k) for k in (*ModelMeta.field_names(), *task.meta_keys)}  # e.g. NER's tag names
+    values |= task.extra_meta(cfg, manifest)  # e.g. seq2seq's tokenizer, a classifier's number of labels
+    if values["pad_id"] is None:
+        values["pad_id"] = values["eos_id"]
+    return ModelMeta.from_dict(values)
 
 
 def check_compatible(cfg: RootConfig, manifest: dict) -> None:
@@ -117,7 +116,7 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
     if val is None:
         val = open_split(prepared, "validation", manifest).limit(eval_rows(cfg)).materialize()
     train_mb = manifest["splits"]["train"].get("tokens_out", 0) * 4 / 2**20
-    resident = train_mb <= cfg.data.materialize_max_mb  # small corpus: skip the per-epoch re-read (~seconds each)
+    resident = train_mb <= cfg.data.stream.materialize_max_mb  # small corpus: skip the per-epoch re-read (~seconds each)
     train = read_small_split(prepared, "train", manifest) if resident else None
     if train is None:
         train = open_split(prepared, "train", manifest)
@@ -154,7 +153,7 @@ def _split_on_ray(cfg: RootConfig) -> bool:
     sharding "split" with more than one worker. One worker reads the whole split by itself: the same
     batches, without the coordinator actor's start (~1.5 s before the first step here)."""
     workers = cfg.trainer.scaling.num_workers
-    return sharding_for(cfg.data.sharding, workers) == "split" and workers != 1
+    return sharding_for(cfg.data.stream.sharding, workers) == "split" and workers != 1
 
 
 def export_model(checkpoint_dir: str, tokenizer_dir: str | None, out_dir: str, dtype: str | None = None) -> str:

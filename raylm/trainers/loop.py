@@ -26,6 +26,7 @@ from raylm.config import RootConfig, validate
 from raylm.datasets.sharding import check_resume, sharding_for
 from raylm.datasets.streaming import TrainStream, eval_batches
 from raylm.tasks.base import Task
+from raylm.tasks.meta import ModelMeta
 from raylm.tasks.registry import get_task
 from raylm.trainers import checkpoint, preemption
 from raylm.trainers import state as ckpt
@@ -50,7 +51,7 @@ class LoopConfig:
     """What the driver sends to every worker (as a plain dict: `to_dict`/`from_dict`)."""
 
     cfg: dict  # the resolved RootConfig, JSON-dumped
-    meta: dict  # what the model needs from the manifest (vocab, special ids, lengths, labels)
+    meta: ModelMeta  # what the model needs from the manifest (vocab, special ids, lengths, labels)
     run_dir: str
     metrics_path: str
     run_id: str
@@ -58,11 +59,11 @@ class LoopConfig:
     started_at: float | None = None  # when the command started (time.time()): start-up is reported from it
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "meta": self.meta.to_dict()}
 
     @classmethod
     def from_dict(cls, fields: dict) -> LoopConfig:
-        return cls(**fields)
+        return cls(**{**fields, "meta": ModelMeta.from_dict(fields["meta"])})
 
 
 def seed_everything(seed: int) -> None:
@@ -138,7 +139,7 @@ def setup(loop_cfg: LoopConfig, cfg: RootConfig, watchdog: Watchdog) -> Run:
         opt = build_optimizer(model, trainer, device)
         sched = build_scheduler(opt, trainer)
         seed_everything(trainer.seed + 1 + rank)  # dropout etc. differ per rank
-        sharding = sharding_for(cfg.data.sharding, trainer.scaling.num_workers)
+        sharding = sharding_for(cfg.data.stream.sharding, trainer.scaling.num_workers)
         state, last_ckpt = ckpt.TrainState(world=world, sharding=sharding), None
         if restored:
             state = checkpoint.restore(ckpt_dir, model, opt, sched, rank, weights_loaded=hf_weights is not None)
@@ -164,11 +165,12 @@ def setup(loop_cfg: LoopConfig, cfg: RootConfig, watchdog: Watchdog) -> Run:
     val_raw = eval_batches(ray.train.get_dataset_shard("validation"), batch_size, rank, world, trainer.eval.batches,
                            sort_by_length=task.eval_order_free)
     val = [to_batch(collate(raw, i * 31 + rank), device, counts=counts) for i, (raw, counts) in enumerate(val_raw)]
-    data = cfg.data
-    stream = TrainStream(ray.train.get_dataset_shard("train"), batch_size, data.seed, data.shuffle_buffer_rows,
+    reading = cfg.data.stream
+    stream = TrainStream(ray.train.get_dataset_shard("train"), batch_size, cfg.data.seed, reading.shuffle_buffer_rows,
                          lambda raw, seed: (raw, seed), state.epoch, state.batches_in_epoch,
-                         varied_lengths=task.group_by_length, group_by_length=data.group_by_length, length_group_batches=data.length_group_batches,
-                         sharding=state.sharding, world=world, rank=rank)
+                         varied_lengths=task.group_by_length, group_by_length=reading.group_by_length,
+                         length_group_batches=reading.length_group_batches, sharding=state.sharding, world=world,
+                         rank=rank)
     observers = Observers.load(trainer.observers, rank, world, state.step, loop_cfg.run_dir)
     on_write = observers.on_checkpoint_write if observers else None
     return Run(cfg, task, ctx, state, Feeder(stream, collate, device), val, sink, observers,
@@ -177,7 +179,7 @@ def setup(loop_cfg: LoopConfig, cfg: RootConfig, watchdog: Watchdog) -> Run:
                checkpoint.Checkpointer(trainer, loop_cfg.run_dir, on_write), watchdog)
 
 
-def build_model(task: Task, cfg: RootConfig, meta: dict, hf_weights: str | None,
+def build_model(task: Task, cfg: RootConfig, meta: ModelMeta, hf_weights: str | None,
                 log: Any) -> torch.nn.Module:
     """The task's model: whole for DDP, on the meta device for FSDP (whole when the task cannot build
     there). From config, weights come from raylm's seeded init, the same for both strategies."""

@@ -25,10 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from raylm.tasks.meta import ModelMeta
+
 # ---------------------------------------------------------------- building on the meta device
 
 
-def build_on_meta(task: Any, cfg: Any, meta: dict) -> nn.Module | None:
+def build_on_meta(task: Any, cfg: Any, meta: ModelMeta) -> nn.Module | None:
     """The task's model on the meta device (no storage), or None when the task cannot build one there."""
     import transformers
     from transformers import AutoConfig
@@ -38,7 +40,7 @@ def build_on_meta(task: Any, cfg: Any, meta: dict) -> nn.Module | None:
         if not m.init_from:
             return task.build_model(cfg, meta)
         # A task without `meta_auto_model` loads eagerly on every rank (a warning says so).
-        if not task.meta_auto_model or meta.get("nsp"):  # BertForPreTraining (data.nsp) has no Auto class here
+        if not task.meta_auto_model or meta.extra.get("nsp"):  # BertForPreTraining (data.nsp) has no Auto class here
             return None
         conf = AutoConfig.from_pretrained(m.init_from, **task.pretrained_kwargs(meta))
         conf._attn_implementation = m.attn_implementation

@@ -12,8 +12,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from raylm.tasks.meta import ModelMeta
+
 pytestmark = pytest.mark.ray
-META = {"vocab_size": 64, "eos_id": 1, "pad_id": 0, "mask_id": 2, "block_size": 16}
+META = ModelMeta(vocab_size=64, eos_id=1, pad_id=0, mask_id=2, block_size=16)
 
 
 def _free_port() -> int:

@@ -23,6 +23,7 @@ from raylm.datasets.labelled import IDS, LabelledFormat
 from raylm.datasets.sources import BadRowError
 from raylm.errors import UserError
 from raylm.tasks.base import LabelledTask
+from raylm.tasks.meta import ModelMeta
 
 pytestmark = pytest.mark.ray
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -65,22 +66,22 @@ class WordCount(LabelledTask):
     objective = ("val_loss", "min")
     eval_order_free = True
 
-    def build_model(self, cfg: Any, meta: dict) -> torch.nn.Module:
+    def build_model(self, cfg: Any, meta: ModelMeta) -> torch.nn.Module:
         from transformers import BertConfig, BertForSequenceClassification
 
         m = cfg.model
         return BertForSequenceClassification(BertConfig(
-            vocab_size=meta["vocab_size"], hidden_size=m.n_embd, num_hidden_layers=m.n_layer, num_attention_heads=m.n_head,
-            intermediate_size=2 * m.n_embd, max_position_embeddings=meta["max_length"] + 2, pad_token_id=meta["pad_id"],
+            vocab_size=meta.vocab_size, hidden_size=m.n_embd, num_hidden_layers=m.n_layer, num_attention_heads=m.n_head,
+            intermediate_size=2 * m.n_embd, max_position_embeddings=meta.max_length + 2, pad_token_id=meta.pad_id,
             num_labels=1, problem_type="regression"))
 
-    def collate(self, batch: dict[str, np.ndarray], meta: dict, step_seed: int) -> dict[str, torch.Tensor]:
-        ids, mask = _pad([list(x) for x in batch["input_ids"]], meta["pad_id"])
+    def collate(self, batch: dict[str, np.ndarray], meta: ModelMeta, step_seed: int) -> dict[str, torch.Tensor]:
+        ids, mask = _pad([list(x) for x in batch["input_ids"]], meta.pad_id)
         return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor(batch["label"], dtype=torch.float32),
                 "sample_id": torch.from_numpy(np.array(batch["sample_id"])), "_n": torch.tensor(len(ids))}
 
-    def seq_len(self, meta: dict) -> int:
-        return meta["max_length"]
+    def seq_len(self, meta: ModelMeta) -> int:
+        return meta.max_length
 
     def evaluate_file(self, model_dir: str, path: str) -> dict:
         rows, preds = self._predict(model_dir, path)

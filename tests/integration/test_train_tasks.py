@@ -100,7 +100,7 @@ def test_sequence_classification_from_a_pretrained_dir(ray_session, tmp_path):
     result, rows = _fit(tmp_path, "sequence-classification", manifest=manifest,
                         overrides=[f"model.init_from={pretrained}"], max_steps=48,
                         eval={"every": 24, "batches": 8}, checkpoint={"every": 24}, optimizer={"lr": 3e-3})
-    assert model_meta(tiny_config(data, "x", "sequence-classification"), manifest)["num_labels"] == 2
+    assert model_meta(tiny_config(data, "x", "sequence-classification"), manifest).extra["num_labels"] == 2
     m = result.metrics
     assert m["step"] == 48 and {"val_accuracy", "val_f1", "val_loss"} <= set(m)
     # The vocabulary half decides the label: learnable in a few steps. 24 steps were a coin flip

@@ -11,7 +11,15 @@ import pytest
 from pydantic import BaseModel
 
 import raylm.config
-from raylm.config import RootConfig, describe_config, dump_config, load_config, parse_override, section_model
+from raylm.config import (
+    RootConfig,
+    describe_config,
+    dump_config,
+    load_config,
+    parse_override,
+    section_model,
+    validate,
+)
 from raylm.errors import UserError
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -213,3 +221,20 @@ def test_an_old_key_beside_its_new_one_is_an_error(tmp_path):
     p.write_text("trainer:\n  lr: 0.1\n  optimizer: {lr: 0.2}\n")
     with pytest.raises(UserError, match="trainer.lr and trainer.optimizer.lr are both set"):
         load_config(p)
+
+
+def test_old_data_stream_keys_load_into_data_stream_and_keep_the_prepare_fingerprint(tmp_path, moves):
+    """Issue 28: the keys training reads when streaming moved to `data.stream`; old configs and overrides keep
+    working (one notice per key), and the prepared shards' fingerprint keys are what they were."""
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text("data:\n  shuffle_buffer_rows: 7\n  sharding: stride\n  group_by_length: false\n")
+    new.write_text("data:\n  stream: {shuffle_buffer_rows: 7, sharding: stride, group_by_length: false}\n")
+    assert load_config(old) == load_config(new)
+    assert sorted(moves()) == ["data.group_by_length moved to data.stream.group_by_length",
+                               "data.sharding moved to data.stream.sharding",
+                               "data.shuffle_buffer_rows moved to data.stream.shuffle_buffer_rows"]
+    assert load_config(None, ["data.length_group_batches=9"]).data.stream.length_group_batches == 9
+    with pytest.raises(UserError, match="data.sharding and data.stream.sharding are both set"):
+        validate({"data": {"sharding": "stride", "stream": {"sharding": "split"}}})
+    flat = load_config(new).data.flat_dump(set())
+    assert flat["shuffle_buffer_rows"] == 7 and flat["sharding"] == "stride" and "stream" not in flat

@@ -7,6 +7,7 @@ every row is still seen once per epoch and a resume sees the same remaining batc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from raylm.datasets.tokenizers import load_backend
 from raylm.datasets.units import UnitTask
 from raylm.tasks.collate import with_special_tokens
 from raylm.tasks.corpus import SequenceClassification
+from raylm.tasks.meta import ModelMeta
 from raylm.tasks.registry import get_task
 
 pytestmark = pytest.mark.unit
@@ -80,7 +82,7 @@ def test_prepared_classification_shard_holds_unpadded_sequences(bert_tok_dir, tm
     assert all(0 not in x for x in table.column("input_ids").to_pylist())  # no [PAD] stored
 
 
-META = {"pad_id": 0, "cls_id": 2, "sep_id": 3, "max_length": 8}
+META = ModelMeta(pad_id=0, cls_id=2, sep_id=3, max_length=8)
 
 
 def test_collate_pads_to_the_longest_example_plus_specials():
@@ -97,7 +99,7 @@ def test_collate_pads_to_the_longest_example_plus_specials():
 def test_special_tokens_follow_real_tokens_even_in_old_padded_shards():
     assert with_special_tokens(np.array([5, 6, 7, 0, 0, 0, 0, 0]), META).tolist() == [2, 5, 6, 7, 3]
     assert with_special_tokens(np.arange(10, 30), META).tolist() == [2, 10, 11, 12, 13, 14, 15, 3]
-    assert with_special_tokens(np.array([5, 0]), {**META, "cls_id": None}).tolist() == [5]
+    assert with_special_tokens(np.array([5, 0]), dataclasses.replace(META, cls_id=None)).tolist() == [5]
 
 
 # ---------------------------------------------------------------- the training stream

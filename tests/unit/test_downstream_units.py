@@ -22,6 +22,7 @@ from raylm.tasks.downstream import (
     _side,
     _unside,
 )
+from raylm.tasks.meta import ModelMeta
 from raylm.trainers.step import to_batch
 
 pytestmark = pytest.mark.unit
@@ -56,7 +57,7 @@ def test_ner_collate_pads_per_batch_with_ignored_labels():
     batch = {"input_ids": np.array([np.array([2, 5, 6, 3]), np.array([2, 7, 3])], dtype=object),
              "labels": np.array([np.array([-100, 1, 0, -100]), np.array([-100, 3, -100])], dtype=object),
              "sample_id": np.array([10, 11])}
-    out = TokenClassification().collate(batch, {"pad_id": 0}, 0)
+    out = TokenClassification().collate(batch, ModelMeta(pad_id=0), 0)
     assert out["input_ids"].tolist() == [[2, 5, 6, 3], [2, 7, 3, 0]]
     assert out["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
     assert out["labels"].tolist() == [[-100, 1, 0, -100], [-100, 3, -100, -100]]
@@ -67,7 +68,7 @@ def test_ner_model_from_config_and_its_evaluation_scores_entities(tok_dir):
     from tokenizers import Tokenizer
 
     task, tok = TokenClassification(), Tokenizer.from_file(f"{tok_dir}/tokenizer.json")
-    meta = {"vocab_size": tok.get_vocab_size(), "pad_id": 0, "max_length": 32, "labels": LABELS}
+    meta = ModelMeta(vocab_size=tok.get_vocab_size(), pad_id=0, max_length=32, extra={"labels": LABELS})
     torch.manual_seed(0)
     model = task.build_model(_cfg("token-classification"), meta)
     assert model.config.num_labels == 5 and model.config.id2label[3] == "B-LOC"
@@ -95,7 +96,7 @@ def test_qa_collate_carries_what_decoding_needs():
              "offset_end": np.array([np.array([-1, -1, -1, 3, 9, -1]), np.array([-1, -1, -1, 5, -1])], dtype=object),
              "context": np.array(["big dog", "héllo"]), "example_id": np.array(["q1", "q2"]),
              "answers": np.array([np.array(["big dog", "dog"]), np.array(["héllo"])], dtype=object)}
-    out = QuestionAnswering().collate(batch, {"pad_id": 0}, 0)
+    out = QuestionAnswering().collate(batch, ModelMeta(pad_id=0), 0)
     assert out["token_type_ids"].tolist()[1] == [0, 0, 0, 1, 1, 0]
     assert out["_offsets"][0, 4].tolist() == [4, 9] and out["_offsets"][1, 5].tolist() == [-1, -1]
     assert _unside(out["_text"][1]) == ("héllo", "q2", ["héllo"])
@@ -155,7 +156,7 @@ def test_predict_and_eval_files_on_a_saved_token_classifier(tok_dir, tmp_path):
     from raylm.tasks.registry import task_of_export as task_of
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
-    meta = {"vocab_size": len(tok), "pad_id": 0, "max_length": 32, "labels": LABELS}
+    meta = ModelMeta(vocab_size=len(tok), pad_id=0, max_length=32, extra={"labels": LABELS})
     model_dir = str(tmp_path / "m")
     TokenClassification().build_model(_cfg("token-classification"), meta).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
@@ -180,8 +181,8 @@ def test_predict_answers_are_spans_of_the_context(tok_dir, tmp_path):
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     model_dir = str(tmp_path / "qa")
-    QuestionAnswering().build_model(_cfg("question-answering"), {"vocab_size": len(tok), "pad_id": 0,
-                                                                 "max_length": 32}).save_pretrained(model_dir)
+    QuestionAnswering().build_model(_cfg("question-answering"), ModelMeta(vocab_size=len(tok), pad_id=0,
+                                                                          max_length=32)).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     ctx = "carol visited paris in the spring ."
     src = tmp_path / "q.jsonl"
@@ -196,7 +197,7 @@ def test_predict_answers_are_spans_of_the_context(tok_dir, tmp_path):
 
 def test_the_batch_size_probe_batch_feeds_collate_and_loss():
     for task in (TokenClassification(), QuestionAnswering()):
-        meta = {"vocab_size": 40, "pad_id": 0, "max_length": 16, "labels": LABELS}
+        meta = ModelMeta(vocab_size=40, pad_id=0, max_length=16, extra={"labels": LABELS})
         model = task.build_model(_cfg(task.name), meta)
         inputs = task.collate(task.fake_raw_batch(meta, 3, 16), meta, 0)
         assert inputs["input_ids"].shape == (3, 16)

@@ -25,7 +25,7 @@ def test_num_workers_is_an_int_or_an_elastic_range(tmp_path):
     assert cfg.trainer.scaling.num_workers == (1, 3)
     from raylm.datasets.sharding import sharding_for
 
-    assert sharding_for(cfg.data.sharding, cfg.trainer.scaling.num_workers) == "stride"  # auto: a position that holds at any worker count
+    assert sharding_for(cfg.data.stream.sharding, cfg.trainer.scaling.num_workers) == "stride"  # auto: a position that holds at any worker count
     with pytest.raises(UserError, match=r"1 <= min <= max"):
         tiny_config(str(tmp_path), str(tmp_path), overrides=["trainer.scaling.num_workers=[3, 1]"])
     with pytest.raises(UserError, match="num_workers"):

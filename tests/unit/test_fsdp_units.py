@@ -11,10 +11,11 @@ import torch
 from typer.testing import CliRunner
 
 from raylm.errors import UserError
+from raylm.tasks.meta import ModelMeta
 from raylm.trainers.config import FsdpConfig, TrainerConfig
 
 pytestmark = pytest.mark.unit
-META = {"vocab_size": 64, "eos_id": 1, "pad_id": 0, "mask_id": 2, "block_size": 16}
+META = ModelMeta(vocab_size=64, eos_id=1, pad_id=0, mask_id=2, block_size=16)
 
 
 def _model(task: str = "causal-lm", arch: str = "gpt2") -> torch.nn.Module:

@@ -14,6 +14,7 @@ import torch
 from raylm.config import validate
 from raylm.datasets.config import DataConfig
 from raylm.errors import UserError
+from raylm.tasks.meta import ModelMeta
 from raylm.tasks.nsp_data import PairWriter, split_sentences, window_seed
 from raylm.tasks.nsp_pairs import IS_NEXT, IS_RANDOM
 
@@ -91,9 +92,9 @@ def test_a_window_of_one_document_makes_no_pair(tmp_path):
 # ---------------------------------------------------------------- training side
 
 
-def meta() -> dict:
-    return {"vocab_size": 60, "pad_id": PAD, "cls_id": CLS, "sep_id": SEP, "mask_id": MASK, "eos_id": None,
-            "block_size": 16, "max_length": 128, "nsp": True}
+def meta() -> ModelMeta:
+    return ModelMeta(vocab_size=60, pad_id=PAD, cls_id=CLS, sep_id=SEP, mask_id=MASK, eos_id=None, block_size=16,
+                     max_length=128, extra={"nsp": True})
 
 
 def raw_batch(n: int = 6, seed: int = 0) -> dict:

@@ -15,6 +15,7 @@ from raylm.config import validate
 from raylm.datasets.config import DataConfig
 from raylm.datasets.sources import BadRowError
 from raylm.errors import UserError
+from raylm.tasks.meta import ModelMeta
 from raylm.tasks.metrics import bleu, rouge
 from raylm.tasks.seq2seq import Seq2Seq, decode, text_scores
 from raylm.tasks.seq2seq_data import encode, features, pair_files, partner, read_rows, special_ids
@@ -54,14 +55,15 @@ def _cfg(**kw):
     return validate(raw)
 
 
-def _meta(tok_dir: str, **kw) -> dict:
+def _meta(tok_dir: str, **kw) -> ModelMeta:
     ids = special_ids(tok_dir)
     with open(f"{tok_dir}/tokenizer.json") as f:
         tok_json = f.read()
-    return {"vocab_size": 300, "pad_id": ids["pad_id"], "eos_id": ids["eos_id"], "bos_id": ids["bos_id"],
-            "max_length": 32, "seq2seq": {"eos_id": ids["eos_id"], "max_source_length": 32, "max_target_length": 16,
-                                          "source_suffix": "de", "target_suffix": "en"},
-            "tokenizer_json": tok_json, **kw}
+    return ModelMeta.from_dict({
+        "vocab_size": 300, "pad_id": ids["pad_id"], "eos_id": ids["eos_id"], "bos_id": ids["bos_id"], "max_length": 32,
+        "seq2seq": {"eos_id": ids["eos_id"], "max_source_length": 32, "max_target_length": 16, "source_suffix": "de",
+                    "target_suffix": "en"},
+        "tokenizer_json": tok_json, **kw})
 
 
 # ---------------------------------------------------------------- files and rows
@@ -133,7 +135,7 @@ def test_collate_pads_labels_with_ignore_and_keeps_references(tok_dir):
              "labels": np.array([np.array([9, 2]), np.array([10, 11, 12, 2])], dtype=object),
              "sample_id": np.array([3, 4]), "target_text": np.array(["Zwei Kätzchen", "b"], dtype=object)}
     out = task.collate(batch, meta, 0)
-    assert out["input_ids"].tolist() == [[5, 6, 7, 2], [8, 2, meta["pad_id"], meta["pad_id"]]]
+    assert out["input_ids"].tolist() == [[5, 6, 7, 2], [8, 2, meta.pad_id, meta.pad_id]]
     assert out["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     assert out["labels"].tolist() == [[9, 2, -100, -100], [10, 11, 12, 2]] and int(out["_n"]) == 6
     from raylm.tasks.seq2seq import _text
@@ -164,8 +166,8 @@ def test_models_shift_labels_behind_the_decoder_start(tok_dir, arch, start):
 def test_evaluate_decodes_the_first_batches_and_scores_them(tok_dir):
     from tokenizers import Tokenizer
 
-    tok, ids, meta = Tokenizer.from_file(f"{tok_dir}/tokenizer.json"), special_ids(tok_dir), _meta(tok_dir)
-    meta["generation"] = {"eval_batches": 1}
+    tok, ids = Tokenizer.from_file(f"{tok_dir}/tokenizer.json"), special_ids(tok_dir)
+    meta = _meta(tok_dir, generation={"eval_batches": 1})
     task = Seq2Seq()
     model = task.build_model(_cfg(), meta)
     rows = [features(tok, {"source_text": s, "target_text": t}, ids, 32, 16) for s, t in PAIRS]
@@ -281,8 +283,8 @@ def test_warm_start_from_an_encoder_builds_bert2bert(tmp_path):
     ids = special_ids(enc_dir)
     tok = AutoTokenizer.from_pretrained(enc_dir)
     assert (ids["bos_id"], ids["eos_id"], ids["pad_id"]) == (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
-    meta = {"vocab_size": 120, "pad_id": ids["pad_id"], "eos_id": ids["eos_id"], "bos_id": ids["bos_id"],
-            "max_length": 32, "seq2seq": {"eos_id": ids["eos_id"], "max_source_length": 32}}
+    meta = ModelMeta.from_dict({"vocab_size": 120, "pad_id": ids["pad_id"], "eos_id": ids["eos_id"], "bos_id": ids["bos_id"],
+                                "max_length": 32, "seq2seq": {"eos_id": ids["eos_id"], "max_source_length": 32}})
     model = Seq2Seq().build_model(_cfg(model={"init_from": enc_dir}), meta)
     assert type(model).__name__ == "EncoderDecoderModel" and model.config.decoder.add_cross_attention
     assert model.config.decoder_start_token_id == tok.cls_token_id

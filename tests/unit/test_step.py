@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from raylm.tasks.meta import ModelMeta
 from raylm.tasks.metrics import classification_metrics
 from raylm.tasks.registry import get_task
 from raylm.trainers.autobatch import find_max_batch, fits_within, resolve_batch_size
@@ -22,8 +23,8 @@ from raylm.trainers.parallel import compile_enabled, no_kv_cache, transformer_bl
 from raylm.trainers.step import StepContext, Window, evaluate, to_batch, train_step
 
 CPU = torch.device("cpu")
-META = {"vocab_size": 64, "eos_id": 1, "pad_id": 0, "mask_id": 2, "block_size": 16, "max_length": 24,
-        "cls_id": 3, "sep_id": 4, "num_labels": 2}
+META = ModelMeta(vocab_size=64, eos_id=1, pad_id=0, mask_id=2, block_size=16, max_length=24, cls_id=3, sep_id=4,
+                 extra={"num_labels": 2})
 
 
 def _gpt2(seed: int = 0) -> torch.nn.Module:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from raylm.tasks.collate import mask_tokens, with_special_tokens
+from raylm.tasks.meta import ModelMeta
 from raylm.trainers.config import TrainerConfig
 from raylm.trainers.metrics import flops_per_token, mfu
 from raylm.trainers.optim import lr_factor, param_groups
@@ -36,7 +37,7 @@ def test_weight_decay_skips_norms_and_biases():
 
 def test_dynamic_masking_is_15_percent_split_80_10_10_and_seeded():
     ids = torch.randint(5, 1000, (64, 128))
-    meta = {"eos_id": 1, "pad_id": 0, "mask_id": 2, "vocab_size": 1000}
+    meta = ModelMeta(eos_id=1, pad_id=0, mask_id=2, vocab_size=1000)
     masked, labels = mask_tokens(ids, meta, torch.Generator().manual_seed(0))
     chosen = labels.ne(-100)
     assert chosen.float().mean().item() == pytest.approx(0.15, abs=0.01)
@@ -48,9 +49,9 @@ def test_dynamic_masking_is_15_percent_split_80_10_10_and_seeded():
 
 
 def test_special_tokens_wrap_and_respect_max_length():
-    out = with_special_tokens(np.arange(10, 40), {"cls_id": 101, "sep_id": 102, "max_length": 8})
+    out = with_special_tokens(np.arange(10, 40), ModelMeta(cls_id=101, sep_id=102, max_length=8))
     assert out.tolist() == [101, 10, 11, 12, 13, 14, 15, 102]
-    assert with_special_tokens(np.array([7]), {"cls_id": None, "sep_id": None}).tolist() == [7]
+    assert with_special_tokens(np.array([7]), ModelMeta(cls_id=None, sep_id=None)).tolist() == [7]
 
 
 def test_palm_flops_and_mfu():
@@ -102,7 +103,24 @@ def test_best_checkpoint_metric_defaults_to_the_task_and_can_be_chosen(tmp_path)
     assert best_checkpoint_rule(tiny_config(data, "r", eval={"best_metric": "val_ppl"})) == ("val_ppl", "min")
     manifest = write_synthetic(data, "sequence-classification")
     del manifest["num_labels"]
-    assert model_meta(tiny_config(data, "r", "sequence-classification"), manifest)["num_labels"] == 2
+    assert model_meta(tiny_config(data, "r", "sequence-classification"), manifest).extra["num_labels"] == 2
+
+
+def test_model_meta_splits_typed_fields_from_a_task_s_extras_and_travels_as_the_same_dict():
+    import pickle
+
+    from raylm.trainers.loop import LoopConfig
+
+    flat = {"vocab_size": 64, "pad_id": 0, "eos_id": 1, "max_length": 16, "labels": ["O", "B-PER"], "qa": None}
+    meta = ModelMeta.from_dict(flat)
+    assert (meta.vocab_size, meta.pad_id, meta.mask_id) == (64, 0, None)
+    assert dict(meta.extra) == {"labels": ["O", "B-PER"], "qa": None}
+    assert meta.to_dict() == {**dict.fromkeys(ModelMeta.field_names()), **flat}
+    assert pickle.loads(pickle.dumps(meta)) == meta
+    loop = LoopConfig(cfg={}, meta=meta, run_dir="r", metrics_path="m", run_id="i")
+    wire = loop.to_dict()
+    assert wire["meta"] == meta.to_dict()  # the workers get the flat dict the driver sent before ModelMeta
+    assert LoopConfig.from_dict(wire) == loop
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

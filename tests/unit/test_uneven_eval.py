@@ -22,6 +22,7 @@ import torch.multiprocessing as mp
 
 from raylm.config import validate
 from raylm.datasets.streaming import deal_eval_batches
+from raylm.tasks.meta import ModelMeta
 from raylm.tasks.registry import get_task
 from raylm.trainers.config import FsdpConfig
 from raylm.trainers.step import to_batch
@@ -75,8 +76,8 @@ def _model(task: str) -> torch.nn.Module:
     return get_task(task).build_model(validate(raw, origin="test"), _meta(task)).eval()
 
 
-def _meta(task: str) -> dict:
-    return META | ({"tokenizer_json": _tokenizer_json()} if task == "seq2seq" else {})
+def _meta(task: str) -> ModelMeta:
+    return ModelMeta.from_dict(META | ({"tokenizer_json": _tokenizer_json()} if task == "seq2seq" else {}))
 
 
 def _evaluate(task: str, sizes: list[int], rank: int, world: int) -> dict:
