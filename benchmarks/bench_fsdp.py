@@ -134,7 +134,7 @@ def memory(root: str, tiny: bool, size: str = "0.74b") -> dict:
 def big(root: str, tiny: bool) -> dict:
     from transformers import AutoModelForCausalLM
 
-    from raylm.trainers.export import main as export
+    from raylm.serving.export import main as export
 
     data, manifest = _data(root, tiny)
     size = "tiny" if tiny else "0.87b"

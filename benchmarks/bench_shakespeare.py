@@ -72,9 +72,9 @@ def main() -> int:
     from raylm.cluster import connect
     from raylm.config import load_config
     from raylm.datasets.prepare import load_manifest
+    from raylm.serving.report import read_metrics
     from raylm.tasks.corpus_eval import perplexity
     from raylm.trainers.driver import train
-    from raylm.trainers.report import read_metrics
 
     train_txt, val_txt, val_chars = split_corpus(src, args.work)
     cfg = load_config(None, overrides(args.work, train_txt, val_txt, args))

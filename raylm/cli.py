@@ -22,10 +22,10 @@ from raylm.config import describe_config
 from raylm.datasets.report import print_manifest, print_rejects
 from raylm.errors import UserError
 from raylm.main import main as run_main
-from raylm.trainers.downstream_cli import predict_cmd
+from raylm.serving.cli import predict_cmd
+from raylm.serving.report import report
 from raylm.trainers.driver import local_run_dir
 from raylm.trainers.driver import train as run_train
-from raylm.trainers.report import report
 from raylm.tuning.cli import tune_cmd
 
 
@@ -135,7 +135,7 @@ def export_cmd(run_dir: str,
                max_shard_gb: float = typer.Option(5.0, "--max-shard-gb", help="Largest safetensors file; bigger "
                                                   "models get several files and an index.")) -> None:
     """Consolidate a checkpoint (sharded FSDP or full) into a `from_pretrained` directory + tokenizer."""
-    from raylm.trainers.export import main as run_export  # torch
+    from raylm.serving.export import main as run_export  # torch
 
     res = run_export(run_dir, checkpoint, dtype, renamed(output, out, "--output", "--out", " of raylm export"),
                      max_shard_gb)

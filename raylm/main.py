@@ -14,9 +14,9 @@ def main(cfg: RootConfig, address: str | None = None, prompt: str = "Return the"
          checked: Callable[[], None] | None = None) -> dict:
     from raylm.cluster import connect
     from raylm.datasets.prepare import load_manifest
+    from raylm.serving.report import report
     from raylm.tasks.corpus_eval import generate, perplexity
     from raylm.trainers.driver import train
-    from raylm.trainers.report import report
 
     t0 = time.time()
     with connect(cfg.cluster, address):

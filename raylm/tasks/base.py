@@ -37,9 +37,7 @@ class Task:
     group_by_length = False
     # Shards hold blocks of data.block_size tokens (a changed block_size needs a new prepare).
     packed_blocks = False
-    # The transformers Auto class that builds an `init_from` skeleton on the meta device (FSDP); empty:
-    # the model is built whole on every rank, then sharded.
-    meta_auto_model = ""
+    meta_auto_model = ""  # see meta_init_class
     tokenizer_needs: tuple[str, ...] = ()  # tokenizer facts it cannot do without (see tokenizers.check_facts)
 
     # ---------------------------------------------------------------- data
@@ -99,6 +97,11 @@ class Task:
         """What the workers need besides the manifest's keys (e.g. seq2seq's tokenizer): a key naming a
         ModelMeta field sets it, any other lands in `meta.extra`."""
         return {}
+
+    def meta_init_class(self, meta: ModelMeta) -> str:
+        """The transformers Auto class that builds an `init_from` skeleton on the meta device (FSDP); "": the
+        model is built whole on every rank, then sharded."""
+        return self.meta_auto_model
 
     def pretrained_kwargs(self, meta: ModelMeta) -> dict:
         """Keyword arguments of `auto_model.from_pretrained/from_config` beyond the checkpoint's config."""

@@ -107,6 +107,10 @@ class MaskedLM(CorpusTask):
         """Sentence pairs need a BERT WordPiece ([CLS], [SEP], segments); blocks take the BPE."""
         return nsp_tokenizer(data, resolve_source(data)) if data.nsp else super().train_tokenizer(data)
 
+    def meta_init_class(self, meta: ModelMeta) -> str:
+        """BertForPreTraining (data.nsp) has no Auto class: built whole, then sharded."""
+        return "" if meta.extra.get("nsp") else self.meta_auto_model
+
     def trains_on(self, prepared_task: str) -> bool:
         """Any corpus's blocks train a masked LM (causal LM shards too): only their length must match."""
         return True

@@ -158,7 +158,7 @@ def _split_on_ray(cfg: RootConfig) -> bool:
 
 def export_model(checkpoint_dir: str, tokenizer_dir: str | None, out_dir: str, dtype: str | None = None) -> str:
     """A checkpoint (sharded or hf) and the tokenizer in one directory transformers loads (`raylm export`)."""
-    from raylm.trainers.export import export_checkpoint
+    from raylm.serving.export import export_checkpoint
 
     return export_checkpoint(checkpoint_dir, out_dir, tokenizer_dir, dtype)
 

@@ -39,12 +39,12 @@ def build_on_meta(task: Any, cfg: Any, meta: ModelMeta) -> nn.Module | None:
     with torch.device("meta"):
         if not m.init_from:
             return task.build_model(cfg, meta)
-        # A task without `meta_auto_model` loads eagerly on every rank (a warning says so).
-        if not task.meta_auto_model or meta.extra.get("nsp"):  # BertForPreTraining (data.nsp) has no Auto class here
+        auto = task.meta_init_class(meta)
+        if not auto:  # the task loads eagerly on every rank (a warning says so)
             return None
         conf = AutoConfig.from_pretrained(m.init_from, **task.pretrained_kwargs(meta))
         conf._attn_implementation = m.attn_implementation
-        return getattr(transformers, task.meta_auto_model).from_config(conf)
+        return getattr(transformers, auto).from_config(conf)
 
 
 def config_seed(seed: int, name: str) -> int:

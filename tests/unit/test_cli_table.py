@@ -151,9 +151,9 @@ def test_both_spellings_that_disagree_are_a_user_error() -> None:
 
 def test_export_old_out_is_output_with_a_notice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     calls: list[tuple] = []
-    fake = types.ModuleType("raylm.trainers.export")
+    fake = types.ModuleType("raylm.serving.export")
     fake.main = lambda *a: calls.append(a) or {"checkpoint": "c", "export_dir": a[3]}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "raylm.trainers.export", fake)
+    monkeypatch.setitem(sys.modules, "raylm.serving.export", fake)
     res = CliRunner().invoke(app, ["export", str(tmp_path), "--out", "old"])
     assert res.exit_code == 0, res.output
     assert res.stderr.count("notice: --out of raylm export is now --output") == 1

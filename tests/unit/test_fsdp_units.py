@@ -71,7 +71,7 @@ def test_seeded_init_depends_on_the_seed_only():
 
 
 def test_plan_files_groups_tensors_by_bytes():
-    from raylm.trainers.export import plan_files
+    from raylm.serving.export import plan_files
 
     t = {f"w{i}": torch.empty(256, device="meta") for i in range(5)}  # 1 KiB each in fp32
     assert plan_files(t, 2048, None) == [["w0", "w1"], ["w2", "w3"], ["w4"]]
@@ -117,7 +117,7 @@ def test_export_consolidates_a_sharded_checkpoint_into_files_transformers_loads(
 
 def test_export_of_a_bad_run_dir_exits_2_with_a_clear_message(tmp_path):
     from raylm.cli import app
-    from raylm.trainers.export import resolve_checkpoint
+    from raylm.serving.export import resolve_checkpoint
 
     res = CliRunner().invoke(app, ["export", str(tmp_path)])
     assert res.exit_code == 2 and "not a raylm run directory" in res.output
