@@ -114,15 +114,11 @@ def generate_cmd(model_dir: str, prompt: str = typer.Option("", help="Text to co
                  num_beams: int = typer.Option(None, help="seq2seq: beams (default: the model's generation_config)."),
                  length_penalty: float = typer.Option(None, help="seq2seq: beam length penalty (default: the model's).")) -> None:
     """Sample text from an exported causal LM, or translate/summarize with a seq2seq model (beam search)."""
-    from raylm.tasks.corpus_eval import generate
+    from raylm.serving.dispatch import generate  # the task modules import torch
+    from raylm.tasks.base import GenerateOptions
 
-    if os.path.isfile(os.path.join(model_dir, "config.json")):
-        from raylm.tasks.seq2seq import generate_text, is_encoder_decoder
-
-        if is_encoder_decoder(model_dir):
-            return typer.echo(generate_text(model_dir, prompt, num_beams, length_penalty, max_new_tokens))
-    typer.echo(generate(model_dir, prompt, max_new_tokens or 60, temperature, top_p=top_p,
-                        no_repeat_ngram_size=no_repeat_ngram, seed=seed)[0])
+    typer.echo(generate(model_dir, prompt, GenerateOptions(max_new_tokens, temperature, top_p, no_repeat_ngram, seed,
+                                                           num_beams, length_penalty)))
 
 
 @user_errors

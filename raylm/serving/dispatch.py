@@ -3,6 +3,7 @@ else its architecture: raylm.tasks.registry.task_of_export) scores or predicts; 
 
 from __future__ import annotations
 
+from raylm.tasks.base import GenerateOptions
 from raylm.tasks.registry import get_task, task_of_export
 
 
@@ -21,3 +22,8 @@ def evaluate_prepared(model_dir: str, prepared_dir: str, manifest: dict, split: 
     """`raylm eval MODEL --config C`: the metrics of the task the data was prepared for."""
     task = get_task(manifest.get("task") or "causal-lm")
     return task.evaluate_prepared(model_dir, prepared_dir, manifest, split, max_batches)
+
+
+def generate(model_dir: str, prompt: str, options: GenerateOptions) -> str:
+    """`raylm generate MODEL --prompt TEXT`: a causal LM's continuation, a seq2seq model's translation/summary."""
+    return get_task(task_of_export(model_dir)).generate(model_dir, prompt, options)

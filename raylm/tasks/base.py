@@ -4,6 +4,7 @@ import path (`trainer.task: my_pkg.tasks:MyTask`, see raylm.tasks.registry)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 import numpy as np
@@ -18,6 +19,20 @@ from raylm.errors import UserError
 from raylm.tasks.meta import ModelMeta
 from raylm.trainers import autobatch
 from raylm.trainers.step import Batch, evaluate
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateOptions:
+    """`raylm generate`'s decoding options; a task reads those that apply (sampling for LMs, beams for seq2seq;
+    None: the model's generation_config)."""
+
+    max_new_tokens: int | None = None
+    temperature: float = 0.7
+    top_p: float = 0.9
+    no_repeat_ngram: int = 3
+    seed: int = 0
+    num_beams: int | None = None
+    length_penalty: float | None = None
 
 
 class Task:
@@ -79,6 +94,11 @@ class Task:
         """`raylm predict MODEL --input FILE --output OUT.jsonl`: one JSON line per input row; returns
         {task, rows, output}. `batch_size`: rows per forward pass (None: the task's default)."""
         raise UserError(f"{self.name} has no per-file predict")
+
+    def generate(self, model_dir: str, prompt: str, options: GenerateOptions) -> str:
+        """`raylm generate MODEL --prompt TEXT`: the model's text for `prompt`."""
+        raise UserError(f"a {self.name} model does not generate text",
+                        hint="raylm generate takes a causal LM or a seq2seq export; score this one with raylm eval")
 
     def evaluate_prepared(self, model_dir: str, prepared_dir: str, manifest: dict, split: str,
                           max_batches: int | None) -> dict:

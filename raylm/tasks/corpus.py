@@ -20,7 +20,7 @@ from raylm.datasets.tokenizers import cls_sep_ids
 from raylm.datasets.units import prepare_corpus, resolve_source
 from raylm.tasks import corpus_eval, corpus_files, nsp_files
 from raylm.tasks import nsp as pretraining
-from raylm.tasks.base import Task
+from raylm.tasks.base import GenerateOptions, Task
 from raylm.tasks.collate import mask_tokens, pad_batch, with_special_tokens
 from raylm.tasks.meta import ModelMeta
 from raylm.tasks.nsp_data import prepare_nsp
@@ -59,6 +59,12 @@ class CausalLM(CorpusTask):
 
     def fused_loss(self) -> bool:
         return True
+
+    def generate(self, model_dir: str, prompt: str, options: GenerateOptions) -> str:
+        """A sampled continuation (temperature, nucleus, no repeated n-gram), prompt included."""
+        return corpus_eval.generate(model_dir, prompt, options.max_new_tokens or 60, options.temperature,
+                                    top_p=options.top_p, no_repeat_ngram_size=options.no_repeat_ngram,
+                                    seed=options.seed)[0]
 
     def build_model(self, cfg: RootConfig, meta: ModelMeta) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig

@@ -32,7 +32,7 @@ import torch
 from raylm.config import RootConfig
 from raylm.datasets._task_io import parse_json_object
 from raylm.errors import UserError
-from raylm.tasks.base import LabelledTask
+from raylm.tasks.base import GenerateOptions, LabelledTask
 from raylm.tasks.collate import IGNORE, pad
 from raylm.tasks.meta import ModelMeta
 from raylm.tasks.seq2seq_data import PairFormat, check_files
@@ -128,6 +128,10 @@ class Seq2Seq(LabelledTask):
 
     def predict_file(self, model_dir: str, path: str, output: str, batch_size: int | None = None) -> dict:
         return predict_file(model_dir, path, output, batch_size or 16)
+
+    def generate(self, model_dir: str, prompt: str, options: GenerateOptions) -> str:
+        """The translation/summary of `prompt` (beam search; unset options: the model's generation_config)."""
+        return generate_text(model_dir, prompt, options.num_beams, options.length_penalty, options.max_new_tokens)
 
     def extra_meta(self, cfg: RootConfig, manifest: dict) -> dict:
         """The tokenizer (workers decode outputs to text and may not see the driver's files) and the decoding."""

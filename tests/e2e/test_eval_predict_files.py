@@ -144,3 +144,15 @@ def test_bad_files_exit_2_with_the_file_and_line(exports, tmp_path, name, conten
     res = _run("eval", str(exports / export), "--input", str(path))
     assert res.exit_code == 2 and says.format(path=path) in res.output, res.output
     assert "Traceback" not in res.output
+
+
+def test_generate_asks_the_exports_task(exports):
+    """`raylm generate` goes to the export's task: a causal LM continues the prompt; a classifier says it does not
+    generate (exit 2, one line)."""
+    res = _run("generate", str(exports / "gpt"), "--prompt", "the cat", "--max-new-tokens", "5", "--seed", "1")
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("the cat")
+    assert _run("generate", str(exports / "gpt"), "--prompt", "the cat", "--max-new-tokens", "5",
+                "--seed", "1").output == res.output  # seeded
+    res = _run("generate", str(exports / "cls"), "--prompt", "the cat")
+    assert res.exit_code == 2 and "does not generate text" in res.output
