@@ -33,12 +33,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from raylm.cluster._connect import usable_cpus
 from raylm.datasets import _fs
 from raylm.datasets import tokenizers as toks
+from raylm.datasets._task_io import plain_tokenizer
 from raylm.datasets.config import DataConfig
 from raylm.datasets.manifest import up_to_date
 from raylm.datasets.pack import sample_id, split_of
 from raylm.datasets.sources import BadRowError
+from raylm.datasets.units import find_bad_row
 from raylm.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -124,7 +127,6 @@ class Featurizer:
     def __init__(self, fmt: LabelledFormat, cfg: DataConfig, tokenizer_dir: str, label2id: dict[str, int]) -> None:
         from tokenizers import Tokenizer
 
-        from raylm.datasets._task_io import plain_tokenizer
 
         self.fmt, self.cfg, self.label2id = fmt, cfg, label2id
         self.tok = plain_tokenizer(Tokenizer.from_file(os.path.join(tokenizer_dir, "tokenizer.json")))
@@ -227,7 +229,6 @@ def prepare_labelled(cfg: DataConfig, fmt: LabelledFormat, force: bool = False) 
 
 def _consume(run: Callable[[], Any]) -> Any:
     """Run a Ray Data step; a BadRowError raised in a worker (on_error=fail) becomes a UserError."""
-    from raylm.datasets.units import find_bad_row
 
     try:
         return run()
@@ -305,7 +306,6 @@ def _write_split(feats: Any, split: str, out: Path, shard_rows: int, fmt: Labell
 
 
 def _pool_size(cfg: DataConfig) -> int:
-    from raylm.cluster._connect import usable_cpus
 
     # One CPU left for the tasks around the pool (reading blocks, the ledger), else they wait on the actors.
     return cfg.tokenize_actors or max(1, min(4, usable_cpus() - 1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from raylm.datasets.clean import read_rejects
+
 
 def print_manifest(m: dict, prepared_dir: str) -> None:
     balanced = "balanced" if m.get("ledger_balanced", True) else "NOT BALANCED"
@@ -49,7 +51,6 @@ def format_rejects(rows: list[dict], width: int = 100) -> list[str]:
 
 
 def print_rejects(prepared_dir: str, reason: str | None = None, limit: int = 20) -> None:
-    from raylm.datasets.clean import read_rejects
 
     for line in format_rejects(read_rejects(prepared_dir, reason, limit)):
         print(line)

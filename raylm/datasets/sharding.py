@@ -20,6 +20,8 @@ import itertools
 from collections.abc import Iterable, Iterator
 from typing import Literal, TypeVar
 
+from raylm.errors import UserError
+
 T = TypeVar("T")
 
 
@@ -49,7 +51,6 @@ def stride_share(batches: Iterable[T], world: int, rank: int, skip: int = 0) -> 
 def check_resume(saved_sharding: str, saved_world: int | None, sharding: str, world: int) -> None:
     """A checkpoint's data position only means something under the sharding that wrote it, and a
     `split` position only with the worker count that wrote it."""
-    from raylm.errors import UserError
 
     if saved_sharding != sharding:
         raise UserError(f"this run's checkpoint counts its data position with data.stream.sharding={saved_sharding}, "

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from raylm.cluster.storage import is_remote
 from raylm.datasets.bucketing import length_grouped
 from raylm.datasets.sharding import stride_share
 
@@ -65,7 +66,6 @@ def read_small_split(prepared_dir: str, split: str, manifest: dict, limit: int |
     import pyarrow.parquet as pq
     import ray
 
-    from raylm.cluster.storage import is_remote
 
     if is_remote(prepared_dir):
         return None

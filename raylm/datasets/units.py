@@ -31,13 +31,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raylm.cluster._connect import usable_cpus
+from raylm.cluster.storage import is_remote
 from raylm.datasets import _fs
 from raylm.datasets import tokenizers as toks
 from raylm.datasets.clean import DedupIndex, RejectsWriter, ShardedDedup, normalize, reject_reason, text_hashes
 from raylm.datasets.config import DataConfig
+from raylm.datasets.demo import build_demo_corpus
 from raylm.datasets.manifest import COUNTS, SCHEMA_VERSION, SPLITS, build_manifest, up_to_date
 from raylm.datasets.pack import pack_with_carry, sample_ids, splits_of
-from raylm.datasets.sources import BadRowError, Unit, check_row, plan_units, read_unit
+from raylm.datasets.progress import Progress
+from raylm.datasets.sources import BadRowError, Unit, check_row, count_newlines, plan_units, read_unit
 from raylm.datasets.tokenizer_training import ensure_tokenizer
 from raylm.errors import UserError
 
@@ -47,7 +50,6 @@ PROGRESS = "_progress"
 
 def resolve_source(cfg: DataConfig) -> str:
     if cfg.source == "demo":
-        from raylm.datasets.demo import build_demo_corpus
 
         return str(build_demo_corpus())
     return cfg.source
@@ -372,7 +374,6 @@ def prepare_corpus(cfg: DataConfig, task_name: str, force: bool = False, *,
 def _count_on_ray(segments: list[tuple[str, int, int]]) -> list[int]:
     import ray
 
-    from raylm.datasets.sources import count_newlines
 
     task = ray.remote(count_newlines).options(runtime_env=_runtime_env())
     return ray.get([task.remote(*s) for s in segments])
@@ -387,7 +388,6 @@ def in_driver(cfg: DataConfig, todo: list[Unit]) -> bool:
     """Whether the units are few enough bytes, and local, to be prepared in this process: starting the
     actor pool (a Ray Data execution, an actor per CPU, a tokenizer in each) costs ~5 s on a small
     machine, longer than tokenizing a few MB here. The shards, markers and rejects are the same."""
-    from raylm.cluster.storage import is_remote
 
     return (bool(todo) and sum(_unit_bytes(u) for u in todo) <= cfg.prepare_in_driver_mb * 2**20
             and not any(is_remote(u.uri) for u in todo))
@@ -422,7 +422,6 @@ def _run_units(cfg: DataConfig, task: UnitTask, tok_dir: str, out: Path, todo: l
                here: bool = False) -> None:
     import ray
 
-    from raylm.datasets.progress import Progress
 
     if here:
         return _run_units_here(cfg, task, tok_dir, out, todo, dedup, total_bytes, validation_files, worker)
@@ -455,7 +454,6 @@ def _run_units(cfg: DataConfig, task: UnitTask, tok_dir: str, out: Path, todo: l
 def _run_units_here(cfg: DataConfig, task: UnitTask, tok_dir: str, out: Path, todo: list[Unit], dedup: list | None,
                     total_bytes: int, validation_files: list[str] | None, worker: type) -> None:
     """The units one after another in this process, by the pool's own worker class (see `in_driver`)."""
-    from raylm.datasets.progress import Progress
 
     progress = Progress(total_bytes, total_bytes - sum(_unit_bytes(u) for u in todo), len(todo), cfg.progress_seconds)
     saved = {k: os.environ.get(k) for k in ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS")}

@@ -24,7 +24,8 @@ from raylm.tasks.base import LabelledTask
 from raylm.tasks.collate import IGNORE, pad
 from raylm.tasks.conll import NerFormat
 from raylm.tasks.meta import ModelMeta
-from raylm.tasks.squad import QaFormat
+from raylm.tasks.metrics import entity_scores, squad_scores
+from raylm.tasks.squad import QaFormat, best_answers
 from raylm.trainers.parallel import gather
 
 ENCODERS = ("bert", "roberta")
@@ -126,7 +127,6 @@ class TokenClassification(EncoderTask):
     def evaluate(self, model: torch.nn.Module, batches: list, device: torch.device, amp: torch.dtype | None,
                  meta: ModelMeta) -> dict[str, float]:
         """Loss and entity P/R/F1 (seqeval) over every rank's validation windows."""
-        from raylm.tasks.metrics import entity_scores
 
         model.eval()
         names, loss_sum, n, preds, golds = meta.extra["labels"], 0.0, 0, [], []
@@ -180,8 +180,6 @@ class QuestionAnswering(EncoderTask):
     def evaluate(self, model: torch.nn.Module, batches: list, device: torch.device, amp: torch.dtype | None,
                  meta: ModelMeta) -> dict[str, float]:
         """Loss and SQuAD EM/F1 of the best span per question over the windows every rank saw."""
-        from raylm.tasks.metrics import squad_scores
-        from raylm.tasks.squad import best_answers
 
         model.eval()
         loss_sum, n, feats, starts, ends, contexts, golds = 0.0, 0, [], [], [], {}, {}

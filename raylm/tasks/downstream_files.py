@@ -21,18 +21,19 @@ from typing import Any
 
 import torch
 
-from raylm.datasets._task_io import parse_json_object
+from raylm.datasets._task_io import numbered_lines, parse_json_object, plain_tokenizer, read_text
+from raylm.datasets.config import DataConfig
 from raylm.errors import UserError
 from raylm.tasks.collate import pad
-from raylm.tasks.conll import NerFormat
-from raylm.tasks.squad import QaFormat
+from raylm.tasks.conll import NerFormat, merge_word_predictions, ner_features
+from raylm.tasks.metrics import entity_scores, squad_scores
+from raylm.tasks.squad import QaFormat, _spans, qa_windows
 
 
 def load(model_dir: str, task: str) -> tuple[Any, Any]:
     """(model in eval mode, plain tokenizer) of an NER or QA export."""
     import transformers
 
-    from raylm.datasets._task_io import plain_tokenizer
 
     auto = "AutoModelForTokenClassification" if task == "token-classification" else "AutoModelForQuestionAnswering"
     model = getattr(transformers, auto).from_pretrained(model_dir).eval()
@@ -46,7 +47,6 @@ def _max_length(model: Any, asked: int | None) -> int:
 
 
 def _data_cfg(max_length: int) -> Any:
-    from raylm.datasets.config import DataConfig
 
     return DataConfig(max_length=max_length, on_error="skip")
 
@@ -65,7 +65,6 @@ def _unlabelled_rows(path: str, task: str) -> Iterator[dict]:
     if task == "question-answering":
         yield from _questions(path, base)
         return
-    from raylm.datasets._task_io import numbered_lines
 
     if base.endswith((".jsonl", ".json", ".ndjson")):
         for no, line in numbered_lines(path):
@@ -86,7 +85,6 @@ def _unlabelled_rows(path: str, task: str) -> Iterator[dict]:
 
 
 def _questions(path: str, base: str) -> Iterator[dict]:
-    from raylm.datasets._task_io import numbered_lines, read_text
 
     if base.endswith((".jsonl", ".ndjson")):
         for no, line in numbered_lines(path):
@@ -124,7 +122,6 @@ def _run(model: Any, feats: list[dict], pad_id: int, keys: tuple[str, ...], batc
 def tag_sentences(model: Any, tok: Any, rows: list[dict], batch_size: int = 32, max_length: int | None = None,
                   stride: int = 0) -> list[list[str]]:
     """One tag per word for each row `{tokens}` (windows merged by the max-context rule)."""
-    from raylm.tasks.conll import merge_word_predictions, ner_features
 
     names = model.config.id2label
     feats = []
@@ -146,7 +143,6 @@ def tag_sentences(model: Any, tok: Any, rows: list[dict], batch_size: int = 32, 
 def answer_questions(model: Any, tok: Any, rows: list[dict], batch_size: int = 32, max_length: int | None = None,
                      doc_stride: int = 128, n_best: int = 20, max_answer_tokens: int = 30) -> list[dict]:
     """The best span per question `{id, question, context}`: `{answer, start, end}` (characters of the context)."""
-    from raylm.tasks.squad import _spans, qa_windows
 
     cfg = _data_cfg(_max_length(model, max_length))
     cfg.qa.doc_stride = min(doc_stride, cfg.max_length // 2)
@@ -181,7 +177,6 @@ def predict_file(model_dir: str, input_path: str, output_path: str, task: str, b
 
 def evaluate_file(model_dir: str, input_path: str, task: str, batch_size: int = 32) -> dict:
     """Score a raw labelled file: entity P/R/F1 per sentence (NER) or SQuAD EM/F1 per question (QA)."""
-    from raylm.tasks.metrics import entity_scores, squad_scores
 
     model, tok = load(model_dir, task)
     read = list(_labelled_rows(input_path, task, _max_length(model, None)))

@@ -25,9 +25,17 @@ from typing import Any
 
 import torch
 
+from raylm.datasets import _fs
+from raylm.datasets._task_io import numbered_lines, plain_tokenizer
+from raylm.datasets.clean import normalize, reject_reason
+from raylm.datasets.config import DataConfig
+from raylm.datasets.sources import Unit, file_format, read_unit
 from raylm.errors import UserError
+from raylm.tasks.corpus_eval import _empty_split_hint, split_batches
 from raylm.tasks.meta import ModelMeta
 from raylm.tasks.nsp import collate, metrics, pad_pairs, score
+from raylm.tasks.nsp_data import split_sentences
+from raylm.tasks.nsp_pairs import IS_NEXT, nsp_examples, pack_pair
 
 TASK = "next-sentence-prediction"
 PAIR_KEYS = (("a", "b"), ("sentence1", "sentence2"), ("text_a", "text_b"))
@@ -37,7 +45,6 @@ def load(model_dir: str) -> tuple[Any, Any, ModelMeta]:
     """(BertForPreTraining in eval mode, plain tokenizer, the ids and sizes collate needs)."""
     from transformers import AutoTokenizer, BertForPreTraining
 
-    from raylm.datasets._task_io import plain_tokenizer
 
     model = BertForPreTraining.from_pretrained(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -71,7 +78,6 @@ def _result(total: list[float], **extra: Any) -> dict:
 def evaluate_prepared(model_dir: str, prepared_dir: str, manifest: dict, split: str = "validation",
                       batch_size: int = 32, max_batches: int | None = None) -> dict:
     """MLM loss/perplexity and NSP accuracy of an exported model on a split of NSP shards."""
-    from raylm.tasks.corpus_eval import _empty_split_hint, split_batches
 
     model, _, meta = load(model_dir)
     meta = dataclasses.replace(meta, **{k: manifest[k] for k in ("pad_id", "cls_id", "sep_id", "mask_id")
@@ -87,11 +93,6 @@ def read_documents(path: str, tok: Any, text_field: str = "text") -> tuple[list[
     """(documents as token ids per sentence, rows rejected) of a raw file, read and cleaned as
     `raylm prepare` reads it: text (blank-line separated documents, a sentence a line) or JSONL,
     CSV, Parquet (`text_field`, cut at sentence ends)."""
-    from raylm.datasets import _fs
-    from raylm.datasets.clean import normalize, reject_reason
-    from raylm.datasets.config import DataConfig
-    from raylm.datasets.sources import Unit, file_format, read_unit
-    from raylm.tasks.nsp_data import split_sentences
 
     cfg = DataConfig(on_error="skip", text_field=text_field)
     docs, rejected = [], 0
@@ -109,7 +110,6 @@ def read_documents(path: str, tok: Any, text_field: str = "text") -> tuple[list[
 
 def evaluate_file(model_dir: str, input_path: str, batch_size: int = 32, seed: int = 0) -> dict:
     """MLM loss/perplexity and NSP accuracy on pairs built from a raw document file."""
-    from raylm.tasks.nsp_pairs import IS_NEXT, nsp_examples
 
     model, tok, meta = load(model_dir)
     docs, rejected = read_documents(input_path, tok)
@@ -135,7 +135,6 @@ def _columns(rows: list[dict]) -> dict[str, list]:
 
 def read_pairs(path: str) -> Iterator[dict]:
     """`{row_id, id, a, b}` per JSONL line `{id?, a, b}` (or sentence1/sentence2, text_a/text_b)."""
-    from raylm.datasets._task_io import numbered_lines
 
     for no, line in numbered_lines(path):
         if not line.strip():
@@ -155,7 +154,6 @@ def read_pairs(path: str) -> Iterator[dict]:
 @torch.no_grad()
 def is_next_probs(model: Any, tok: Any, meta: ModelMeta, pairs: list[tuple[str, str]], batch_size: int = 32) -> list[float]:
     """P(B follows A) for each (A, B) text pair."""
-    from raylm.tasks.nsp_pairs import pack_pair
 
     rng, out = random.Random(0), []
     for i in range(0, len(pairs), batch_size):

@@ -30,13 +30,18 @@ import numpy as np
 import torch
 
 from raylm.config import RootConfig
-from raylm.datasets._task_io import parse_json_object
+from raylm.datasets._task_io import numbered_lines, parse_json_object, plain_tokenizer
+from raylm.datasets.config import DataConfig
 from raylm.errors import UserError
+from raylm.tasks import seq2seq_data as seq2seq_prepare
 from raylm.tasks.base import GenerateOptions, LabelledTask
 from raylm.tasks.collate import IGNORE, pad
 from raylm.tasks.meta import ModelMeta
-from raylm.tasks.seq2seq_data import PairFormat, check_files
+from raylm.tasks.metrics import bleu, rouge
+from raylm.tasks.parallel_text import SOURCE_FIELDS
+from raylm.tasks.seq2seq_data import PairFormat, check_files, encode, read_rows
 from raylm.trainers.parallel import gather
+from raylm.trainers.state import unwrap
 
 ARCHS = ("bart", "t5", "marian")
 
@@ -190,7 +195,6 @@ class Seq2Seq(LabelledTask):
         """Loss over every batch; BLEU and ROUGE of beam search over the first generation.eval_batches."""
         from tokenizers import Tokenizer
 
-        from raylm.trainers.state import unwrap
 
         model.eval()
         core, tok = unwrap(model), Tokenizer.from_str(meta.extra["tokenizer_json"])
@@ -250,7 +254,6 @@ def decode(tok: Any, rows: list[list[int]]) -> list[str]:
 
 def text_scores(hyps: list[str], refs: list[str]) -> dict[str, float]:
     """sacreBLEU (bleu, in [0, 100]) and ROUGE-1/2/L F (rouge1, rouge2, rougeL, in [0, 1]); the outputs' count."""
-    from raylm.tasks.metrics import bleu, rouge
 
     return {"bleu": bleu(hyps, refs)["bleu"], **rouge(hyps, refs), "decoded": float(len(hyps))}
 
@@ -262,7 +265,6 @@ def load(model_dir: str) -> tuple[Any, Any, dict]:
     """(model in eval mode, plain tokenizer, the data settings it was trained with)."""
     import transformers
 
-    from raylm.datasets._task_io import plain_tokenizer
 
     conf = transformers.AutoConfig.from_pretrained(model_dir)
     if getattr(conf, "model_type", "") == "encoder-decoder":
@@ -275,7 +277,6 @@ def load(model_dir: str) -> tuple[Any, Any, dict]:
 
 def _settings(model_dir: str, model: Any, settings: dict) -> dict:
     """The ids around a source and its longest length, as in training."""
-    from raylm.tasks import seq2seq_data as seq2seq_prepare
 
     conf = getattr(model.config, "encoder", model.config)
     limit = settings.get("max_source_length") or getattr(conf, "max_position_embeddings", None) or 512
@@ -288,7 +289,6 @@ def generate_texts(model: Any, tok: Any, sources: list[str], ids: dict, max_sour
     """Beam search over `sources` (encoded as in training), in batches of similar length; outputs in input order.
 
     `decoding` overrides the model's generation_config (num_beams, length_penalty, max_new_tokens)."""
-    from raylm.tasks.seq2seq_data import encode
     encoded = [encode(tok, s, max_source, ids["bos_id"], ids["eos_id"]) for s in sources]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding per batch
     out: list[str] = [""] * len(encoded)
@@ -310,8 +310,6 @@ def generate_texts(model: Any, tok: Any, sources: list[str], ids: dict, max_sour
 
 def _source_rows(path: str, settings: dict) -> Iterator[dict]:
     """Rows to translate/summarize: JSONL objects with a source field, or plain text, one source a line."""
-    from raylm.datasets._task_io import numbered_lines
-    from raylm.tasks.parallel_text import SOURCE_FIELDS
     jsonl = re.sub(r"\.(gz|zst|zstd)$", "", path).endswith((".jsonl", ".json", ".ndjson"))
     names = [settings["source_field"]] if settings.get("source_field") else list(SOURCE_FIELDS)
     for no, line in numbered_lines(path):
@@ -345,8 +343,6 @@ def predict_file(model_dir: str, input_path: str, output_path: str, batch_size: 
 def evaluate_file(model_dir: str, input_path: str, batch_size: int = 16) -> dict:
     """BLEU and ROUGE of the model's outputs on a labelled file, read as `raylm prepare` reads it: a source
     file whose parallel partner sits beside it (the suffixes the model was trained with), or JSONL."""
-    from raylm.datasets.config import DataConfig
-    from raylm.tasks.seq2seq_data import read_rows
 
     model, tok, settings = load(model_dir)
     keep = ("source_suffix", "target_suffix", "source_field", "target_field")

@@ -27,9 +27,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from raylm.cluster.storage import is_remote
+from raylm.datasets import _fs
 from raylm.datasets.config import DataConfig
 from raylm.datasets.labelled import IDS, LabelledFormat
+from raylm.datasets.tokenizers import tokenizer_facts, train_bpe
 from raylm.errors import UserError
+from raylm.tasks.parallel_text import read_parallel, read_seq2seq_jsonl
 
 _COMPRESSED = re.compile(r"\.(gz|zst|zstd)$")
 
@@ -59,7 +63,6 @@ def pair_files(listed: list[tuple[str, int]], cfg: DataConfig) -> tuple[list[str
             raise UserError(f"{not_jsonl[0]}: seq2seq reads JSONL {{source|document, target|summary}} files",
                             hint="for parallel text files set data.seq2seq.source_suffix and target_suffix")
         return [u for u, _ in listed], listed
-    from raylm.datasets import _fs
 
     target_end = re.compile(rf"\.{re.escape(s.target_suffix)}(\.(gz|zst|zstd))?$")
     sources = [(u, n) for u, n in listed if not target_end.search(u)]
@@ -80,7 +83,6 @@ def pair_files(listed: list[tuple[str, int]], cfg: DataConfig) -> tuple[list[str
 
 def read_rows(path: str, cfg: DataConfig, on_error: str) -> Iterator[dict]:
     """Pairs of one file (JSONL) or of one source file and its partner (parallel text)."""
-    from raylm.tasks.parallel_text import read_parallel, read_seq2seq_jsonl
 
     s = cfg.seq2seq
     if s.source_suffix is not None:
@@ -97,8 +99,6 @@ def _is_jsonl(path: str) -> bool:
 
 def check_files(cfg: DataConfig) -> list[str]:
     """Preflight (no Ray): every local source file pairs up (parallel text) or is JSONL."""
-    from raylm.cluster.storage import is_remote
-    from raylm.datasets import _fs
 
     problems = []
     for source in (cfg.source, cfg.validation_source):
@@ -122,7 +122,6 @@ def special_ids(tokenizer_dir: str) -> dict[str, int | None]:
 
     bos_id is the token a source starts with (BERT's [CLS]: a warm-started encoder reads it; None for a
     trained BPE); eos_id ends source and target (EOS, else BERT's [SEP])."""
-    from raylm.datasets.tokenizers import tokenizer_facts
 
     f = tokenizer_facts(tokenizer_dir)
     eos = f["eos_id"] if f["eos_id"] is not None else f["sep_id"]
@@ -157,7 +156,6 @@ def sample_texts(rows: Iterator[dict], limit: int) -> Iterator[str]:
 
 def train_tokenizer(texts: Iterator[str], out_dir: str, vocab_size: int, min_frequency: int) -> None:
     """A joint byte-level BPE (cased, lossless: decoded outputs are scored as written)."""
-    from raylm.datasets.tokenizers import train_bpe
 
     os.makedirs(Path(out_dir).parent, exist_ok=True)
     train_bpe(texts, out_dir, vocab_size, min_frequency)

@@ -40,6 +40,7 @@ import torch.distributed as dist
 
 from raylm.trainers import state as ckpt_state
 from raylm.trainers.config import TrainerConfig
+from raylm.trainers.parallel import full_state, load_optimizer
 
 DCP_DIR, HF_CONFIG_DIR = "dcp", "hf_config"
 
@@ -73,7 +74,6 @@ def load_sharded(dirpath: str, model: torch.nn.Module, opt: torch.optim.Optimize
 
 def load_hf_optimizer(dirpath: str, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
     """The full optimizer state of an hf checkpoint; mmap: a rank pages in what its shard needs."""
-    from raylm.trainers.parallel import load_optimizer
 
     blob = torch.load(os.path.join(dirpath, "state.pt"), map_location="cpu", weights_only=True, mmap=True)
     load_optimizer(model, opt, blob["optimizer"])
@@ -148,7 +148,6 @@ class Checkpointer:
 
         t0 = time.perf_counter()
         if not self.sharded:  # hf: gather on rank 0, write, Ray copies it into storage
-            from raylm.trainers.parallel import full_state
 
             model_state, optim_state = full_state(ctx.model, ctx.opt)  # a collective under FSDP
             with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as d:

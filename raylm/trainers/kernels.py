@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from raylm.trainers.state import unwrap
+
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 4096  # positions per chunk: 4096 x 50k vocab x 4 B = 0.8 GB of fp32 logits at most
 
@@ -93,7 +95,6 @@ def _chunk_loss_sum(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.
 def causal_lm_fused_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Causal LM loss through the (wrapped) model without the full logits: HF's shift (position t
     predicts t+1) and its -100 convention, so the value equals `model(..., labels=...).loss`."""
-    from raylm.trainers.state import unwrap
 
     head = unwrap(model).get_output_embeddings()
     head._raylm_pass = True

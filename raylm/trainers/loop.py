@@ -36,8 +36,8 @@ from raylm.trainers.hooks import Observers, check_nonfinite
 from raylm.trainers.hostmem import release_freed_memory
 from raylm.trainers.kernels import apply_fused_kernels, loss_fn_for
 from raylm.trainers.materialize import build_on_meta, init_weights, materialize
-from raylm.trainers.metrics import device_peak_flops, non_embedding_params, peak_memory_mb
-from raylm.trainers.optim import build_optimizer, build_scheduler
+from raylm.trainers.metrics import device_peak_flops, flops_per_token, non_embedding_params, peak_memory_mb
+from raylm.trainers.optim import build_optimizer, build_scheduler, lr_factor
 from raylm.trainers.parallel import autocast_dtype, compile_enabled, is_meta, wrap_model
 from raylm.trainers.progress import Progress, say
 from raylm.trainers.sinks import Sink
@@ -311,7 +311,6 @@ def first_step_metrics(loop_cfg: LoopConfig, run: Run, t0: float, dt: float) -> 
 def window_metrics(w: Window, synced: SyncResult, dt: float, wait: float, run: Run, n_params: int, peak: float | None,
                    train_s: float, state: ckpt.TrainState) -> dict[str, Any]:
     """Per-step figures averaged over the window since the last sync (its wall time includes the device's)."""
-    from raylm.trainers.metrics import flops_per_token
 
     m = run.cfg.model
     per_worker = w.tokens / max(dt, 1e-9)
@@ -329,7 +328,6 @@ def window_metrics(w: Window, synced: SyncResult, dt: float, wait: float, run: R
 
 def apply_hyperparameters(opt: torch.optim.Optimizer, sched: Any, trainer: TrainerConfig, step: int) -> None:
     """After a PBT exploit: the donor's weights and moments, but this trial's (perturbed) lr and decay."""
-    from raylm.trainers.optim import lr_factor
 
     sched.base_lrs = [trainer.optimizer.lr for _ in opt.param_groups]
     for group in opt.param_groups:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+from raylm.cluster.storage import resolve
 from raylm.trainers.config import WatchdogSection
 
 T = TypeVar("T")
@@ -66,7 +67,6 @@ def publish_to_storage(storage_path: str, run_name: str) -> Callable[[str], str]
     def publish(path: str) -> str:
         import pyarrow.fs as pafs
 
-        from raylm.cluster.storage import resolve
 
         try:
             fs, root = resolve(storage_path)
