@@ -104,6 +104,20 @@ class LabelledFormat:
         return {}
 
 
+# Reject reasons that mean a line could not be read at all (not a row whose content is unusable): `raylm eval
+# --input` refuses the file on the first (exit 2, file:line) instead of scoring what is left.
+MALFORMED = frozenset({"malformed_json", "malformed_csv", "wrong_columns", "missing_field", "missing_column",
+                       "missing_text", "wrong_format"})
+
+
+def refuse_malformed(rows: list[dict], hint: str) -> list[dict]:
+    """`rows`, unless one could not be read: then a UserError naming its file:line (exit 2)."""
+    bad = next((r for r in rows if r.get("reject") in MALFORMED), None)
+    if bad is not None:
+        raise UserError(f"{bad['row_id']}: {bad['reject'].replace('_', ' ')}", hint=hint)
+    return rows
+
+
 def read_rows(path: str, fmt: LabelledFormat, cfg: DataConfig, on_error: str | None = None) -> Iterator[dict]:
     """Rows of one labelled file (`file:line` row ids), read by the task's reader."""
     return fmt.read_rows(path, cfg, on_error or cfg.on_error)

@@ -23,6 +23,7 @@ import torch
 
 from raylm.datasets._task_io import numbered_lines, parse_json_object, plain_tokenizer, read_text
 from raylm.datasets.config import DataConfig
+from raylm.datasets.labelled import refuse_malformed
 from raylm.errors import UserError
 from raylm.tasks.collate import pad
 from raylm.tasks.conll import NerFormat, merge_word_predictions, ner_features
@@ -179,7 +180,8 @@ def evaluate_file(model_dir: str, input_path: str, task: str, batch_size: int = 
     """Score a raw labelled file: entity P/R/F1 per sentence (NER) or SQuAD EM/F1 per question (QA)."""
 
     model, tok = load(model_dir, task)
-    read = list(_labelled_rows(input_path, task, _max_length(model, None)))
+    read = refuse_malformed(list(_labelled_rows(input_path, task, _max_length(model, None))),
+                            hint="fix the line: CoNLL (a token and its tag a line) or JSONL for NER, SQuAD JSON/JSONL for QA")
     rows = [r for r in read if not r["reject"]]
     if not rows:
         raise UserError(f"{input_path}: no labelled row to evaluate ({len(read)} read, all rejected)",

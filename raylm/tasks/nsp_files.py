@@ -29,6 +29,7 @@ from raylm.datasets import _fs
 from raylm.datasets._task_io import numbered_lines, plain_tokenizer
 from raylm.datasets.clean import normalize, reject_reason
 from raylm.datasets.config import DataConfig
+from raylm.datasets.labelled import refuse_malformed
 from raylm.datasets.sources import Unit, file_format, read_unit
 from raylm.errors import UserError
 from raylm.tasks.corpus_eval import _empty_split_hint, split_batches
@@ -99,6 +100,7 @@ def read_documents(path: str, tok: Any, text_field: str = "text") -> tuple[list[
     for uri, size in _fs.list_files(path):
         unit = Unit(uri, file_format(uri, cfg.format), size)
         for row in read_unit(unit, cfg):
+            refuse_malformed([row], hint=f"fix the line: the export reads the '{text_field}' field")
             text = normalize(row["text"]) if not row["reject"] else ""
             if not text or reject_reason(text, cfg):
                 rejected += 1

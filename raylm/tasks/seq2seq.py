@@ -32,6 +32,7 @@ import torch
 from raylm.config import RootConfig
 from raylm.datasets._task_io import numbered_lines, parse_json_object, plain_tokenizer
 from raylm.datasets.config import DataConfig
+from raylm.datasets.labelled import refuse_malformed
 from raylm.errors import UserError
 from raylm.tasks import seq2seq_data as seq2seq_prepare
 from raylm.tasks.base import GenerateOptions, LabelledTask
@@ -349,7 +350,8 @@ def evaluate_file(model_dir: str, input_path: str, batch_size: int = 16) -> dict
     if re.sub(r"\.(gz|zst|zstd)$", "", input_path).endswith((".jsonl", ".json", ".ndjson")):
         keep = keep[2:]  # JSONL pairs, whatever the training files were
     cfg = DataConfig(on_error="skip", seq2seq={k: settings.get(k) for k in keep})
-    read = list(read_rows(input_path, cfg, "skip"))
+    read = refuse_malformed(list(read_rows(input_path, cfg, "skip")),
+                            hint="fix the line: JSONL {source|document, target|summary}, or parallel text files")
     rows = [r for r in read if not r["reject"]]
     if not rows:
         raise UserError(f"{input_path}: no source/target pair to evaluate ({len(read)} read, all rejected)",

@@ -165,6 +165,10 @@ def test_predict_and_eval_files_on_a_saved_token_classifier(tok_dir, tmp_path):
     conll.write_text("\n\n".join("\n".join(f"{w} {t}" for w, t in zip(*s)) for s in SENTS) + "\n")
     res = evaluate_file(model_dir, str(conll))
     assert res["examples"] == 2 and 0 <= res["f1"] <= 1 and res["rejected"] == 0
+    bad = tmp_path / "bad.conll"
+    bad.write_text("alice B-PER\nvisited O extra\n")  # line 2 has three columns: the file is refused (exit 2)
+    with pytest.raises(UserError, match=f"{bad}:2: wrong columns"):
+        evaluate_file(model_dir, str(bad))
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"id": "s1", "text": "alice visited new york"}) + "\n")
     predict_file(model_dir, str(src), str(tmp_path / "out.jsonl"))

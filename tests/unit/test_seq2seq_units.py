@@ -204,6 +204,9 @@ def test_predict_eval_generate_on_a_saved_model(tok_dir, tmp_path):
     js = write(tmp_path / "val.jsonl", "".join(json.dumps({"source": a, "target": b}) + "\n" for a, b in PAIRS))
     res = runner.invoke(app, ["eval", out_dir, "--input", js])  # JSONL pairs too, though trained on .de/.en
     assert res.exit_code == 0 and "examples: 4" in res.output, res.output
+    bad = write(tmp_path / "bad.jsonl", json.dumps({"source": "ein hund", "target": "a dog"}) + "\n{not json\n")
+    res = runner.invoke(app, ["eval", out_dir, "--input", bad])  # a line that cannot be read refuses the file
+    assert res.exit_code == 2 and f"{bad}:2: malformed json" in res.output, res.output
     res = runner.invoke(app, ["predict", out_dir, "--input", de, "--output", str(tmp_path / "p.jsonl")])
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
