@@ -320,7 +320,6 @@ def _write_split(feats: Any, split: str, out: Path, shard_rows: int, fmt: Labell
 
 
 def _pool_size(cfg: DataConfig) -> int:
-
     # One CPU left for the tasks around the pool (reading blocks, the ledger), else they wait on the actors.
     return cfg.tokenize_actors or max(1, min(4, usable_cpus() - 1))
 

@@ -51,6 +51,5 @@ def format_rejects(rows: list[dict], width: int = 100) -> list[str]:
 
 
 def print_rejects(prepared_dir: str, reason: str | None = None, limit: int = 20) -> None:
-
     for line in format_rejects(read_rejects(prepared_dir, reason, limit)):
         print(line)

@@ -48,7 +48,6 @@ def _max_length(model: Any, asked: int | None) -> int:
 
 
 def _data_cfg(max_length: int) -> Any:
-
     return DataConfig(max_length=max_length, on_error="skip")
 
 
@@ -86,7 +85,6 @@ def _unlabelled_rows(path: str, task: str) -> Iterator[dict]:
 
 
 def _questions(path: str, base: str) -> Iterator[dict]:
-
     if base.endswith((".jsonl", ".ndjson")):
         for no, line in numbered_lines(path):
             if line.strip():
