@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from raylm.datasets.task_config import NERDataConfig, QADataConfig, Seq2SeqDataConfig
+from raylm.datasets.task_config import NERDataConfig, QADataConfig, Seq2SeqDataConfig, SftDataConfig
 
 
 class TokenizerConfig(BaseModel):
@@ -65,6 +65,10 @@ class StreamConfig(BaseModel):
 
 # Keys of `data` that moved into `data.stream` (old configs keep working with a one-line notice).
 MOVED_DATA_KEYS: dict[str, str] = {k: f"stream.{k}" for k in StreamConfig.model_fields}
+
+
+# Keys added after prepare fingerprints existed: at their defaults they leave the fingerprint as it was.
+_ADDED_KEYS = ("sft", "document_masking")
 
 
 class DataConfig(BaseModel):
@@ -127,6 +131,12 @@ class DataConfig(BaseModel):
     qa: QADataConfig = Field(default_factory=QADataConfig, description="question-answering input files.")
     seq2seq: Seq2SeqDataConfig = Field(default_factory=Seq2SeqDataConfig,
                                        description="seq2seq (translation, summarization) input files.")
+    sft: SftDataConfig = Field(default_factory=SftDataConfig, description=SftDataConfig.__doc__)
+    document_masking: bool = Field(
+        False, description="trainer.task=causal-lm: positions restart after each EOS inside a packed block and no "
+        "token attends across a document boundary (block-causal attention, as torchtitan does); the first token "
+        "of each document is not a target. (data.sft.packing always masks documents.)",
+    )
     block_size: int = Field(64, ge=8, description="Tokens per packed training block.")
     max_length: int = Field(128, ge=8, description="Classification: truncate to this many tokens.")
     nsp: bool = Field(
@@ -161,6 +171,9 @@ class DataConfig(BaseModel):
         """The keys in one flat mapping, `stream` keys at the top as before that section existed: the prepare
         fingerprints of directories prepared then stay valid."""
         flat = self.model_dump(mode="json", exclude=exclude | {"stream"})
+        for key in _ADDED_KEYS:  # keys newer than the fingerprints: left out at their defaults
+            if getattr(self, key) == DataConfig.model_fields[key].get_default(call_default_factory=True):
+                flat.pop(key, None)
         return flat | {k: v for k, v in self.stream.model_dump(mode="json").items() if k not in exclude}
 
     def for_validation(self) -> "DataConfig":

@@ -87,3 +87,43 @@ class Seq2SeqDataConfig(BaseModel):
         if self.source_suffix is not None and self.source_suffix == self.target_suffix:
             raise ValueError(f"data.seq2seq.source_suffix and target_suffix are both '{self.source_suffix}'")
         return self
+
+
+class SftDataConfig(BaseModel):
+    """sft (instruction tuning, raylm.tasks.sft): JSONL conversations in any of the shapes
+    raylm.tasks.chat_data reads (`messages`, instruction/input/output, prompt/response, two named fields,
+    a Human:/Assistant: transcript), rendered with a chat template and tokenized with the assistant's
+    tokens marked as the targets. `data.max_length` is the longest example (or packed row)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_field: str | None = Field(None, description="The user's turn in rows of two named fields (GSM8K: 'question').")
+    response_field: str | None = Field(None, description="The assistant's turn in those rows (GSM8K: 'answer').")
+    transcript_field: str | None = Field(
+        None, description="A field holding a `Human: ... Assistant: ...` transcript (HH-RLHF: 'chosen').")
+    system_prompt: str | None = Field(None, description="A system turn put before rows that have none.")
+    chat_template: str = Field(
+        "auto", description="auto: the tokenizer's own chat template, else chatml; chatml: the ChatML template "
+        "(<|im_start|>role ... <|im_end|>, its two tokens added to the vocabulary); or a path to a Jinja file "
+        "(HF's chat-template variables: messages, add_generation_prompt, bos_token, eos_token).",
+    )
+    loss_on: Literal["assistant", "last_assistant", "all"] = Field(
+        "assistant", description="The tokens trained: every assistant turn (its text and end-of-turn token), "
+        "the last assistant turn only, or every token of the conversation.",
+    )
+    too_long: Literal["truncate", "reject"] = Field(
+        "truncate", description="An example longer than data.max_length: truncate keeps its first max_length "
+        "tokens (the end of the conversation is lost; a row left with no trained token is rejected as "
+        "too_long), reject drops it (counted as too_long in the ledger).",
+    )
+    packing: bool = Field(
+        False, description="Pack several examples into one row of data.max_length tokens (best-fit decreasing "
+        "per batch of examples). Positions restart for each example and no token attends outside its own "
+        "example (document masking); off: one example a row, batches length-grouped.",
+    )
+    pack_window: int = Field(2000, ge=1, description="packing: examples packed together at a time.")
+    answer_pattern: str = Field(
+        r"####\s*(.+)", description="`raylm eval --input` with generation: the final answer of a response is the "
+        "first group of this pattern's last match (GSM8K's '#### 42'); exact match compares it with the reference's.",
+    )
+    max_new_tokens: int = Field(256, ge=1, description="Tokens generated per row by `raylm predict` and eval's exact match.")

@@ -24,7 +24,7 @@ from raylm.tasks.base import GenerateOptions, Task
 from raylm.tasks.collate import mask_tokens, pad_batch, with_special_tokens
 from raylm.tasks.meta import ModelMeta
 from raylm.tasks.nsp_data import prepare_nsp
-from raylm.trainers import autobatch
+from raylm.trainers import adapters, autobatch
 from raylm.trainers.step import Batch, evaluate
 
 
@@ -34,6 +34,31 @@ def _from_pretrained(auto_cls: Any, path: str, **kw: Any) -> torch.nn.Module:
 
 def _stack(col: np.ndarray) -> np.ndarray:
     return np.stack(col) if col.dtype == object else np.array(col)  # a copy: Ray's arrays are read-only
+
+
+def causal_model(cfg: RootConfig, meta: ModelMeta) -> torch.nn.Module:
+    """A decoder LM: `model.init_from` (its embeddings grown to the data's vocabulary when the tokenizer got new
+    tokens, e.g. a chat template's), else GPT-2 or Llama built from `model` for blocks of meta.block_size."""
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    m = cfg.model
+    if m.init_from:
+        model = _from_pretrained(AutoModelForCausalLM, m.init_from, attn_implementation=m.attn_implementation,
+                                 **adapters.pretrained_kwargs(m))
+        if meta.vocab_size and meta.vocab_size > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(meta.vocab_size)
+        return model
+    if m.arch == "llama":
+        conf = LlamaConfig(vocab_size=meta.vocab_size, hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
+                           num_attention_heads=m.n_head, intermediate_size=4 * m.n_embd,
+                           max_position_embeddings=meta.block_size, eos_token_id=meta.eos_id,
+                           bos_token_id=meta.eos_id, tie_word_embeddings=True)
+    else:
+        conf = GPT2Config(vocab_size=meta.vocab_size, n_positions=meta.block_size, n_embd=m.n_embd,
+                          n_layer=m.n_layer, n_head=m.n_head, resid_pdrop=m.dropout, embd_pdrop=m.dropout,
+                          attn_pdrop=m.dropout, bos_token_id=meta.eos_id, eos_token_id=meta.eos_id)
+    conf._attn_implementation = m.attn_implementation
+    return AutoModelForCausalLM.from_config(conf)
 
 
 class CorpusTask(Task):
@@ -67,22 +92,7 @@ class CausalLM(CorpusTask):
                                     seed=options.seed)[0]
 
     def build_model(self, cfg: RootConfig, meta: ModelMeta) -> torch.nn.Module:
-        from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
-
-        m = cfg.model
-        if m.init_from:
-            return _from_pretrained(AutoModelForCausalLM, m.init_from, attn_implementation=m.attn_implementation)
-        if m.arch == "llama":
-            conf = LlamaConfig(vocab_size=meta.vocab_size, hidden_size=m.n_embd, num_hidden_layers=m.n_layer,
-                               num_attention_heads=m.n_head, intermediate_size=4 * m.n_embd,
-                               max_position_embeddings=meta.block_size, eos_token_id=meta.eos_id,
-                               bos_token_id=meta.eos_id, tie_word_embeddings=True)
-        else:
-            conf = GPT2Config(vocab_size=meta.vocab_size, n_positions=meta.block_size, n_embd=m.n_embd,
-                              n_layer=m.n_layer, n_head=m.n_head, resid_pdrop=m.dropout, embd_pdrop=m.dropout,
-                              attn_pdrop=m.dropout, bos_token_id=meta.eos_id, eos_token_id=meta.eos_id)
-        conf._attn_implementation = m.attn_implementation
-        return AutoModelForCausalLM.from_config(conf)
+        return causal_model(cfg, meta)
 
     def collate(self, batch: dict[str, np.ndarray], meta: ModelMeta, step_seed: int) -> dict[str, torch.Tensor]:
         ids = torch.from_numpy(_stack(batch["input_ids"]).astype(np.int64))

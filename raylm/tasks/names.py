@@ -14,6 +14,7 @@ BUILTIN: dict[str, str] = {
     "token-classification": "raylm.tasks.downstream:TokenClassification",
     "question-answering": "raylm.tasks.downstream:QuestionAnswering",
     "seq2seq": "raylm.tasks.seq2seq:Seq2Seq",
+    "sft": "raylm.tasks.sft:SFT",
 }
 # An export's task from its architecture's name, for exports that do not say (`raylm_task` in config.json
 # is written since tasks outside raylm exist) and Hugging Face models raylm did not train.

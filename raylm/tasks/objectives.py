@@ -29,6 +29,7 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
     "token-classification": ("val_f1", "max"),
     "question-answering": ("val_f1", "max"),
     "seq2seq": ("val_bleu", "max"),
+    "sft": ("val_loss", "min"),  # the loss on the trained (assistant) tokens of the validation split
 }
 SEQ2SEQ_METRICS = {"bleu": ("val_bleu", "max"), "rouge": ("val_rougeL", "max")}
 HIGHER_IS_BETTER = {"val_accuracy", "val_f1", "val_exact_match", "val_precision", "val_recall",

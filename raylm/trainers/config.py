@@ -12,6 +12,29 @@ from raylm.tasks.names import name_problem
 log = logging.getLogger(__name__)
 
 
+class AdapterConfig(BaseModel):
+    """`model.adapter`: train low-rank adapters through `peft` instead of the whole model (the base is frozen; only
+    the adapter's parameters reach the optimizer and the checkpoints)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["none", "lora", "dora", "qlora"] = Field(
+        "none", description="none: full fine-tuning; lora; dora (weight-decomposed LoRA); qlora: LoRA on a 4-bit "
+        "base (bitsandbytes, CUDA only).",
+    )
+    r: int = Field(8, ge=1, description="The adapters' rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA's scale numerator (the update is scaled by alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapters' input.")
+    target_modules: str | list[str] = Field(
+        "auto", description="Module names the adapters wrap; auto: the attention and MLP projections of the "
+        "architecture (q/k/v/o and gate/up/down for Llama, Qwen, Mistral; c_attn/c_proj/c_fc for GPT-2).",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.type != "none"
+
+
 class ModelConfig(BaseModel):
     """The model: built from a config (arch + sizes) or loaded from `init_from`."""
 
@@ -30,6 +53,10 @@ class ModelConfig(BaseModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout of a model built from a config.")
     attn_implementation: Literal["sdpa", "eager"] = Field(
         "sdpa", description="Attention kernel: sdpa (torch scaled_dot_product_attention) or eager."
+    )
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig, description=AdapterConfig.__doc__)
+    trust_remote_code: bool = Field(
+        False, description="Run the code a model directory ships (`init_from`): off unless you trust its author.",
     )
 
     @model_validator(mode="after")
