@@ -68,7 +68,7 @@ MOVED_DATA_KEYS: dict[str, str] = {k: f"stream.{k}" for k in StreamConfig.model_
 
 
 # Keys added after prepare fingerprints existed: at their defaults they leave the fingerprint as it was.
-_ADDED_KEYS = ("sft", "document_masking")
+_ADDED_KEYS = ("sft",)
 
 
 class DataConfig(BaseModel):
@@ -170,7 +170,7 @@ class DataConfig(BaseModel):
     def flat_dump(self, exclude: set[str]) -> dict:
         """The keys in one flat mapping, `stream` keys at the top as before that section existed: the prepare
         fingerprints of directories prepared then stay valid."""
-        flat = self.model_dump(mode="json", exclude=exclude | {"stream"})
+        flat = self.model_dump(mode="json", exclude=exclude | {"stream", "document_masking"})  # that one: at train time
         for key in _ADDED_KEYS:  # keys newer than the fingerprints: left out at their defaults
             if getattr(self, key) == DataConfig.model_fields[key].get_default(call_default_factory=True):
                 flat.pop(key, None)

@@ -103,6 +103,20 @@ class LabelledFormat:
     def manifest_extra(self, cfg: DataConfig, tok_dir: str) -> dict:
         return {}
 
+    def pack(self, feats: Any, cfg: DataConfig) -> Any:
+        """The features (a Ray Dataset) as the shards hold them: one row per feature by default; a task may
+        pack several into one row (sft's data.sft.packing)."""
+        return feats
+
+    def shard_columns(self) -> list[str]:
+        """What `shard_stats` reads of each written shard."""
+        return ["input_ids", self.row_key]
+
+    def shard_stats(self, table: pa.Table) -> dict[str, Any]:
+        """Counts over one written shard, summed into the manifest's split entry: tokens and the rows' keys."""
+        return {"tokens_out": int(pc.sum(pc.list_value_length(table["input_ids"])).as_py() or 0),
+                "docs": set(table[self.row_key].to_pylist())}
+
 
 # Reject reasons that mean a line could not be read at all (not a row whose content is unusable): `raylm eval
 # --input` refuses the file on the first (exit 2, file:line) instead of scoring what is left.
@@ -229,8 +243,9 @@ def prepare_labelled(cfg: DataConfig, fmt: LabelledFormat, force: bool = False) 
     feats = _consume(lambda: rows.map_batches(
         Featurizer, fn_constructor_args=(fmt, cfg, tok_dir, {t: i for i, t in enumerate(labels or [])}),
         batch_format="pyarrow", batch_size=cfg.tokenize_batch_size,
-        compute=ray.data.ActorPoolStrategy(size=_pool_size(cfg)),
+        compute=ray.data.ActorPoolStrategy(size=pool_size(cfg)),
     ).materialize())
+    feats = fmt.pack(feats, cfg)
     splits = {s: _write_split(feats, s, out, cfg.shard_rows, fmt) for s in SPLITS}
     rows_in = sum(r["count"] for r in stats if r["kind"] == "reason")
     manifest = _manifest(cfg, fmt, tok_dir, fp, labels, rows_in, rejected, splits)
@@ -302,24 +317,22 @@ def _write_split(feats: Any, split: str, out: Path, shard_rows: int, fmt: Labell
     part = feats.map_batches(lambda t: t.filter(pc.equal(t["split"], split)).drop_columns(drop),
                              batch_format="pyarrow")
     part.write_parquet(str(out / split), min_rows_per_file=shard_rows, max_rows_per_file=shard_rows)
-    files, docs = [], set()
+    files = []
     for path in sorted((out / split).glob("*.parquet")) if (out / split).is_dir() else []:
         n = pq.ParquetFile(path).metadata.num_rows
         if n:
             files.append({"path": f"{split}/{path.name}", "rows": n})
         else:
             path.unlink()
-    tokens = 0
-    key = fmt.row_key
+    totals: dict[str, Any] = {"tokens_out": 0, "docs": set()}
     for f in files:  # a column or two of the split's shards, one file at a time
-        t = pq.read_table(out / f["path"], columns=["input_ids", key])
-        tokens += int(pc.sum(pc.list_value_length(t["input_ids"])).as_py() or 0)
-        docs.update(t[key].to_pylist())
-    return {"files": files, "rows": sum(f["rows"] for f in files), "docs": len(docs), "tokens_out": tokens,
-            "dropped": 0}
+        for k, v in fmt.shard_stats(pq.read_table(out / f["path"], columns=fmt.shard_columns())).items():
+            totals[k] = totals[k] | v if isinstance(v, set) else totals.get(k, 0) + v
+    totals["docs"] = len(totals["docs"])
+    return {"files": files, "rows": sum(f["rows"] for f in files), **totals, "dropped": 0}
 
 
-def _pool_size(cfg: DataConfig) -> int:
+def pool_size(cfg: DataConfig) -> int:
     # One CPU left for the tasks around the pool (reading blocks, the ledger), else they wait on the actors.
     return cfg.tokenize_actors or max(1, min(4, usable_cpus() - 1))
 

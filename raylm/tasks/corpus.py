@@ -18,12 +18,14 @@ from raylm.datasets.config import DataConfig
 from raylm.datasets.tokenizer_training import nsp_tokenizer
 from raylm.datasets.tokenizers import cls_sep_ids
 from raylm.datasets.units import prepare_corpus, resolve_source
+from raylm.errors import UserError
 from raylm.tasks import corpus_eval, corpus_files, nsp_files
 from raylm.tasks import nsp as pretraining
 from raylm.tasks.base import GenerateOptions, Task
-from raylm.tasks.collate import mask_tokens, pad_batch, with_special_tokens
+from raylm.tasks.collate import IGNORE, mask_tokens, pad_batch, with_special_tokens
 from raylm.tasks.meta import ModelMeta
 from raylm.tasks.nsp_data import prepare_nsp
+from raylm.tasks.packing import check_packing_support, document_positions, mask_segment_starts
 from raylm.trainers import adapters, autobatch
 from raylm.trainers.step import Batch, evaluate
 
@@ -94,14 +96,32 @@ class CausalLM(CorpusTask):
     def build_model(self, cfg: RootConfig, meta: ModelMeta) -> torch.nn.Module:
         return causal_model(cfg, meta)
 
+    def extra_meta(self, cfg: RootConfig, manifest: dict) -> dict:
+        return {"document_masking": cfg.data.document_masking}
+
+    @classmethod
+    def check_config(cls, cfg: RootConfig) -> list[str]:
+        if not cfg.data.document_masking:
+            return []
+        try:
+            check_packing_support()
+        except UserError as err:
+            return [str(err)]
+        return []
+
     def collate(self, batch: dict[str, np.ndarray], meta: ModelMeta, step_seed: int) -> dict[str, torch.Tensor]:
         ids = torch.from_numpy(_stack(batch["input_ids"]).astype(np.int64))
+        sample = torch.from_numpy(np.array(batch["sample_id"]))
+        if meta.extra.get("document_masking"):  # block-causal: positions restart after each EOS
+            pos = document_positions(ids, meta.eos_id)
+            labels = mask_segment_starts(ids, pos)
+            return {"input_ids": ids, "labels": labels, "position_ids": pos, "sample_id": sample,
+                    "_n": labels[:, 1:].ne(IGNORE).sum()}
         # HF shifts labels inside the model: each block predicts its own next tokens.
-        return {"input_ids": ids, "labels": ids.clone(), "sample_id": torch.from_numpy(np.array(batch["sample_id"])),
-                "_n": torch.tensor(ids.numel() - ids.shape[0])}
+        return {"input_ids": ids, "labels": ids.clone(), "sample_id": sample, "_n": torch.tensor(ids.numel() - ids.shape[0])}
 
     def loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(input_ids=inputs["input_ids"], labels=inputs["labels"]).loss
+        return model(input_ids=inputs["input_ids"], labels=inputs["labels"], position_ids=inputs.get("position_ids")).loss
 
 
 class MaskedLM(CorpusTask):

@@ -99,7 +99,8 @@ def causal_lm_fused_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor]
     head = unwrap(model).get_output_embeddings()
     head._raylm_pass = True
     try:  # through the wrapper: DDP/FSDP hooks run as in a plain forward
-        hidden = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")).logits
+        hidden = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                       position_ids=inputs.get("position_ids")).logits  # packed rows: their document masking
     finally:
         head._raylm_pass = False
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])

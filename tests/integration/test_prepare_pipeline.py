@@ -153,6 +153,6 @@ def test_tokenizer_pools_size_by_the_machine_on_the_embedded_ray(ray_session, mo
     monkeypatch.setitem(_connect._EMBEDDED, "cores", 2)  # as connect() records when it starts the embedded Ray
     assert _connect.usable_cpus() == 2
     assert prep._pool_size(cfg) == 2
-    assert task_prepare._pool_size(cfg) == 1  # one core left for the tasks around the pool
+    assert task_prepare.pool_size(cfg) == 1  # one core left for the tasks around the pool
     assert prep._pool_size(DataConfig(source="x", prepared_dir="y", tokenize_actors=3)) == 3
     assert 1 <= _connect.machine_cores() <= (os.cpu_count() or 1)
