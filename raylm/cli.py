@@ -84,17 +84,38 @@ def train_cmd(config: str = CONFIG, overrides: list[str] = OVERRIDES, address: s
 
 
 @user_errors
-def eval_cmd(model_dir: str, config: str = typer.Option(None, "--config", help="Config whose prepared data to use."),
+def eval_cmd(model_dirs: list[str] = typer.Argument(..., metavar="MODEL_DIR",
+                                                    help="Exported model directories (a base model, an adapter "
+                                                    "directory, a merged export). Several: compared on --input."),
+             config: str = typer.Option(None, "--config", help="Config whose prepared data to use."),
              prepared: str = typer.Option(None, "--prepared", help="Prepared data directory (overrides --config)."),
              split: str = "validation", max_batches: int = typer.Option(None, help="Evaluate at most N batches."),
              input_file: str = typer.Option(None, "--input", help="Score this raw file instead (any task: text/JSONL/"
                                             "CSV/TSV/Parquet for LMs and classifiers, CoNLL, SQuAD, parallel text), "
-                                            "read with the model's tokenizer.")) -> None:
+                                            "read with the model's tokenizer."),
+             report_prefix: str = typer.Option("eval_compare", "--report", help="Several models: write the "
+                                               "comparison to PREFIX.json and PREFIX.md.")) -> None:
     """Perplexity (language models), accuracy/F1 (classifiers) or the task's metric of an HF directory, on a
-    prepared split or a raw file (--input)."""
+    prepared split or a raw file (--input). Several models of one task (`raylm eval A B ... --input FILE`: a
+    base model, its adapters, a merged export) are scored on the same file and compared in one table: each metric
+    per model, its delta to the first model and which way is better; also written as JSON and Markdown (--report)."""
     from raylm.datasets.prepare import load_manifest
     from raylm.serving.dispatch import evaluate_file, evaluate_prepared
 
+    if len(model_dirs) > 1:  # several models: one table on one file (raylm.serving.compare)
+        from raylm.serving import compare
+
+        if config or prepared or not input_file:
+            raise UserError(f"comparing {len(model_dirs)} models takes --input FILE (a raw file each model is "
+                            "scored on)" + (", not --config/--prepared" if config or prepared else ""),
+                            hint="raylm eval A B --input FILE; a prepared split scores one model: raylm eval MODEL "
+                                 "--config C")
+        table = compare.evaluate(model_dirs, input_file, lambda line: typer.echo(f"[raylm] {line}", err=True))
+        typer.echo(compare.to_text(table))
+        json_path, md_path = compare.write(table, report_prefix)
+        return typer.echo(f"comparison written to {json_path} and {md_path}")
+
+    (model_dir,) = model_dirs
     if input_file:  # every task: the export's task scores the file
         return _echo_metrics(evaluate_file(model_dir, input_file))
 
