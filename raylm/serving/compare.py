@@ -18,9 +18,11 @@ from typing import Any
 from raylm.errors import UserError
 from raylm.tasks.objectives import HIGHER_IS_BETTER
 
-# Keys that count what was scored (or describe it): shown, never given a delta.
+# Keys that count what was scored (or describe it): shown, never given a delta; so is a key whose values are all
+# integers (a task's own counts: sft's trained_tokens, generated), or none a number (f1_average: "binary").
 COUNT_KEYS = frozenset({"examples", "rejected", "tokens", "masked_tokens", "pairs", "decoded", "rows"})
-HIGHER = frozenset(m.removeprefix("val_") for m in HIGHER_IS_BETTER) | {"exact_match", "nsp_accuracy"}
+# sft's `answered`: the share of generated replies with a final answer
+HIGHER = frozenset(m.removeprefix("val_") for m in HIGHER_IS_BETTER) | {"exact_match", "nsp_accuracy", "answered"}
 LOWER = frozenset({"loss", "perplexity", "ppl", "nats_per_char", "bits_per_byte"})
 ARROWS = {"higher": "↑ higher", "lower": "↓ lower", None: ""}  # Markdown only: the console stays ASCII
 
@@ -62,6 +64,10 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _verdict(delta: float, direction: str | None) -> str | None:
     if direction is None or not math.isfinite(delta):
         return None
@@ -99,7 +105,7 @@ def compare(results: list[tuple[str, dict]], input_file: str | None = None) -> d
     counts, metrics, skipped = [], [], {}
     for key in keys:
         values = [res.get(key) for _, res in results]
-        if key in COUNT_KEYS or not any(_is_number(v) for v in values):
+        if key in COUNT_KEYS or not any(_is_number(v) for v in values) or all(_is_int(v) for v in values):
             counts.append({"metric": key, "kind": "count", "values": values})
         elif all(_is_number(v) for v in values):
             base = float(values[0])

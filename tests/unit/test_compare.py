@@ -46,7 +46,7 @@ def test_rows_hold_each_models_value_its_delta_to_the_first_and_the_direction() 
     ("loss", "lower"), ("perplexity", "lower"), ("bits_per_byte", "lower"), ("nsp_loss", "lower"),
     ("val_loss", "lower"), ("accuracy", "higher"), ("f1", "higher"), ("exact_match", "higher"), ("bleu", "higher"),
     ("rouge1", "higher"), ("rougeL", "higher"), ("precision", "higher"), ("f1_PER", "higher"),
-    ("nsp_accuracy", "higher"), ("val_f1", "higher"), ("my_score", None),
+    ("nsp_accuracy", "higher"), ("val_f1", "higher"), ("answered", "higher"), ("my_score", None),
 ])
 def test_direction_follows_raylms_metric_names(metric: str, way: str | None) -> None:
     assert better(metric) == way
@@ -59,8 +59,20 @@ def test_a_higher_is_better_metric_judges_a_rise_better_and_an_unknown_one_is_no
     r = rows(compare([("a", a), ("b", b)]))
     assert r["accuracy"]["verdicts"] == ["same", "better"] and r["f1"]["verdicts"] == ["same", "worse"]
     assert r["my_score"]["better"] is None and r["my_score"]["verdicts"] == [None, None]
-    assert r["my_score"]["deltas"] == [0.0, 2.0]  # an int metric of one model still compares
+    assert r["my_score"]["deltas"] == [0.0, 2.0]  # an integer beside a float: a metric, compared
     assert r["f1_average"]["kind"] == "count" and r["f1_average"]["values"] == ["binary", "binary"]
+
+
+def test_a_tasks_own_integer_counts_get_no_delta() -> None:
+    """sft's eval --input: trained_tokens and generated are counts; answered (a share) and exact_match compare."""
+    a = {"task": "sft", "examples": 8, "rejected": 0, "loss": 1.2, "perplexity": 3.3, "trained_tokens": 90,
+         "exact_match": 0.25, "answered": 0.5, "generated": 8}
+    b = {**a, "loss": 1.0, "trained_tokens": 90, "exact_match": 0.5, "answered": 0.75}
+    r = rows(compare([("base", a), ("sft", b)]))
+    assert {k for k, row in r.items() if row["kind"] == "count"} == {"examples", "rejected", "trained_tokens",
+                                                                     "generated"}
+    assert [r[k]["verdicts"][1] for k in ("loss", "perplexity", "exact_match", "answered")] == ["better", "same",
+                                                                                                "better", "better"]
 
 
 def test_only_metrics_every_model_reports_are_compared_the_others_listed() -> None:
