@@ -121,7 +121,10 @@ class CausalLM(CorpusTask):
         return {"input_ids": ids, "labels": ids.clone(), "sample_id": sample, "_n": torch.tensor(ids.numel() - ids.shape[0])}
 
     def loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(input_ids=inputs["input_ids"], labels=inputs["labels"], position_ids=inputs.get("position_ids")).loss
+        if "position_ids" in inputs:  # document masking (no cache: with one, packed positions are not read as such)
+            return model(input_ids=inputs["input_ids"], labels=inputs["labels"], position_ids=inputs["position_ids"],
+                         use_cache=False).loss
+        return model(input_ids=inputs["input_ids"], labels=inputs["labels"]).loss
 
 
 class MaskedLM(CorpusTask):

@@ -135,8 +135,9 @@ class SFT(LabelledTask):
         return True  # next-token cross-entropy on the labels: Liger's fused kernel applies (trainer.fused_kernels)
 
     def loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        # use_cache=False: with a cache, transformers does not read packed positions as example boundaries
         return model(**{k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels",
-                                                                  "position_ids")}).loss
+                                                                  "position_ids")}, use_cache=False).loss
 
     def seq_len(self, meta: ModelMeta) -> int:
         return meta.max_length

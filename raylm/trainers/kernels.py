@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from raylm.trainers.adapters import base_of
 from raylm.trainers.state import unwrap
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,11 @@ def apply_fused_kernels(model: torch.nn.Module, fused_loss: bool, mode: str, dev
     and Liger's hand-written kernels inside a compiled block only cut its graph into pieces
     (H200, 1.1B llama: 43.5% MFU with them against 49.0% for the same blocks compiled without), so
     only the fused linear cross-entropy (outside the blocks) is used."""
+    model = base_of(model)  # model.adapter: Liger patches the transformers model inside the peft one
     kind = getattr(model.config, "model_type", "")
     if not enabled(mode, device) or not fused_loss or kind not in _FUSED_LOSS_MODELS:
+        return False
+    if not isinstance(model.get_output_embeddings(), torch.nn.Linear):  # a peft wrapper (trainable tokens)
         return False
     lk = liger()
     if device.type == "cuda" and lk is None:
@@ -100,7 +104,7 @@ def causal_lm_fused_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor]
     head._raylm_pass = True
     try:  # through the wrapper: DDP/FSDP hooks run as in a plain forward
         hidden = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                       position_ids=inputs.get("position_ids")).logits  # packed rows: their document masking
+                       position_ids=inputs.get("position_ids"), use_cache=False).logits  # packed rows: document masking
     finally:
         head._raylm_pass = False
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
