@@ -94,7 +94,10 @@ def eval_cmd(model_dirs: list[str] = typer.Argument(..., metavar="MODEL_DIR",
                                             "CSV/TSV/Parquet for LMs and classifiers, CoNLL, SQuAD, parallel text), "
                                             "read with the model's tokenizer."),
              report_prefix: str = typer.Option("eval_compare", "--report", help="Several models: write the "
-                                               "comparison to PREFIX.json and PREFIX.md.")) -> None:
+                                               "comparison to PREFIX.json and PREFIX.md."),
+             task: str = typer.Option(None, "--task", help="With --input: score the model(s) as this task, not their "
+                                      "own (e.g. a pretrained causal LM beside its instruction-tuned version: --task "
+                                      "sft; a model without a chat template is prompted with ChatML as text).")) -> None:
     """Perplexity (language models), accuracy/F1 (classifiers) or the task's metric of an HF directory, on a
     prepared split or a raw file (--input). Several models of one task (`raylm eval A B ... --input FILE`: a
     base model, its adapters, a merged export) are scored on the same file and compared in one table: each metric
@@ -110,14 +113,14 @@ def eval_cmd(model_dirs: list[str] = typer.Argument(..., metavar="MODEL_DIR",
                             "scored on)" + (", not --config/--prepared" if config or prepared else ""),
                             hint="raylm eval A B --input FILE; a prepared split scores one model: raylm eval MODEL "
                                  "--config C")
-        table = compare.evaluate(model_dirs, input_file, lambda line: typer.echo(f"[raylm] {line}", err=True))
+        table = compare.evaluate(model_dirs, input_file, lambda line: typer.echo(f"[raylm] {line}", err=True), task)
         typer.echo(compare.to_text(table))
         json_path, md_path = compare.write(table, report_prefix)
         return typer.echo(f"comparison written to {json_path} and {md_path}")
 
     (model_dir,) = model_dirs
     if input_file:  # every task: the export's task scores the file
-        return _echo_metrics(evaluate_file(model_dir, input_file))
+        return _echo_metrics(evaluate_file(model_dir, input_file, task))
 
     prepared_dir = prepared or (load(config, [], "eval").data.prepared_dir if config else None)
     if not prepared_dir:
@@ -150,12 +153,15 @@ def export_cmd(run_dir: str,
                output: str = typer.Option(None, "--output", "-o", help="Output directory (default: RUN_DIR/export)."),
                out: str = typer.Option(None, "--out", hidden=True, help="Old spelling of --output."),
                max_shard_gb: float = typer.Option(5.0, "--max-shard-gb", help="Largest safetensors file; bigger "
-                                                  "models get several files and an index.")) -> None:
+                                                  "models get several files and an index."),
+               merge: bool = typer.Option(False, "--merge", help="An adapter run (model.adapter): the adapter merged "
+                                          "into its base, one whole model directory (default: the adapter "
+                                          "directory, which names its base).")) -> None:
     """Consolidate a checkpoint (sharded FSDP or full) into a `from_pretrained` directory + tokenizer."""
     from raylm.serving.export import main as run_export  # torch
 
     res = run_export(run_dir, checkpoint, dtype, renamed(output, out, "--output", "--out", " of raylm export"),
-                     max_shard_gb)
+                     max_shard_gb, merge=merge)
     typer.echo(f"[raylm] {res['checkpoint']} -> {res['export_dir']}")
 
 

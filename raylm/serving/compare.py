@@ -83,7 +83,8 @@ def same_task(tasks: dict[str, str | None]) -> str | None:
     if len(known) > 1:
         raise UserError("models of different tasks cannot be compared on one file: "
                         + ", ".join(f"{label} ({t or 'unknown task'})" for label, t in tasks.items()),
-                        hint="compare exports of one task (a base model, its adapters, a merged export)")
+                        hint="compare exports of one task (a base model, its adapters, a merged export), or score them "
+                             "all as one task: --task sft")
     return next(iter(known), None)
 
 
@@ -121,9 +122,11 @@ def compare(results: list[tuple[str, dict]], input_file: str | None = None) -> d
             "skipped": skipped}
 
 
-def evaluate(model_dirs: list[str], input_file: str, progress: Callable[[str], None] = lambda line: None) -> dict:
+def evaluate(model_dirs: list[str], input_file: str, progress: Callable[[str], None] = lambda line: None,
+             task: str | None = None) -> dict:
     """`raylm eval A B ... --input FILE`: each model scored on the file, then `compare`d. Directories that are
-    missing or of different tasks are refused before any model loads; `progress` gets a line per model."""
+    missing or of different tasks are refused before any model loads (unless `task` scores them all as one task);
+    `progress` gets a line per model."""
     from raylm.serving.dispatch import evaluate_file  # the task modules import torch
     from raylm.tasks.registry import task_of_export
 
@@ -133,6 +136,9 @@ def evaluate(model_dirs: list[str], input_file: str, progress: Callable[[str], N
     names = labels(model_dirs)
     tasks: dict[str, str | None] = {}
     for name, model_dir in zip(names, model_dirs):
+        if task:
+            tasks[name] = task
+            continue
         try:
             tasks[name] = task_of_export(model_dir)
         except UserError:  # not a full export (e.g. an adapter directory): the dispatcher's eval says what it is
@@ -141,7 +147,7 @@ def evaluate(model_dirs: list[str], input_file: str, progress: Callable[[str], N
     results = []
     for i, (name, model_dir) in enumerate(zip(names, model_dirs)):
         progress(f"eval {name} ({i + 1}/{len(model_dirs)}): {model_dir}")
-        res = evaluate_file(model_dir, input_file)
+        res = evaluate_file(model_dir, input_file, task)
         results.append((name, {"task": res.get("task") or tasks[name], **res}))
     return compare(results, input_file)
 

@@ -7,9 +7,10 @@ from raylm.tasks.base import GenerateOptions
 from raylm.tasks.registry import get_task, task_of_export
 
 
-def evaluate_file(model_dir: str, path: str) -> dict:
-    """`raylm eval MODEL --input FILE`: the task's metrics on a raw file."""
-    return get_task(task_of_export(model_dir)).evaluate_file(model_dir, path)
+def evaluate_file(model_dir: str, path: str, task: str | None = None) -> dict:
+    """`raylm eval MODEL --input FILE`: the task's metrics on a raw file; `task` scores the model as another task
+    than its own (a pretrained causal LM as sft, beside its instruction-tuned version)."""
+    return get_task(task or task_of_export(model_dir)).evaluate_file(model_dir, path)
 
 
 def predict_file(model_dir: str, path: str, output: str, batch_size: int | None = None) -> dict:

@@ -18,7 +18,7 @@ from raylm.datasets.labelled import refuse_malformed
 from raylm.datasets.task_config import SftDataConfig
 from raylm.errors import UserError
 from raylm.tasks.chat_data import ChatFields, read_chat
-from raylm.tasks.chat_template import chat_tokens, encode_chat, prompt_ids
+from raylm.tasks.chat_template import CHATML, CHATML_TOKENS, chat_tokens, encode_chat, prompt_ids
 from raylm.tasks.collate import IGNORE, pad, pad_batch
 from raylm.tasks.sft_data import with_system
 
@@ -33,6 +33,7 @@ class ChatModel:
     end_of_turn: str
     settings: dict
     max_positions: int | None
+    end_is_text: bool = False  # a model without a chat template, prompted with ChatML as plain text
 
 
 def load(model_dir: str) -> ChatModel:
@@ -44,11 +45,12 @@ def load(model_dir: str) -> ChatModel:
 
     model = load_causal_lm(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-    if not getattr(tok, "chat_template", None):
-        raise UserError(f"{model_dir}: its tokenizer has no chat template", hint="pass an export of an sft run")
     conf = model.config
     settings = SftDataConfig().model_dump() | {"max_length": None} | dict(getattr(conf, "raylm_sft", None) or {})
     limit = getattr(conf, "n_positions", None) or getattr(conf, "max_position_embeddings", None)
+    if not getattr(tok, "chat_template", None):  # a pretrained model (`raylm eval BASE TUNED --task sft`)
+        tok.chat_template = CHATML
+        return ChatModel(model, tok, plain_tokenizer(tok), CHATML_TOKENS[1], settings, limit, end_is_text=True)
     return ChatModel(model, tok, plain_tokenizer(tok), chat_tokens(tok, model_dir).end_of_turn, settings, limit)
 
 
@@ -66,12 +68,15 @@ def read_rows(path: str, cm: ChatModel) -> tuple[list[dict], int]:
 
 @torch.no_grad()
 def response_loss(cm: ChatModel, rows: list[dict], batch_size: int = 8) -> dict:
-    """Mean cross-entropy over the trained tokens (the responses), examples cut at the trained max_length."""
+    """Mean cross-entropy over the trained tokens (the responses), examples cut at the trained max_length; and
+    bits per byte of their text, which compares models whose tokenizers differ (a base without chat tokens)."""
     limit = cm.settings.get("max_length") or cm.max_positions or 1 << 30
     encoded = [encode_chat(cm.tok, cm.backend, r["messages"], cm.end_of_turn, cm.settings["loss_on"]) for r in rows]
     encoded = sorted(((i[:limit], lab[:limit]) for i, lab in encoded), key=lambda e: len(e[0]))
     pad_id = cm.tok.pad_token_id if cm.tok.pad_token_id is not None else 0
     total, n = 0.0, 0
+    # the targets' text (labels are shifted: position 0 is never one)
+    n_bytes = sum(len(cm.tok.decode([t for t in lab[1:] if t != IGNORE]).encode()) for _, lab in encoded)
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start:start + batch_size]
         ids, mask = pad_batch([e[0] for e in chunk], pad_id)
@@ -82,7 +87,8 @@ def response_loss(cm: ChatModel, rows: list[dict], batch_size: int = 8) -> dict:
                                                          ignore_index=IGNORE, reduction="sum"))
         n += int(target.ne(IGNORE).sum())
     loss = total / max(n, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "trained_tokens": n}
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "bits_per_byte": total / math.log(2) / max(n_bytes, 1),
+            "trained_tokens": n}
 
 
 @torch.no_grad()
@@ -107,10 +113,11 @@ def complete(cm: ChatModel, conversations: list[list[dict]], batch_size: int = 1
         for k, r in enumerate(rows):
             ids[k, width - len(r):] = torch.tensor(r)
             mask[k, width - len(r):] = 1
+        stop = {"stop_strings": [cm.end_of_turn], "tokenizer": cm.tok} if cm.end_is_text else {}
         gen = cm.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=min(asked, room),
-                                pad_token_id=pad_id, **({"do_sample": False} | sampling))
+                                pad_token_id=pad_id, **({"do_sample": False} | stop | sampling))
         for i, seq in zip(chunk, gen[:, width:].tolist()):
-            out[i] = cm.tok.decode(seq, skip_special_tokens=True).strip()
+            out[i] = cm.tok.decode(seq, skip_special_tokens=True).split(cm.end_of_turn)[0].strip()
     return out
 
 
