@@ -101,7 +101,7 @@ def resolve_batch_size(batch_size: int | str, model: torch.nn.Module, task: Any,
 
     model.to(device).train()
     seq_len = task.seq_len(meta)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)  # a frozen base has no moments
     world = dist.get_world_size() if dist.is_initialized() else 1
     extra = n_params * (8 + (4 if world > 1 else 0))  # AdamW moments (fp32) + DDP gradient buckets
     limit = HEADROOM * torch.cuda.get_device_properties(device).total_memory

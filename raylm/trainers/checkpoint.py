@@ -12,6 +12,10 @@ both
   rng_rank{r}.pt    torch/Python RNG of each rank (the small explicit state stays exact)
   metrics.jsonl     the metric history up to this step
 
+An adapter run (model.adapter) writes the adapter only: model/ holds peft's adapter_model.safetensors and
+adapter_config.json, dcp/ the adapter's tensors (frozen parameters ignored), hf_config/ the base's config and
+the adapter_config.json; the base is rebuilt from model.init_from (or config) on restore and at export.
+
 DCP reshards on load, so a sharded checkpoint restores on any number of workers and under DDP (full
 tensors) as well as FSDP (shards); an hf checkpoint restores under FSDP by streaming its safetensors
 into the shards (`materialize`). Everything is read with `weights_only=True`, safetensors or DCP.
@@ -38,9 +42,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from raylm.trainers import adapters
 from raylm.trainers import state as ckpt_state
 from raylm.trainers.config import TrainerConfig
-from raylm.trainers.parallel import full_state, load_optimizer
+from raylm.trainers.parallel import adapter_only, full_state, load_optimizer, state_options
+from raylm.trainers.progress import say
 
 DCP_DIR, HF_CONFIG_DIR = "dcp", "hf_config"
 
@@ -55,10 +61,13 @@ def _dist() -> bool:
 
 def _model_and_optim(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
     """This rank's view of model + optimizer, keyed by parameter name: shards (DTensors) under FSDP,
-    full tensors under DDP. DCP maps either onto what was saved, whatever wrote it."""
+    full tensors under DDP. DCP maps either onto what was saved, whatever wrote it. An adapter run's frozen
+    base is left out."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+    options = state_options(model)
+    return {"model": get_model_state_dict(model, options=options),
+            "optim": get_optimizer_state_dict(model, opt, options=options)}
 
 
 def load_sharded(dirpath: str, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
@@ -68,8 +77,11 @@ def load_sharded(dirpath: str, model: torch.nn.Module, opt: torch.optim.Optimize
 
     sd = _model_and_optim(model, opt)
     dcp.load(sd, checkpoint_id=os.path.join(dirpath, DCP_DIR))
-    set_model_state_dict(model, sd["model"])
-    set_optimizer_state_dict(model, opt, sd["optim"])
+    # An adapter run's state holds no frozen base (nor do the model's own tensors above: dcp.load found every
+    # one of them in the checkpoint), so the load is not strict about the base.
+    options = state_options(model, strict=not adapter_only(model))
+    set_model_state_dict(model, sd["model"], options=options)
+    set_optimizer_state_dict(model, opt, sd["optim"], options=options)
 
 
 def load_hf_optimizer(dirpath: str, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
@@ -86,7 +98,9 @@ def restore(dirpath: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sc
     if is_sharded(dirpath):
         load_sharded(dirpath, model, opt)
     else:
-        if not weights_loaded:
+        if not weights_loaded and adapter_only(model):
+            adapters.load_adapter_weights(model, os.path.join(dirpath, "model"))
+        elif not weights_loaded:
             ckpt_state.load_model_weights(model, os.path.join(dirpath, "model"))
         load_hf_optimizer(dirpath, model, opt)
     blob = torch.load(os.path.join(dirpath, "state.pt"), map_location="cpu", weights_only=True, mmap=True)
@@ -129,6 +143,7 @@ class Checkpointer:
         timeout = datetime.timedelta(seconds=t.watchdog.collective_timeout_s)  # as the default group's
         self.pg = dist.new_group(backend="gloo", timeout=timeout) if self.async_ and _dist() else None
         self.pending: Future | None = None
+        self.sized = False  # an adapter run's checkpoint size is logged once
         self.stall_s = 0.0  # training-thread seconds spent saving (staging included), for benchmarks
 
     def _dest(self, name: str) -> tuple[str, bool]:
@@ -152,11 +167,13 @@ class Checkpointer:
             model_state, optim_state = full_state(ctx.model, ctx.opt)  # a collective under FSDP
             with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as d:
                 ckpt_state.save(d, ctx.model, ctx.sched, st, rank, model_state, optim_state, metrics_file)
+                self._log_size(ctx.model, rank, os.path.join(d, "model"))
                 self.stall_s += time.perf_counter() - t0
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
             return
         dest, in_place = self._dest(name)
         fut = self._write_sharded(dest, in_place, st, ctx, rank, metrics_file)
+        self._log_size(ctx.model, rank)
         self.stall_s += time.perf_counter() - t0
 
         def registered_once_written(checkpoint: Any, dir_name: str) -> Any:
@@ -174,6 +191,12 @@ class Checkpointer:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint(dest), checkpoint_dir_name=name,
                          checkpoint_upload_mode=mode, checkpoint_upload_fn=registered_once_written,
                          delete_local_checkpoint_after_upload=False)  # in place it is the checkpoint itself
+
+    def _log_size(self, model: torch.nn.Module, rank: int, model_dir: str | None = None) -> None:
+        """Once per run, on rank 0 of an adapter run: the bytes of the adapter a checkpoint holds."""
+        if not self.sized and rank == 0 and adapter_only(model):
+            say(adapters.checkpoint_line(model, model_dir))
+        self.sized = True
 
     def flush(self) -> None:
         """Wait until the checkpoints this rank reported are uploaded, before the loop exits early (a
@@ -219,10 +242,14 @@ class Checkpointer:
         world = dist.get_world_size() if _dist() else 1
         torch.save({"scheduler": ctx.sched.state_dict(), "state": asdict(st), "format": "sharded",
                     "world_size": world}, os.path.join(dest, "state.pt"))
-        model = ckpt_state.unwrap(ctx.model)
+        wrapped = ckpt_state.unwrap(ctx.model)
+        model = adapters.base_of(wrapped)  # an adapter run: the base's config, and the adapter's beside it
         model.config.architectures = [hf_class(model).__name__]  # what save_pretrained records
         model.config.save_pretrained(os.path.join(dest, HF_CONFIG_DIR))
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(os.path.join(dest, HF_CONFIG_DIR))
+        if model is not wrapped:
+            for peft_config in wrapped.peft_config.values():
+                peft_config.save_pretrained(os.path.join(dest, HF_CONFIG_DIR))
         if metrics_file and os.path.exists(metrics_file):
             shutil.copy(metrics_file, os.path.join(dest, "metrics.jsonl"))

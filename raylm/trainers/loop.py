@@ -28,7 +28,7 @@ from raylm.datasets.streaming import TrainStream, eval_batches
 from raylm.tasks.base import Task
 from raylm.tasks.meta import ModelMeta
 from raylm.tasks.registry import get_task
-from raylm.trainers import checkpoint, preemption
+from raylm.trainers import adapters, checkpoint, preemption
 from raylm.trainers import state as ckpt
 from raylm.trainers.autobatch import resolve_batch_size
 from raylm.trainers.config import TrainerConfig
@@ -182,16 +182,25 @@ def setup(loop_cfg: LoopConfig, cfg: RootConfig, watchdog: Watchdog) -> Run:
 def build_model(task: Task, cfg: RootConfig, meta: ModelMeta, hf_weights: str | None,
                 log: Any) -> torch.nn.Module:
     """The task's model: whole for DDP, on the meta device for FSDP (whole when the task cannot build
-    there). From config, weights come from raylm's seeded init, the same for both strategies."""
+    there). From config, weights come from raylm's seeded init, the same for both strategies.
+    With model.adapter: the base (init_from, or config + seeded init) whole on every rank under either
+    strategy (FSDP then shards it, frozen base included), wrapped by peft; a checkpoint's adapter goes in."""
+    adapter = cfg.model.adapter
     if cfg.trainer.scaling.strategy == "fsdp":
-        model = build_on_meta(task, cfg, meta)
+        model = None if adapter.enabled else build_on_meta(task, cfg, meta)
         if model is not None:
             return model
-        log(f"[raylm] {task.name} with model.init_from: built whole on every rank, then sharded")
+        why = "model.adapter" if adapter.enabled else f"{task.name} with model.init_from"
+        log(f"[raylm] {why}: built whole on every rank, then sharded")
     model = task.build_model(cfg, meta)
     if not cfg.model.init_from:
         init_weights(model, cfg.trainer.seed)
-    if hf_weights:
+    if adapter.enabled:
+        model = adapters.apply_adapter(model, adapter, cfg.trainer.gradient_checkpointing, log,
+                                       new_tokens=adapters.grown_tokens(model, cfg.model.init_from))
+        if hf_weights:
+            adapters.load_adapter_weights(model, hf_weights)
+    elif hf_weights:
         ckpt.load_model_weights(model, hf_weights)
     return model
 

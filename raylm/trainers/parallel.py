@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from raylm.trainers.adapters import base_of, is_peft
 from raylm.trainers.config import FsdpConfig, TrainerConfig
 
 
@@ -83,8 +84,10 @@ def _no_cache_unless_asked(module: torch.nn.Module, args: tuple, kwargs: dict) -
 
 
 def prepare_module(model: torch.nn.Module, t: TrainerConfig, device: torch.device | None = None) -> torch.nn.Module:
-    """Per-model options applied before wrapping (they keep parameter names unchanged)."""
-    no_kv_cache(model)
+    """Per-model options applied before wrapping (they keep parameter names unchanged). A peft model
+    (model.adapter) proxies gradient checkpointing and its config to its base; the KV-cache hook goes on the
+    base, whose forward names `use_cache` (peft's takes **kwargs)."""
+    no_kv_cache(base_of(model))
     if t.gradient_checkpointing:
         # Non-reentrant checkpointing works under DDP/FSDP without find_unused_parameters.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -168,15 +171,29 @@ def _options(**kw: Any) -> Any:
     return StateDictOptions(full_state_dict=True, **kw)
 
 
+def adapter_only(model: torch.nn.Module) -> bool:
+    """A model.adapter run: its checkpoints leave out the frozen base (rebuilt from init_from or config).
+    Only then: a full fine-tune may freeze a few parameters (seq2seq's unused pooler) and still saves them."""
+    return is_peft(model.module if hasattr(model, "module") else model)
+
+
+def state_options(model: torch.nn.Module, **kw: Any) -> Any:
+    """StateDictOptions for `model`'s state (full or sharded): frozen parameters ignored on adapter runs."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=adapter_only(model), **kw)
+
+
 def full_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Full (unsharded) model and optimizer state keyed by parameter name, on CPU.
+    """Full (unsharded) model and optimizer state keyed by parameter name, on CPU; on an adapter run the
+    trainable (adapter) tensors only.
 
     A collective under FSDP: every rank calls it; rank 0 gets the values. The same format for
     DDP and FSDP, so a checkpoint written by one strategy restores into the other.
     """
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    return get_state_dict(model, opt, options=_options(cpu_offload=True))
+    return get_state_dict(model, opt, options=state_options(model, full_state_dict=True, cpu_offload=True))
 
 
 def load_optimizer(model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:

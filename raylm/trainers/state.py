@@ -2,7 +2,8 @@
 
 This is the hf format (DDP); `raylm.trainers.checkpoint` adds the sharded one and restores both.
 Layout of an hf checkpoint directory:
-  model/            save_pretrained (safetensors), loadable by transformers as is
+  model/            save_pretrained (safetensors), loadable by transformers as is; on an adapter run
+                    (model.adapter) peft's adapter_model.safetensors + adapter_config.json only
   state.pt          optimizer, scheduler, step, data position, metrics so far
   rng_rank{r}.pt    torch RNG state of each rank
   metrics.jsonl     the metric history up to this step (for runs on remote storage)
@@ -18,6 +19,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
+
+from raylm.trainers.adapters import is_peft, save_adapter
 
 
 @dataclass
@@ -52,7 +55,10 @@ def save(dirpath: str, model: torch.nn.Module, sched: Any, state: TrainState, ra
     save_rng(dirpath, rank)
     if rank != 0:
         return
-    unwrap(model).save_pretrained(os.path.join(dirpath, "model"), state_dict=model_state, safe_serialization=True)
+    if is_peft(unwrap(model)):  # model.adapter: peft's adapter files, the frozen base left out
+        save_adapter(model, os.path.join(dirpath, "model"), model_state)
+    else:
+        unwrap(model).save_pretrained(os.path.join(dirpath, "model"), state_dict=model_state, safe_serialization=True)
     torch.save({"optimizer": optim_state, "scheduler": sched.state_dict(), "state": asdict(state)},
                os.path.join(dirpath, "state.pt"))
     if metrics_file and os.path.exists(metrics_file):
