@@ -161,7 +161,7 @@ def export_cmd(run_dir: str,
     from raylm.serving.export import main as run_export  # torch
 
     res = run_export(run_dir, checkpoint, dtype, renamed(output, out, "--output", "--out", " of raylm export"),
-                     max_shard_gb, merge=merge)
+                     max_shard_gb, merge)
     typer.echo(f"[raylm] {res['checkpoint']} -> {res['export_dir']}")
 
 

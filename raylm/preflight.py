@@ -52,6 +52,14 @@ def _model(cfg: RootConfig) -> list[str]:
     return []
 
 
+def _adapter(cfg: RootConfig) -> list[str]:
+    """What keeps `model.adapter` from training here (qlora without a CUDA GPU or bitsandbytes); torch is
+    imported only for qlora."""
+    from raylm.trainers.adapters import check
+
+    return check(cfg)
+
+
 def _task_inputs(cfg: RootConfig) -> list[str]:
     """What the task itself checks of its inputs (`Task.check_inputs`: seq2seq's parallel partners)."""
     if _corpus(cfg):  # no files to look into
@@ -62,14 +70,14 @@ def _task_inputs(cfg: RootConfig) -> list[str]:
 
 
 CHECKS: dict[str, Callable[[RootConfig], list[str]]] = {"corpus": _corpus, "tokenizer": _tokenizer, "model": _model,
-                                                        "task": _task_inputs}
+                                                        "adapter": _adapter, "task": _task_inputs}
 # What each command reads. prepare and tokenizer never build the model.
 USES: dict[str, tuple[str, ...]] = {
     "prepare": ("corpus", "tokenizer", "task"),
     "tokenizer": ("corpus", "tokenizer", "task"),
-    "train": ("corpus", "tokenizer", "model", "task"),
-    "run": ("corpus", "tokenizer", "model", "task"),
-    "tune": ("corpus", "tokenizer", "model", "task"),
+    "train": ("corpus", "tokenizer", "model", "adapter", "task"),
+    "run": ("corpus", "tokenizer", "model", "adapter", "task"),
+    "tune": ("corpus", "tokenizer", "model", "adapter", "task"),
 }
 
 

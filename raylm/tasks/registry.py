@@ -15,6 +15,7 @@ from raylm.datasets.config import DataConfig
 from raylm.errors import UserError
 from raylm.tasks.base import Task
 from raylm.tasks.names import ARCHITECTURES, BUILTIN, load_class
+from raylm.trainers import adapters
 
 
 def task_class(name: str) -> type[Task]:
@@ -44,8 +45,13 @@ def prepare_data(data: DataConfig, task: str, force: bool = False) -> dict:
 
 
 def task_of_export(model_dir: str) -> str:
-    """The task an exported model was trained for: `raylm_task` in its config.json, else its architecture."""
+    """The task an exported model was trained for: `raylm_task` in its config.json, else its architecture.
+    An adapter directory (peft's adapter_config.json, no config.json): the task in its raylm.json, else its
+    base model's."""
     path = os.path.join(model_dir, "config.json")
+    if adapters.is_adapter_dir(model_dir):
+        task = adapters.read_raylm_json(model_dir).get("task")
+        return task or task_of_export(adapters.adapter_base(model_dir))
     if not os.path.isfile(path):
         raise UserError(f"'{model_dir}' is not a Hugging Face model directory (no config.json)",
                         hint="pass an exported model, e.g. runs/ner/export")

@@ -59,9 +59,10 @@ def model_meta(cfg: RootConfig, manifest: dict) -> ModelMeta:
 
 def check_compatible(cfg: RootConfig, manifest: dict) -> None:
     from raylm.tasks.registry import get_task  # task modules import torch: the CLI imports this module at start
+    from raylm.trainers.adapters import check as adapter_problems
 
     task = get_task(cfg.trainer.task)
-    problems = task.check_prepared(cfg, manifest) + task.check_config(cfg)
+    problems = task.check_prepared(cfg, manifest) + task.check_config(cfg) + adapter_problems(cfg)
     if problems:
         raise UserError(problems)
 
@@ -156,11 +157,13 @@ def _split_on_ray(cfg: RootConfig) -> bool:
     return sharding_for(cfg.data.stream.sharding, workers) == "split" and workers != 1
 
 
-def export_model(checkpoint_dir: str, tokenizer_dir: str | None, out_dir: str, dtype: str | None = None) -> str:
-    """A checkpoint (sharded or hf) and the tokenizer in one directory transformers loads (`raylm export`)."""
+def export_model(checkpoint_dir: str, tokenizer_dir: str | None, out_dir: str, dtype: str | None = None,
+                 cfg: RootConfig | None = None) -> str:
+    """A checkpoint (sharded or hf) and the tokenizer in one directory transformers loads (`raylm export`);
+    an adapter run's (model.adapter, `cfg`): the adapter directory on its base."""
     from raylm.serving.export import export_checkpoint
 
-    return export_checkpoint(checkpoint_dir, out_dir, tokenizer_dir, dtype)
+    return export_checkpoint(checkpoint_dir, out_dir, tokenizer_dir, dtype, cfg=cfg)
 
 
 def eval_rows(cfg: RootConfig) -> int:
@@ -196,7 +199,7 @@ def train(cfg: RootConfig, started_at: float | None = None) -> dict:
         pick = max if mode == "max" else min
         chosen = pick(result.best_checkpoints, key=lambda cm: cm[1].get(metric, float("nan")))[0]
     with chosen.as_directory() as d:
-        export_model(d, manifest["tokenizer_dir"], export_dir)
+        export_model(d, manifest["tokenizer_dir"], export_dir, cfg=cfg)
         if is_remote(cfg.cluster.storage_path) and os.path.exists(os.path.join(d, "metrics.jsonl")):
             shutil.copy(os.path.join(d, "metrics.jsonl"), os.path.join(run_dir, "metrics.jsonl"))
     summary = {"run_dir": run_dir, "export_dir": export_dir, "checkpoint": chosen.path,
