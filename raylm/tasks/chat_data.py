@@ -4,7 +4,7 @@ reason (the rejects ledger) or, under `on_error: fail`, stopping at `file:line`.
 
 Shapes (one JSONL object a line), tried in this order:
 - `{"messages": [{"role", "content"}, ...]}`: the HF/OpenAI shape, system turns included;
-- `{"instruction", "input"?, "output"}` (Alpaca) and `{"prompt", "response"}`;
+- `{"instruction", "input"?, "output"}` (Alpaca), `{"prompt", "response"}` and `{"question", "answer"}` (GSM8K);
 - two fields named by the caller (`prompt_field`/`response_field`, e.g. GSM8K's `question`/`answer`);
 - a transcript field (`transcript_field`, e.g. HH-RLHF's `chosen`): "\\n\\nHuman: ...\\n\\nAssistant: ...".
 Torch-free: the prepare readers run on Ray Data workers.
@@ -46,7 +46,7 @@ def to_messages(obj: dict, fields: ChatFields = ChatFields()) -> list[dict[str, 
     if fields.transcript_field and isinstance(obj.get(fields.transcript_field), str):
         return parse_transcript(obj[fields.transcript_field])
     for prompt, response in ((fields.prompt_field, fields.response_field), ("instruction", "output"),
-                             ("prompt", "response")):
+                             ("prompt", "response"), ("question", "answer")):
         if prompt and response and prompt in obj and response in obj:
             user = str(obj[prompt] or "")
             if prompt == "instruction" and obj.get("input"):
@@ -80,7 +80,7 @@ def read_chat(path: str, fields: ChatFields = ChatFields(), on_error: str = "fai
             continue
         messages = to_messages(obj, fields) if isinstance(obj, dict) else None
         if messages is None:
-            yield reject(row, "missing_field", "no conversation: messages, instruction/output, prompt/response"
+            yield reject(row, "missing_field", "no conversation: messages, instruction/output, prompt/response, question/answer"
                          + (f" or {fields.prompt_field}/{fields.response_field}" if fields.prompt_field else ""),
                          on_error)
             continue

@@ -169,7 +169,7 @@ def test_evaluate_scores_each_directory_through_the_dispatcher_an_adapter_direct
     (tmp_path / "lora" / "adapter_config.json").write_text("{}")
     scores = {str(tmp_path / "base"): BASE, str(tmp_path / "lora"): TUNED}
     called = []
-    monkeypatch.setattr(dispatch, "evaluate_file", lambda d, path: called.append((d, path)) or dict(scores[d]))
+    monkeypatch.setattr(dispatch, "evaluate_file", lambda d, path, task=None: called.append((d, path)) or dict(scores[d]))
     table = evaluate([str(tmp_path / "base"), str(tmp_path / "lora")], "f.txt", progress=called.append)
     assert called == [f"eval base (1/2): {tmp_path / 'base'}", (str(tmp_path / "base"), "f.txt"),
                       f"eval lora (2/2): {tmp_path / 'lora'}", (str(tmp_path / "lora"), "f.txt")]
