@@ -10,6 +10,7 @@ import copy
 import difflib
 import json
 import logging
+import os
 import shutil
 import textwrap
 import types
@@ -292,3 +293,24 @@ def _field_line(head: str, doc: str, lines: list[str], width: int) -> None:
         return
     lines.append(head)
     lines += textwrap.wrap(doc, width=max(40, width), initial_indent="    ", subsequent_indent="    ")
+
+
+# Local paths a run reads; made absolute before they travel to workers (another cwd) and trials (Tune may chdir).
+PATH_KEYS = ("data.source", "data.prepared_dir", "data.tokenizer.path", "model.init_from", "trainer.export.dir")
+
+
+def absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` (a dumped config) with its local paths absolute, from the current directory (remote URIs as they are;
+    data.source only when it exists: it may be a glob or 'demo')."""
+    from raylm.cluster.storage import is_remote
+
+    out = copy.deepcopy(raw)
+    for key in PATH_KEYS:
+        *parents, leaf = key.split(".")
+        node: Any = out
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        value = node.get(leaf) if isinstance(node, dict) else None
+        if isinstance(value, str) and not is_remote(value) and (key != "data.source" or os.path.exists(value)):
+            node[leaf] = os.path.abspath(value)
+    return out

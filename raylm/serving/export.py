@@ -81,7 +81,12 @@ def tokenizer_dir_of(run_dir: str) -> str | None:
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(path):
         return None
-    manifest = os.path.join(load_config(path, []).data.prepared_dir, "manifest.json")
+    return manifest_tokenizer(load_config(path, []).data.prepared_dir)
+
+
+def manifest_tokenizer(prepared_dir: str) -> str | None:
+    """The tokenizer_dir a prepared directory's manifest names, if any."""
+    manifest = os.path.join(prepared_dir, "manifest.json")
     return json.load(open(manifest)).get("tokenizer_dir") if os.path.exists(manifest) else None
 
 
@@ -227,8 +232,7 @@ def _seed(seed: int) -> None:
 def build_base(cfg: RootConfig) -> torch.nn.Module:
     """An adapter run's frozen base, as the loop built it (the task's model from model.init_from, or from
     config with raylm's seeded init). A qlora base is loaded unquantized: its adapter merges into full weights."""
-    from raylm.tasks.registry import get_task
-    from raylm.trainers.driver import model_meta
+    from raylm.tasks.registry import get_task, model_meta
     from raylm.trainers.materialize import init_weights
 
     if cfg.model.adapter.type == "qlora":

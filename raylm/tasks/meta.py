@@ -1,5 +1,5 @@
 """`ModelMeta`: what a task's model and batches need to know of the prepared data. The driver builds it
-from the manifest on every run (raylm.trainers.driver.model_meta); serving builds one from an export's
+from the manifest on every run (raylm.tasks.registry.model_meta); serving builds one from an export's
 tokenizer. Imports no torch (the driver imports it at start)."""
 
 from __future__ import annotations

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 
+from raylm.config import RootConfig
 from raylm.datasets.config import DataConfig
 from raylm.errors import UserError
 from raylm.tasks.base import Task
+from raylm.tasks.meta import ModelMeta
 from raylm.tasks.names import ARCHITECTURES, BUILTIN, load_class
 from raylm.trainers import adapters
 
@@ -66,3 +68,13 @@ def task_of_export(model_dir: str) -> str:
                 return task
     raise UserError(f"{model_dir}: a {archs or 'model without architectures'} has no per-file predict/eval",
                     hint="predict and eval --input take the models raylm trains (an export of `raylm train`)")
+
+
+def model_meta(cfg: RootConfig, manifest: dict) -> ModelMeta:
+    """What workers need from the manifest (they may not see the driver's filesystem)."""
+    task = get_task(cfg.trainer.task)
+    values = {k: manifest.get(k) for k in (*ModelMeta.field_names(), *task.meta_keys)}  # e.g. NER's tag names
+    values |= task.extra_meta(cfg, manifest)  # e.g. seq2seq's tokenizer, a classifier's number of labels
+    if values["pad_id"] is None:
+        values["pad_id"] = values["eos_id"]
+    return ModelMeta.from_dict(values)

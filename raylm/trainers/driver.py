@@ -11,10 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from raylm.cluster.storage import is_remote
-from raylm.config import RootConfig, save_config
+from raylm.config import RootConfig, absolute_paths, save_config
 from raylm.datasets.sharding import sharding_for
 from raylm.errors import UserError
-from raylm.tasks.meta import ModelMeta
 from raylm.tasks.objectives import best_checkpoint_rule
 
 # The task registry, the loop and export import torch and transformers (~3 s on 2 cores): they are imported
@@ -43,18 +42,6 @@ def local_run_dir(cfg: RootConfig, name: str | None = None, storage_path: str | 
     root = storage_root(cfg, storage_path)
     base = root if not is_remote(root) else os.path.abspath(os.path.join("runs", "_remote"))
     return os.path.join(base, name or cfg.trainer.run_name)
-
-
-def model_meta(cfg: RootConfig, manifest: dict) -> ModelMeta:
-    """What workers need from the manifest (they may not see the driver's filesystem)."""
-    from raylm.tasks.registry import get_task  # task modules import torch: the CLI imports this module at start
-
-    task = get_task(cfg.trainer.task)
-    values = {k: manifest.get(k) for k in (*ModelMeta.field_names(), *task.meta_keys)}  # e.g. NER's tag names
-    values |= task.extra_meta(cfg, manifest)  # e.g. seq2seq's tokenizer, a classifier's number of labels
-    if values["pad_id"] is None:
-        values["pad_id"] = values["eos_id"]
-    return ModelMeta.from_dict(values)
 
 
 def check_compatible(cfg: RootConfig, manifest: dict) -> None:
@@ -105,7 +92,10 @@ def build_trainer(cfg: RootConfig, *, manifest: dict | None = None, callbacks: l
     manifest = manifest or load_manifest(cfg.data.prepared_dir)
     t, name = cfg.trainer, name or cfg.trainer.run_name
     run_dir = local_run_dir(cfg, name, storage_path)
-    loop_config = LoopConfig(cfg=cfg.model_dump(mode="json"), meta=model_meta(cfg, manifest), run_dir=run_dir,
+    # Local paths absolute: workers run in another directory (model.init_from read there as a hub id otherwise).
+    from raylm.tasks.registry import model_meta
+
+    loop_config = LoopConfig(cfg=absolute_paths(cfg.model_dump(mode="json")), meta=model_meta(cfg, manifest), run_dir=run_dir,
                              metrics_path=os.path.join(run_dir, "metrics.jsonl"), run_id=name,
                              **(loop_overrides or {}))
     metric, mode = best_checkpoint_rule(cfg)

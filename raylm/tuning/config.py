@@ -126,5 +126,8 @@ class TuningConfig(BaseModel):
     resume: bool = Field(
         True, description="Resume an unfinished sweep of the same name instead of starting anew."
     )
-    export_best: bool = Field(True, description="Copy the best checkpoint's HF model into the sweep dir.")
+    export_best: bool = Field(True, description="Copy the best checkpoint's HF model into the sweep dir (an adapter "
+                              "run's: the adapter directory, with its tokenizer).")
+    merge_best: bool = Field(False, description="An adapter sweep: also write the best adapter merged into its base "
+                             "(best_model_merged/).")
     plots: bool = Field(True, description="Write PNG plots of the sweep.")

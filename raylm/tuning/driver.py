@@ -76,21 +76,6 @@ def trial_raw(base_raw: dict[str, Any], overrides: dict[str, Any], tuning: Tunin
     return raw
 
 
-_PATH_KEYS = ("data.source", "data.prepared_dir", "data.tokenizer.path", "model.init_from", "trainer.export.dir")
-
-
-def absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:
-    """Local paths made absolute: trials run in other processes (and Tune may chdir them)."""
-    found: dict[str, Any] = {}
-    for key in _PATH_KEYS:
-        node: Any = raw
-        for p in key.split("."):
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, str) and not is_remote(node) and (key != "data.source" or os.path.exists(node)):
-            found[key] = os.path.abspath(node)
-    return apply_dotted(raw, found)
-
-
 def trial_data_dir(base_raw: dict[str, Any], raw: dict[str, Any]) -> str | None:
     """A prepared dir of the trial's own when the sample changes the data section (block_size,
     tokenizer, ...): shards differ per data config, and trials must not rewrite each other's."""

@@ -162,9 +162,18 @@ def _write_best_config(cfg: RootConfig, best: TrialRow, sweep_dir: Path) -> str:
     return str(path)
 
 
-def _export_model(best: TrialRow, sweep_dir: Path) -> str | None:
+def _export_model(best: TrialRow, sweep_dir: Path, cfg: RootConfig, merge: bool) -> str | None:
     if not best.checkpoint or is_remote(best.checkpoint):
         return None
+    from raylm.serving.export import export_checkpoint, is_adapter_checkpoint, manifest_tokenizer
+
+    if is_adapter_checkpoint(best.checkpoint):  # a few hundred KB: the adapter directory, and merged on request
+        trial_cfg, tok = best_config(cfg, best), manifest_tokenizer(cfg.data.prepared_dir)
+        dst = sweep_dir / "best_model"
+        export_checkpoint(best.checkpoint, str(dst), tok, cfg=trial_cfg)
+        if merge:
+            export_checkpoint(best.checkpoint, str(sweep_dir / "best_model_merged"), tok, merge=True, cfg=trial_cfg)
+        return str(dst)
     src = Path(best.checkpoint) / "model"
     src = src if src.is_dir() else Path(best.checkpoint)
     dst = sweep_dir / "best_model"
@@ -238,7 +247,7 @@ def summarise(grid: Any, cfg: RootConfig, paths: SweepPaths, budget: int, *, res
     )
     if best is not None:
         summary.best_config = _write_best_config(cfg, best, sweep_dir)
-        summary.best_model = _export_model(best, sweep_dir) if t.export_best else None
+        summary.best_model = _export_model(best, sweep_dir, cfg, t.merge_best) if t.export_best else None
     if plot is not None:
         summary.plots = plot(summary, sweep_dir / "plots")
     _write_tables(summary, sweep_dir)

@@ -6,13 +6,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from raylm.config import RootConfig, validate
+from raylm.config import RootConfig, absolute_paths, validate
 from raylm.errors import UserError
 from raylm.tuning.config import TuningConfig
 from raylm.tuning.driver import (
     SweepPaths,
     TrainerFactory,
-    absolute_paths,
     is_bad_metric,
     make_driver,
     sweep_paths,

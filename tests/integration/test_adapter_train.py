@@ -90,10 +90,9 @@ def _fsdp_worker(rank: int, world: int, port: int, base: str, data: str, ckpt: s
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
-    from raylm.tasks.registry import get_task
+    from raylm.tasks.registry import get_task, model_meta
     from raylm.trainers import checkpoint
     from raylm.trainers import state as ckpt_state
-    from raylm.trainers.driver import model_meta
     from raylm.trainers.loop import build_model, seed_everything
     from raylm.trainers.optim import build_optimizer, build_scheduler
     from raylm.trainers.parallel import _fsdp2, full_state

@@ -95,7 +95,7 @@ def test_sequence_classification_from_a_pretrained_dir(ray_session, tmp_path):
     data = str(tmp_path / "data")
     manifest = write_synthetic(data, "sequence-classification", n_train=512)
     del manifest["num_labels"]  # num_labels comes from the data
-    from raylm.trainers.driver import model_meta
+    from raylm.tasks.registry import model_meta
 
     result, rows = _fit(tmp_path, "sequence-classification", manifest=manifest,
                         overrides=[f"model.init_from={pretrained}"], max_steps=48,

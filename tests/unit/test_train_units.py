@@ -92,7 +92,7 @@ def test_gradient_scaler_skips_an_overflowing_fp16_step_on_cpu():
 
 def test_best_checkpoint_metric_defaults_to_the_task_and_can_be_chosen(tmp_path):
     from raylm.tasks.objectives import best_checkpoint_rule
-    from raylm.trainers.driver import model_meta
+    from raylm.tasks.registry import model_meta
 
     from testkit import tiny_config, write_synthetic
 
