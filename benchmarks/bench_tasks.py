@@ -266,7 +266,7 @@ def s2s_hf_side(kind: str, cfg, manifest: dict, train_path: str, out: str) -> di
     from raylm.tasks.collate import pad
     from raylm.tasks.seq2seq import Seq2Seq
     from raylm.tasks.seq2seq_data import features, max_lengths, read_rows, special_ids
-    from raylm.trainers.driver import model_meta
+    from raylm.tasks.registry import model_meta
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(SEED)
