@@ -57,7 +57,7 @@ def test_lora_sft_on_packed_rows_trains_exports_scores_and_predicts(tmp_path):
     write_inputs(tmp_path)
     cfg = {
         "cluster": {"storage_path": "runs"},
-        "data": {"source": "train.jsonl", "prepared_dir": "prepared", "max_length": 64, "validation_fraction": 0.1,
+        "data": {"source": "train.jsonl", "prepared_dir": "prepared", "max_length": 128, "validation_fraction": 0.1,
                  "tokenizer": {"path": "base"}, "sft": {"prompt_field": "question", "response_field": "answer",
                                                         "packing": True, "max_new_tokens": 16}},
         "model": {"init_from": "base", "adapter": {"type": "lora", "r": 4, "alpha": 8}},

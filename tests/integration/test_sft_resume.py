@@ -28,7 +28,7 @@ def _inputs(tmp) -> None:
     train_bpe((f"{r['question']} {r['answer']}" for r in rows), tmp / "tok", 300, 1)
     tok = AutoTokenizer.from_pretrained(tmp / "tok")
     conf = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=True)
+                       intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=True)
     AutoModelForCausalLM.from_config(conf).save_pretrained(tmp / "base")
     tok.save_pretrained(tmp / "base")
 
@@ -38,7 +38,7 @@ def test_sigkilled_worker_resumes_lora_sft_and_every_packed_row_is_trained_once(
     runs = str(tmp_path / "runs")
     raw = {"cluster": {"storage_path": runs},
            "data": {"source": str(tmp_path / "train.jsonl"), "prepared_dir": str(tmp_path / "prepared"),
-                    "max_length": 48, "validation_fraction": 0.05, "tokenizer": {"path": str(tmp_path / "base")},
+                    "max_length": 96, "validation_fraction": 0.05, "tokenizer": {"path": str(tmp_path / "base")},
                     "sft": {"prompt_field": "question", "response_field": "answer", "packing": True}},
            "model": {"init_from": str(tmp_path / "base"), "adapter": {"type": "lora", "r": 4}},
            "trainer": {"task": "sft", "run_name": "t", "batch_size": 2, "log_every": 1,
@@ -73,6 +73,6 @@ def test_sigkilled_worker_resumes_lora_sft_and_every_packed_row_is_trained_once(
     assert len(seen) == len(set(seen)) == steps * 4  # no packed row twice, none skipped
     assert [s for _, s, _ in logs[0]] == list(range(steps))
     # The checkpoint holds what changes: the adapter (no base weights) and the optimizer.
-    last = sorted(d for d in os.listdir(f"{runs}/t") if d.startswith("checkpoint_"))[-1]
+    last = sorted(d for d in os.listdir(f"{runs}/t") if d.startswith("checkpoint_0"))[-1]
     model_dir = os.path.join(runs, "t", last, "model")
     assert "adapter_config.json" in os.listdir(model_dir) and "model.safetensors" not in os.listdir(model_dir)
