@@ -136,15 +136,16 @@ def assistant_spans(tok: Any, messages: list[dict], end: str, loss_on: str) -> t
 
 def encode_chat(tok: Any, backend: Any, messages: list[dict], end: str, loss_on: str) -> tuple[list[int], list[int]]:
     """(ids, labels) of a conversation: `backend` (a plain tokenizers.Tokenizer) encodes the rendered text once;
-    a token is trained when it starts inside a trained span."""
+    a token is trained when it ends inside a trained span (a token that starts in the header before a reply, as
+    byte-level BPE's " It" after "assistant: ", is the reply's first token: the model must produce it)."""
     text, spans = assistant_spans(tok, messages, end, loss_on)
     enc = backend.encode(text, add_special_tokens=False)
     labels = []
     k = 0
-    for tid, (s, _) in zip(enc.ids, enc.offsets):
-        while k < len(spans) and s >= spans[k][1]:
+    for tid, (_, e) in zip(enc.ids, enc.offsets):
+        while k < len(spans) and e > spans[k][1]:
             k += 1
-        labels.append(tid if k < len(spans) and spans[k][0] <= s < spans[k][1] else IGNORE)
+        labels.append(tid if k < len(spans) and spans[k][0] < e <= spans[k][1] else IGNORE)
     return list(enc.ids), labels
 
 

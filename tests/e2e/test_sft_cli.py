@@ -41,7 +41,9 @@ def write_inputs(tmp: Path) -> None:
     lines = [json.dumps(r) for r in arithmetic_rows(160, 0)]
     lines += ['{"question": "What is 1 plus', json.dumps({"question": "Empty?", "answer": "  "}),
               json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
-              json.dumps({"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "x"}]})]
+              json.dumps({"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "x"}]}),
+              # a prompt longer than data.max_length: truncation would leave no answer token -> too_long
+              json.dumps({"question": "What is " + " plus ".join(["1"] * 200) + "?", "answer": "#### 200"})]
     (tmp / "train.jsonl").write_text("\n".join(lines) + "\n")
     (tmp / "held.jsonl").write_text("\n".join(json.dumps(r) for r in arithmetic_rows(12, 1)) + "\n")
     train_bpe((f"{r['question']} {r['answer']}" for r in arithmetic_rows(300, 2)), tmp / "tok", 400, 1)
@@ -75,7 +77,8 @@ def test_lora_sft_on_packed_rows_trains_exports_scores_and_predicts(tmp_path):
 
     manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
     # Every bad row counted under its reason; the ledger balances.
-    assert manifest["rejected"] == {"empty_message": 1, "malformed_json": 1, "no_assistant_turn": 1, "unknown_role": 1}
+    assert manifest["rejected"] == {"empty_message": 1, "malformed_json": 1, "no_assistant_turn": 1, "too_long": 1,
+                                    "unknown_role": 1}
     assert manifest["ledger_balanced"] and manifest["rows_kept"] == 160
     train = manifest["sft_summary"]["train"]
     assert train["rows"] < train["examples"] and train["row_efficiency"] > 0.8  # packed, several examples a row

@@ -192,3 +192,33 @@ def test_summary_reports_trained_share_and_packing_efficiency():
     s = summary(manifest)["train"]
     assert s["trained_share"] == 0.4 and s["row_efficiency"] == 0.95
     assert s["padded_to_max_length_efficiency"] == round(950 / 4000, 4)
+
+
+def test_a_tokenizers_own_template_is_used_and_its_end_of_turn_found(tmp_path, chat_tok):
+    """`auto` keeps a tokenizer's template (here a Llama-3-like one with its own end-of-turn token); a Jinja file
+    given by path replaces it."""
+    from transformers import AutoTokenizer
+
+    tok, _, chat_dir = chat_tok
+    base = tmp_path / "own"
+    own = AutoTokenizer.from_pretrained(chat_dir.replace("chat", "base"))
+    own.add_special_tokens({"additional_special_tokens": ["<|eot|>", "<|hdr|>"]})
+    own.chat_template = ("{% for m in messages %}<|hdr|>{{ m['role'] }}: {{ m['content'] }}<|eot|>{% endfor %}"
+                         "{% if add_generation_prompt %}<|hdr|>assistant: {% endif %}")
+    own.save_pretrained(base)
+    out = ct.chat_tokenizer(str(base), "auto", str(tmp_path / "chat"))
+    t = AutoTokenizer.from_pretrained(out)
+    assert t.chat_template == own.chat_template and ct.chat_tokens(t, out).end_of_turn == "<|eot|>"
+    assert len(t) == len(own)  # nothing added: the template's tokens are the tokenizer's
+    ids, labels = ct.encode_chat(t, plain_tokenizer(t), CONVERSATION[1:3], "<|eot|>", "assistant")
+    # the header ends with a space that byte-level BPE joins to the reply's first token: " It" is trained
+    assert t.decode([i for i, lab in zip(ids, labels) if lab != IGNORE]) == " It is 4.\n#### 4<|eot|>"
+
+    jinja = tmp_path / "plain.jinja"
+    jinja.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                     "{% if add_generation_prompt %}[assistant] {% endif %}")
+    out2 = ct.chat_tokenizer(str(base), str(jinja), str(tmp_path / "chat2"))
+    t2 = AutoTokenizer.from_pretrained(out2)
+    assert t2.chat_template == jinja.read_text() and ct.chat_tokens(t2, out2).end_of_turn == t2.eos_token
+    with pytest.raises(Exception, match="neither auto, chatml nor a Jinja file"):
+        ct.chat_tokenizer(str(base), str(tmp_path / "missing.jinja"), str(tmp_path / "chat3"))
