@@ -25,6 +25,8 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # transformers' "Loading weights" / "Writing model shards" bars: not on raylm's console (read at import)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         try:
             return fn(*args, **kwargs)
         except UserError as err:
