@@ -46,7 +46,8 @@ def summary(manifest: dict) -> dict:
     out = {}
     for split, s in manifest["splits"].items():
         tokens, examples, rows = s.get("tokens_out", 0), s.get("examples", 0), s.get("rows", 0)
-        out[split] = {"examples": examples, "rows": rows, "tokens": tokens, "trained_tokens": s.get("trained_tokens", 0),
+        out[split] = {"examples": examples, "truncated": s.get("truncated", 0), "rows": rows, "tokens": tokens,
+                      "trained_tokens": s.get("trained_tokens", 0),
                       "trained_share": round(s.get("trained_tokens", 0) / max(tokens, 1), 4),
                       "row_efficiency": round(tokens / max(rows * width, 1), 4),
                       "padded_to_max_length_efficiency": round(tokens / max(examples * width, 1), 4),

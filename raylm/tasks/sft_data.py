@@ -32,11 +32,12 @@ from raylm.tasks.chat_data import ChatFields, read_chat
 from raylm.tasks.collate import IGNORE
 from raylm.tasks.packing import best_fit_decreasing
 
+# truncated: examples cut at data.max_length (data.sft.too_long: truncate) in the row, counted in the manifest
 ROW_SCHEMA = pa.schema([("sample_id", pa.int64()), ("input_ids", IDS), ("labels", IDS), ("row_id", pa.string()),
-                        ("split", pa.string())])
+                        ("truncated", pa.int32()), ("split", pa.string())])
 PACKED_SCHEMA = pa.schema([("sample_id", pa.int64()), ("input_ids", IDS), ("labels", IDS),
                            ("seq_lens", pa.list_(pa.int32())), ("row_ids", pa.list_(pa.string())),
-                           ("split", pa.string())])
+                           ("truncated", pa.int32()), ("split", pa.string())])
 
 
 def fields_of(cfg: DataConfig) -> ChatFields:
@@ -113,6 +114,7 @@ def pack_rows(batch: pa.Table, max_length: int) -> pa.Table:
             out["labels"].append([t for r in rows for t in r["labels"]])
             out["seq_lens"].append([len(r["input_ids"]) for r in rows])
             out["row_ids"].append([r["row_id"] for r in rows])
+            out["truncated"].append(sum(r["truncated"] for r in rows))
             out["sample_id"].append(sample_id("|".join(sorted(r["row_id"] for r in rows)), 0))
             out["split"].append(split)
     return pa.table(out, schema=PACKED_SCHEMA)
@@ -150,7 +152,9 @@ class ChatFormat(LabelledFormat):
     def features(self, tok: Any, row: dict, cfg: DataConfig, label2id: dict[str, int], state: Any) -> list[dict]:
         ids, labels = state.encode(json.loads(row["messages_json"]), cfg.sft.loss_on)
         fitted = fit(ids, labels, cfg.max_length, cfg.sft.too_long)
-        return [] if fitted is None else [{"input_ids": fitted[0], "labels": fitted[1]}]  # None: a too_long reject
+        if fitted is None:  # rejected as too_long by check_rows already
+            return []
+        return [{"input_ids": fitted[0], "labels": fitted[1], "truncated": int(len(fitted[0]) < len(ids))}]
 
     def pack(self, feats: Any, cfg: DataConfig) -> Any:
         if not cfg.sft.packing:
@@ -159,7 +163,7 @@ class ChatFormat(LabelledFormat):
                                  batch_size=cfg.sft.pack_window)
 
     def shard_columns(self) -> list[str]:
-        return ["input_ids", "labels", *(["seq_lens", "row_ids"] if self.packed else ["row_id"])]
+        return ["input_ids", "labels", "truncated", *(["seq_lens", "row_ids"] if self.packed else ["row_id"])]
 
     def shard_stats(self, table: pa.Table) -> dict[str, Any]:
         lengths = pc.list_value_length(table["input_ids"])
@@ -169,6 +173,7 @@ class ChatFormat(LabelledFormat):
         examples = (pc.list_flatten(table["seq_lens"]) if self.packed else lengths).to_numpy(zero_copy_only=False)
         return {"tokens_out": int(pc.sum(lengths).as_py() or 0), "docs": set(docs.to_pylist()),
                 "trained_tokens": trained, "examples": len(examples),
+                "truncated": int(pc.sum(table["truncated"]).as_py() or 0),
                 "longest_example": int(np.max(examples)) if len(examples) else 0}
 
     packed = False  # set per instance by raylm.tasks.sft (packed shards read other columns)

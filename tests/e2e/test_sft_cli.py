@@ -83,6 +83,7 @@ def test_lora_sft_on_packed_rows_trains_exports_scores_and_predicts(tmp_path):
     train = manifest["sft_summary"]["train"]
     assert train["rows"] < train["examples"] and train["row_efficiency"] > 0.8  # packed, several examples a row
     assert 0.2 < train["trained_share"] < 0.9  # the answers, not the prompts
+    assert train["truncated"] == 0
 
     adapter = tmp_path / "runs" / "sft" / "export"
     assert (adapter / "adapter_config.json").is_file() and not (adapter / "model.safetensors").exists()

@@ -116,8 +116,7 @@ def test_the_merged_model_computes_what_base_plus_adapter_computes(kind):
 
 def _setup(tmp_path, init_from: str, *overrides: str):
     """A config, the task and meta of a causal-lm adapter run on synthetic data (vocabulary 64)."""
-    from raylm.tasks.registry import get_task
-    from raylm.tasks.registry import model_meta
+    from raylm.tasks.registry import get_task, model_meta
 
     data = str(tmp_path / "data")
     manifest = write_synthetic(data, n_train=8, n_val=4, files=1)

@@ -110,7 +110,8 @@ def _examples() -> list[dict]:
     for k, n in enumerate([9, 14, 5, 11, 7]):
         ids = rng.integers(4, 64, size=n).tolist()
         labels = [IGNORE] * (n // 2) + ids[n // 2:]
-        out.append({"input_ids": ids, "labels": labels, "row_id": f"f:{k}", "split": "train", "sample_id": k})
+        out.append({"input_ids": ids, "labels": labels, "row_id": f"f:{k}", "split": "train", "sample_id": k,
+                    "truncated": int(k == 1)})
     return out
 
 
@@ -124,8 +125,9 @@ def test_packed_logits_and_losses_equal_each_example_alone(kind):
     model, examples = _tiny(kind), _examples()
     packed = pack_rows(pa.Table.from_pylist(examples, schema=ROW_SCHEMA), 24).to_pydict()
     assert sum(len(x) for x in packed["seq_lens"]) == 5 and max(map(len, packed["input_ids"])) <= 24
+    assert sum(packed["truncated"]) == 1  # carried into the packed rows, counted in the manifest
     meta = ModelMeta(vocab_size=64, eos_id=0, pad_id=1, block_size=24, max_length=24)
-    raw = {k: _object_column(v) for k, v in packed.items() if k not in ("sample_id", "split")}
+    raw = {k: _object_column(v) for k, v in packed.items() if k not in ("sample_id", "split", "truncated")}
     batch = SFT().collate(raw | {"sample_id": np.array(packed["sample_id"])}, meta, 0)
     assert "attention_mask" not in batch
     by_id = {e["row_id"]: e for e in examples}
