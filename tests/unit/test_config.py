@@ -46,6 +46,10 @@ def test_every_shipped_config_loads(path):
     # The dump is a valid config too (it is what every run saves).
     again = RootConfig.model_validate(__import__("yaml").safe_load(dump_config(cfg)))
     assert again == cfg
+    if cfg.tuning is not None:  # a sweep's space names keys and values the config takes (e.g. model.adapter.r)
+        from raylm.tuning.space import space_problems
+
+        assert space_problems(cfg.tuning, cfg.model_dump(mode="json")) == []
 
 
 def test_one_line_per_problem_naming_the_field():
