@@ -9,6 +9,8 @@ import signal
 import threading
 import time
 
+import pytest
+
 from raylm.config import validate
 from raylm.tasks.registry import get_task
 from raylm.trainers.driver import build_trainer
@@ -33,6 +35,10 @@ def _inputs(tmp) -> None:
     tok.save_pretrained(tmp / "base")
 
 
+# ~100 s: CI keeps exact adapter resume (tests/unit/test_adapters.py: save -> restore gives the same logits, Adam
+# state and next losses, hf and sharded; test_adapter_train.py: FSDP2 on 2 processes) and the killed worker
+# (test_resume.py); this one joins them: `bash scripts/test.sh -m long`.
+@pytest.mark.long
 def test_sigkilled_worker_resumes_lora_sft_and_every_packed_row_is_trained_once(ray_session, tmp_path):
     _inputs(tmp_path)
     runs = str(tmp_path / "runs")
