@@ -114,8 +114,7 @@ def main() -> None:
     import ray
 
     from raylm.datasets.streaming import open_split
-    from raylm.tasks.registry import prepare_data
-    from raylm.tasks.registry import model_meta
+    from raylm.tasks.registry import model_meta, prepare_data
 
     with tempfile.TemporaryDirectory(prefix="raylm-padding-") as root:
         cfg = recipe(args, first_rows(args.rows, f"{root}/train.tsv"), root)

@@ -264,9 +264,9 @@ def s2s_hf_side(kind: str, cfg, manifest: dict, train_path: str, out: str) -> di
 
     from raylm.datasets._task_io import plain_tokenizer
     from raylm.tasks.collate import pad
+    from raylm.tasks.registry import model_meta
     from raylm.tasks.seq2seq import Seq2Seq
     from raylm.tasks.seq2seq_data import features, max_lengths, read_rows, special_ids
-    from raylm.tasks.registry import model_meta
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(SEED)

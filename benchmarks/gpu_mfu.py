@@ -115,8 +115,7 @@ def run_bare(size: str, batch: int, args: argparse.Namespace) -> dict:
 
     from raylm.config import load_config
     from raylm.datasets.prepare import load_manifest
-    from raylm.tasks.registry import get_task
-    from raylm.tasks.registry import model_meta
+    from raylm.tasks.registry import get_task, model_meta
     from raylm.trainers.metrics import device_peak_flops, flops_per_token, non_embedding_params
     from raylm.trainers.parallel import compile_blocks
 
