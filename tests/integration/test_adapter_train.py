@@ -34,6 +34,9 @@ def _logits(model) -> torch.Tensor:
         return model.eval()(input_ids=X).logits
 
 
+# ~60 s loaded: CI keeps the same path through the CLI (tests/e2e/test_sft_cli.py: LoRA through `raylm train`, the
+# adapter and --merge exports scoring the same loss), GPT-2's auto targets and the merge (Llama) in tests/unit/test_adapters.py.
+@pytest.mark.long
 def test_lora_trains_through_the_driver_and_exports_as_adapter_and_merged(ray_session, tmp_path):
     from transformers import AutoModelForCausalLM
 
