@@ -78,7 +78,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _extras import require  # noqa: E402
+from _extras import on_ray_train, require  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -371,36 +371,8 @@ def trl_sft(c: dict, out: str) -> dict:
 
 
 def trl_on_ray(c: dict, out: str) -> dict:
-    """The same TRL script inside Ray Train (TorchTrainer, 1 worker of `threads` CPUs) on an embedded Ray started
-    as raylm starts its own (8 logical CPUs at least, workers at nice 0, no dashboard, health checks every
-    0.5 s): what a Ray user runs without raylm."""
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    os.environ.setdefault("RAY_worker_niceness", "0")  # as raylm's embedded start (raylm.cluster._connect)
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    for attempt in range(3):  # as raylm: a loaded machine can miss Ray's node start-up timeout
-        try:
-            ray.init(num_cpus=max(os.cpu_count() or 1, 8), include_dashboard=False,
-                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
-            break
-        except Exception:  # noqa: BLE001
-            ray.shutdown()
-            if attempt == 2:
-                raise
-
-    def loop(config: dict) -> None:
-        res = trl_sft(c, out)
-        with open(os.path.join(out, "result.json"), "w") as f:
-            json.dump(res, f)
-
-    os.makedirs(out, exist_ok=True)
-    TorchTrainer(loop, scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": c["threads"]}),
-                 run_config=RunConfig(name="trl_on_ray", storage_path=os.path.join(out, "ray_runs"))).fit()
-    ray.shutdown()
-    with open(os.path.join(out, "result.json")) as f:
-        return json.load(f)
+    """The same TRL script inside Ray Train (benchmarks/_extras.on_ray_train): what a Ray user runs without raylm."""
+    return on_ray_train(lambda: trl_sft(c, out), c["threads"], out, "trl_on_ray")
 
 
 # ---------------------------------------------------------------- the raylm side

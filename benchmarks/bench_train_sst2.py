@@ -36,7 +36,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _extras import require  # noqa: E402
+from _extras import on_ray_train, require  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -126,29 +126,9 @@ def hf_trainer(mdir: str, train: list, dev: list, epochs: int, steps: int, out: 
 
 
 def hf_on_ray(mdir: str, train: list, dev: list, epochs: int, steps: int, out: str) -> dict:
-    """The same HF `Trainer` script run inside Ray Train (TorchTrainer, 1 worker of 2 CPUs) on an embedded Ray
-    started as raylm starts its own (8 logical CPUs, workers at nice 0, no dashboard): what a Ray user runs
-    without raylm. It shares raylm's platform (Ray's processes beside the worker on the same cores, the Train
-    controller, the worker's start), so raylm against it is raylm's own cost; the bare HF side is the target."""
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    os.environ.setdefault("RAY_worker_niceness", "0")  # as raylm's embedded start (see raylm.cluster._connect)
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    ray.init(num_cpus=8, include_dashboard=False, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
-
-    def loop(config: dict) -> None:
-        res = hf_trainer(mdir, train, dev, epochs, steps, out)
-        with open(os.path.join(out, "result.json"), "w") as f:
-            json.dump(res, f)
-
-    os.makedirs(out, exist_ok=True)
-    TorchTrainer(loop, scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": HP["threads"]}),
-                 run_config=RunConfig(name="hf_on_ray", storage_path=os.path.join(out, "runs"))).fit()
-    ray.shutdown()
-    with open(os.path.join(out, "result.json")) as f:
-        return json.load(f)
+    """The same HF `Trainer` script inside Ray Train (benchmarks/_extras.on_ray_train): raylm against it is raylm's
+    own cost; the bare HF side is the target."""
+    return on_ray_train(lambda: hf_trainer(mdir, train, dev, epochs, steps, out), HP["threads"], out, "hf_on_ray")
 
 
 def raylm_finetune(mdir: str, train_tsv: str, dev_tsv: str, steps: int, root: str) -> dict:
