@@ -19,7 +19,7 @@ def print_manifest(m: dict, prepared_dir: str) -> None:
         print(f"[raylm]   warning: {note}")
     for split, s in m["splits"].items():
         print(f"[raylm]   {split}: {s['rows']} rows, {s['tokens_out']:,} tokens in {len(s['files'])} shards "
-              f"({s['docs']} documents{_loss_note(m, s)}){_nsp_note(m, split)}")
+              f"({s['docs']} documents{_loss_note(m, s)}){_nsp_note(m, split)}{_sft_note(m, split)}")
     if m["rows_rejected"]:
         print(f"[raylm]   rejected rows: {prepared_dir}/rejects/*.parquet (row_id, source, reason, text)")
 
@@ -33,6 +33,16 @@ def _loss_note(m: dict, s: dict) -> str:
     if m.get("num_labels"):  # labelled rows (a classifier's): cut, not packed
         return f", {s['dropped']:,} tokens truncated at data.max_length={m.get('max_length')}"
     return f", {s['dropped']:,} tail tokens dropped (the last partial block of {m.get('block_size')})"
+
+
+def _sft_note(m: dict, split: str) -> str:
+    """Instruction tuning (sft_summary): the trained-token share, truncated examples, the rows' fill (packing)."""
+    s = (m.get("sft_summary") or {}).get(split)
+    if not s:
+        return ""
+    return (f"; {s['examples']} examples, {s.get('truncated', 0)} truncated, {100 * s['trained_share']:.1f}% of tokens trained, "
+            f"rows {100 * s['row_efficiency']:.1f}% full (padding to max_length: "
+            f"{100 * s['padded_to_max_length_efficiency']:.1f}%)")
 
 
 def _nsp_note(m: dict, split: str) -> str:

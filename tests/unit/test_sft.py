@@ -224,3 +224,16 @@ def test_a_tokenizers_own_template_is_used_and_its_end_of_turn_found(tmp_path, c
     assert t2.chat_template == jinja.read_text() and ct.chat_tokens(t2, out2).end_of_turn == t2.eos_token
     with pytest.raises(Exception, match="neither auto, chatml nor a Jinja file"):
         ct.chat_tokenizer(str(base), str(tmp_path / "missing.jinja"), str(tmp_path / "chat3"))
+
+
+def test_prepare_prints_what_sft_shards_train_on(capsys):
+    from raylm.datasets.report import print_manifest
+
+    manifest = {"max_length": 100, "rows_in": 40, "rows_kept": 40, "rows_rejected": 0, "rejected": {},
+                "splits": {"train": {"tokens_out": 950, "examples": 40, "rows": 10, "trained_tokens": 380,
+                                     "truncated": 3, "longest_example": 100, "files": [{}], "docs": 40,
+                                     "dropped": 0}}}
+    manifest["sft_summary"] = summary(manifest)
+    print_manifest(manifest, "prep")
+    out = capsys.readouterr().out
+    assert "40 examples, 3 truncated, 40.0% of tokens trained, rows 95.0% full (padding to max_length: 23.8%)" in out
