@@ -40,7 +40,8 @@ def _sft_note(m: dict, split: str) -> str:
     s = (m.get("sft_summary") or {}).get(split)
     if not s:
         return ""
-    return (f"; {s['examples']} examples, {s.get('truncated', 0)} truncated, {100 * s['trained_share']:.1f}% of tokens trained, "
+    cut = f", {s['truncated']} truncated" if "truncated" in s else ""  # counted since 2026-12-07
+    return (f"; {s['examples']} examples{cut}, {100 * s['trained_share']:.1f}% of tokens trained, "
             f"rows {100 * s['row_efficiency']:.1f}% full (padding to max_length: "
             f"{100 * s['padded_to_max_length_efficiency']:.1f}%)")
 
