@@ -18,14 +18,13 @@ from raylm.datasets.config import DataConfig
 from raylm.datasets.tokenizer_training import nsp_tokenizer
 from raylm.datasets.tokenizers import cls_sep_ids
 from raylm.datasets.units import prepare_corpus, resolve_source
-from raylm.errors import UserError
 from raylm.tasks import corpus_eval, corpus_files, nsp_files
 from raylm.tasks import nsp as pretraining
 from raylm.tasks.base import GenerateOptions, Task
 from raylm.tasks.collate import IGNORE, mask_tokens, pad_batch, with_special_tokens
 from raylm.tasks.meta import ModelMeta
 from raylm.tasks.nsp_data import prepare_nsp
-from raylm.tasks.packing import check_packing_support, document_positions, mask_segment_starts
+from raylm.tasks.packing import document_positions, mask_segment_starts, packing_problems
 from raylm.trainers import adapters, autobatch
 from raylm.trainers.step import Batch, evaluate
 
@@ -101,13 +100,7 @@ class CausalLM(CorpusTask):
 
     @classmethod
     def check_config(cls, cfg: RootConfig) -> list[str]:
-        if not cfg.data.document_masking:
-            return []
-        try:
-            check_packing_support()
-        except UserError as err:
-            return [str(err)]
-        return []
+        return packing_problems() if cfg.data.document_masking else []
 
     def collate(self, batch: dict[str, np.ndarray], meta: ModelMeta, step_seed: int) -> dict[str, torch.Tensor]:
         ids = torch.from_numpy(_stack(batch["input_ids"]).astype(np.int64))

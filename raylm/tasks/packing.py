@@ -88,3 +88,12 @@ def check_packing_support() -> None:
         raise UserError(f"packing with document masking needs transformers >= 4.56 (installed: "
                         f"{transformers.__version__})", hint="pip install -U transformers, or set "
                         "data.sft.packing: false / data.document_masking: false") from None
+
+
+def packing_problems() -> list[str]:
+    """The config checks' view of `check_packing_support`: [] or its one line."""
+    try:
+        check_packing_support()
+    except UserError as err:
+        return [str(err)]
+    return []

@@ -27,7 +27,7 @@ from raylm.tasks.chat_template import chat_tokenizer
 from raylm.tasks.collate import IGNORE, pad, pad_batch
 from raylm.tasks.corpus import causal_model
 from raylm.tasks.meta import ModelMeta
-from raylm.tasks.packing import check_packing_support, packed_batch
+from raylm.tasks.packing import packed_batch, packing_problems
 from raylm.tasks.sft_data import ChatFormat, packed_format
 
 CHAT_TOKENIZER_DIR = "chat_tokenizer"  # in data.prepared_dir
@@ -93,10 +93,7 @@ class SFT(LabelledTask):
                 problems.append(f"data.max_length is {d.max_length} but {m.init_from} has {limit} positions: "
                                 f"set data.max_length <= {limit}")
         if d.sft.packing:
-            try:
-                check_packing_support()
-            except Exception as err:  # a UserError: its one line
-                problems.append(str(err))
+            problems += packing_problems()
         return problems
 
     def check_prepared(self, cfg: RootConfig, manifest: dict) -> list[str]:
