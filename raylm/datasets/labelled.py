@@ -54,7 +54,7 @@ IDS = pa.list_(pa.int32())
 class LabelledFormat:
     """What a task reading labelled files brings to the pipeline. Defaults are the simple case: files as
     listed, no label set, a WordPiece tokenizer trained on `row_text`. Instances travel to Ray workers
-    (pickled by class): keep them stateless."""
+    (pickled): keep what they hold to settings (sft's `packed`), no loaded state."""
 
     name = ""  # the task's, in the manifest
     fields: list[tuple[str, pa.DataType]] = []  # of a row, besides BASE_FIELDS
@@ -101,6 +101,10 @@ class LabelledFormat:
         raise NotImplementedError
 
     def manifest_extra(self, cfg: DataConfig, tok_dir: str) -> dict:
+        return {}
+
+    def manifest_summary(self, manifest: dict) -> dict:
+        """Keys added to the finished manifest from its counts (e.g. sft's trained-token share per split)."""
         return {}
 
     def pack(self, feats: Any, cfg: DataConfig) -> Any:
@@ -249,6 +253,7 @@ def prepare_labelled(cfg: DataConfig, fmt: LabelledFormat, force: bool = False) 
     splits = {s: _write_split(feats, s, out, cfg.shard_rows, fmt) for s in SPLITS}
     rows_in = sum(r["count"] for r in stats if r["kind"] == "reason")
     manifest = _manifest(cfg, fmt, tok_dir, fp, labels, rows_in, rejected, splits)
+    manifest |= fmt.manifest_summary(manifest)
     manifest["seconds"] = round(time.time() - t0, 2)
     tmp = f"{mpath}.tmp"
     Path(tmp).write_text(json.dumps(manifest, indent=1))

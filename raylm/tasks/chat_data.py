@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from raylm.datasets._task_io import check_on_error, jsonl_rows, reject
@@ -32,6 +32,11 @@ class ChatFields:
     response_field: str | None = None
     transcript_field: str | None = None
 
+    @classmethod
+    def of(cls, settings: Mapping) -> ChatFields:
+        """From `data.sft`'s keys: a config's (dumped) or an export's `raylm_sft`."""
+        return cls(settings.get("prompt_field"), settings.get("response_field"), settings.get("transcript_field"))
+
 
 def parse_transcript(text: str) -> list[dict[str, str]]:
     """`Human:`/`Assistant:` turns of a transcript as messages (text before the first turn is dropped)."""
@@ -39,19 +44,21 @@ def parse_transcript(text: str) -> list[dict[str, str]]:
     return [{"role": ROLE_NAMES[who.lower()], "content": body.strip()} for who, body in zip(parts[1::2], parts[2::2])]
 
 
-def to_messages(obj: dict, fields: ChatFields = ChatFields()) -> list[dict[str, str]] | None:
-    """The conversation of one JSON object, or None when it has none of the shapes (see the module doc)."""
+def to_messages(obj: dict, fields: ChatFields = ChatFields(), prompt_only: bool = False) -> list[dict[str, str]] | None:
+    """The conversation of one JSON object, or None when it has none of the shapes (see the module doc).
+    `prompt_only`: a row with a prompt but no response is the user's turn alone (rows to complete)."""
     if isinstance(obj.get("messages"), list):
         return [m if isinstance(m, dict) else {"role": "", "content": ""} for m in obj["messages"]]
     if fields.transcript_field and isinstance(obj.get(fields.transcript_field), str):
         return parse_transcript(obj[fields.transcript_field])
     for prompt, response in ((fields.prompt_field, fields.response_field), ("instruction", "output"),
                              ("prompt", "response"), ("question", "answer")):
-        if prompt and response and prompt in obj and response in obj:
+        if prompt and response and prompt in obj and (response in obj or prompt_only):
             user = str(obj[prompt] or "")
             if prompt == "instruction" and obj.get("input"):
                 user = f"{user}\n\n{obj['input']}"
-            return [{"role": "user", "content": user}, {"role": "assistant", "content": str(obj[response] or "")}]
+            turns = [{"role": "user", "content": user}]
+            return turns + ([{"role": "assistant", "content": str(obj[response] or "")}] if response in obj else [])
     return None
 
 

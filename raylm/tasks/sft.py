@@ -28,7 +28,7 @@ from raylm.tasks.collate import IGNORE, pad, pad_batch
 from raylm.tasks.corpus import causal_model
 from raylm.tasks.meta import ModelMeta
 from raylm.tasks.packing import packed_batch, packing_problems
-from raylm.tasks.sft_data import ChatFormat, packed_format
+from raylm.tasks.sft_data import ChatFormat
 
 CHAT_TOKENIZER_DIR = "chat_tokenizer"  # in data.prepared_dir
 
@@ -37,22 +37,6 @@ def chat_tokenizer_dir(data: DataConfig) -> str:
     """The tokenizer sft trains with: data.tokenizer.path (else one trained on the rows) with the chat template."""
     base = task_tokenizer(data, ChatFormat())
     return chat_tokenizer(base, data.sft.chat_template, os.path.join(data.prepared_dir, CHAT_TOKENIZER_DIR))
-
-
-def summary(manifest: dict) -> dict:
-    """What the shards train on: the trained-token share, and the packing efficiency (real tokens / row tokens)
-    beside what padding every example to max_length would give."""
-    width = manifest["max_length"]
-    out = {}
-    for split, s in manifest["splits"].items():
-        tokens, examples, rows = s.get("tokens_out", 0), s.get("examples", 0), s.get("rows", 0)
-        out[split] = {"examples": examples, "truncated": s.get("truncated", 0), "rows": rows, "tokens": tokens,
-                      "trained_tokens": s.get("trained_tokens", 0),
-                      "trained_share": round(s.get("trained_tokens", 0) / max(tokens, 1), 4),
-                      "row_efficiency": round(tokens / max(rows * width, 1), 4),
-                      "padded_to_max_length_efficiency": round(tokens / max(examples * width, 1), 4),
-                      "longest_example": s.get("longest_example", 0)}
-    return out
 
 
 class SFT(LabelledTask):
@@ -66,14 +50,7 @@ class SFT(LabelledTask):
         """Chat rows -> (packed) shards; the manifest's `sft_summary` says what they train on."""
         tok_dir = chat_tokenizer_dir(data)
         cfg = data.model_copy(update={"tokenizer": data.tokenizer.model_copy(update={"path": tok_dir})})
-        manifest = prepare_labelled(cfg, packed_format(data.sft.packing), force)
-        if "sft_summary" not in manifest:
-            manifest["sft_summary"] = summary(manifest)
-            path = Path(data.prepared_dir, "manifest.json")
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(manifest, indent=1))
-            os.replace(tmp, path)
-        return manifest
+        return prepare_labelled(cfg, ChatFormat(packed=data.sft.packing), force)
 
     def train_tokenizer(self, data: DataConfig) -> str:
         return chat_tokenizer_dir(data)

@@ -40,11 +40,6 @@ PACKED_SCHEMA = pa.schema([("sample_id", pa.int64()), ("input_ids", IDS), ("labe
                            ("truncated", pa.int32()), ("split", pa.string())])
 
 
-def fields_of(cfg: DataConfig) -> ChatFields:
-    s = cfg.sft
-    return ChatFields(s.prompt_field, s.response_field, s.transcript_field)
-
-
 def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
     if system_prompt and (not messages or messages[0]["role"] != "system"):
         return [{"role": "system", "content": system_prompt}, *messages]
@@ -120,6 +115,22 @@ def pack_rows(batch: pa.Table, max_length: int) -> pa.Table:
     return pa.table(out, schema=PACKED_SCHEMA)
 
 
+def summary(manifest: dict) -> dict:
+    """What the shards train on: the trained-token share, and the packing efficiency (real tokens / row tokens)
+    beside what padding every example to max_length would give."""
+    width = manifest["max_length"]
+    out = {}
+    for split, s in manifest["splits"].items():
+        tokens, examples, rows = s.get("tokens_out", 0), s.get("examples", 0), s.get("rows", 0)
+        out[split] = {"examples": examples, "truncated": s.get("truncated", 0), "rows": rows, "tokens": tokens,
+                      "trained_tokens": s.get("trained_tokens", 0),
+                      "trained_share": round(s.get("trained_tokens", 0) / max(tokens, 1), 4),
+                      "row_efficiency": round(tokens / max(rows * width, 1), 4),
+                      "padded_to_max_length_efficiency": round(tokens / max(examples * width, 1), 4),
+                      "longest_example": s.get("longest_example", 0)}
+    return out
+
+
 class ChatFormat(LabelledFormat):
     """Chat rows for `raylm.datasets.labelled` (trainer.task: sft). `cfg.tokenizer.path` is the chat tokenizer
     (raylm.tasks.chat_template.chat_tokenizer) when features are made: raylm.tasks.sft.SFT.prepare sets it."""
@@ -128,8 +139,13 @@ class ChatFormat(LabelledFormat):
     fields = [("messages_json", pa.string())]
     feature_schema = ROW_SCHEMA
 
+    def __init__(self, packed: bool = False) -> None:
+        self.packed = packed  # data.sft.packing: the shards hold packed rows (other columns)
+        if packed:  # features are made one example a row (ROW_SCHEMA), then packed: the shards' key is a list
+            self.row_key = "row_ids"
+
     def read_rows(self, path: str, cfg: DataConfig, on_error: str) -> Iterator[dict]:
-        for r in read_chat(path, fields_of(cfg), on_error):
+        for r in read_chat(path, ChatFields.of(cfg.sft.model_dump()), on_error):
             r["messages_json"] = json.dumps(with_system(r.pop("messages"), cfg.sft.system_prompt), ensure_ascii=False)
             yield r
 
@@ -176,8 +192,6 @@ class ChatFormat(LabelledFormat):
                 "truncated": int(pc.sum(table["truncated"]).as_py() or 0),
                 "longest_example": int(np.max(examples)) if len(examples) else 0}
 
-    packed = False  # set per instance by raylm.tasks.sft (packed shards read other columns)
-
     def manifest_extra(self, cfg: DataConfig, tok_dir: str) -> dict:
         from transformers import AutoTokenizer
 
@@ -189,10 +203,5 @@ class ChatFormat(LabelledFormat):
                 "sft": cfg.sft.model_dump() | {"end_of_turn": ids.end_of_turn, "end_of_turn_id": ids.end_of_turn_id,
                                                "max_length": cfg.max_length}}
 
-
-def packed_format(packing: bool) -> ChatFormat:
-    fmt = ChatFormat()
-    fmt.packed = packing
-    if packing:  # features are made one example a row (ROW_SCHEMA), then packed: the shards' key is a list
-        fmt.row_key = "row_ids"
-    return fmt
+    def manifest_summary(self, manifest: dict) -> dict:
+        return {"sft_summary": summary(manifest)}

@@ -13,8 +13,8 @@ from raylm.tasks import chat_template as ct
 from raylm.tasks.collate import IGNORE
 from raylm.tasks.meta import ModelMeta
 from raylm.tasks.packing import best_fit_decreasing, document_positions, segment_positions
-from raylm.tasks.sft import SFT, summary
-from raylm.tasks.sft_data import fit, pack_rows
+from raylm.tasks.sft import SFT
+from raylm.tasks.sft_data import fit, pack_rows, summary
 
 pytestmark = pytest.mark.unit
 
