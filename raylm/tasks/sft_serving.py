@@ -35,6 +35,10 @@ class ChatModel:
     max_positions: int | None
     end_is_text: bool = False  # a model without a chat template, prompted with ChatML as plain text
 
+    @property
+    def pad_id(self) -> int:
+        return self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+
 
 def load(model_dir: str) -> ChatModel:
     """The model (eval mode) and its chat tokenizer; an adapter directory loads its base with it."""
@@ -57,8 +61,7 @@ def load(model_dir: str) -> ChatModel:
 def read_rows(path: str, cm: ChatModel) -> tuple[list[dict], int]:
     """(conversations read, rows rejected); a line that cannot be read stops with file:line (exit 2)."""
     s = cm.settings
-    fields = ChatFields(s.get("prompt_field"), s.get("response_field"), s.get("transcript_field"))
-    read = refuse_malformed(list(read_chat(path, fields, "skip")), hint=HINT)
+    read = refuse_malformed(list(read_chat(path, ChatFields.of(s), "skip")), hint=HINT)
     rows = [{"id": r["row_id"], "messages": with_system(r["messages"], s.get("system_prompt"))}
             for r in read if not r["reject"]]
     if not rows:
@@ -73,13 +76,12 @@ def response_loss(cm: ChatModel, rows: list[dict], batch_size: int = 8) -> dict:
     limit = cm.settings.get("max_length") or cm.max_positions or 1 << 30
     encoded = [encode_chat(cm.tok, cm.backend, r["messages"], cm.end_of_turn, cm.settings["loss_on"]) for r in rows]
     encoded = sorted(((i[:limit], lab[:limit]) for i, lab in encoded), key=lambda e: len(e[0]))
-    pad_id = cm.tok.pad_token_id if cm.tok.pad_token_id is not None else 0
     total, n = 0.0, 0
     # the targets' text (labels are shifted: position 0 is never one)
     n_bytes = sum(len(cm.tok.decode([t for t in lab[1:] if t != IGNORE]).encode()) for _, lab in encoded)
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start:start + batch_size]
-        ids, mask = pad_batch([e[0] for e in chunk], pad_id)
+        ids, mask = pad_batch([e[0] for e in chunk], cm.pad_id)
         labels = pad([e[1] for e in chunk], IGNORE, ids.shape[1])
         logits = cm.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         target = labels[:, 1:]
@@ -99,7 +101,6 @@ def complete(cm: ChatModel, conversations: list[list[dict]], batch_size: int = 1
     prompts = [prompt_ids(cm.tok, cm.backend, c) for c in conversations]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [""] * len(prompts)
-    pad_id = cm.tok.pad_token_id if cm.tok.pad_token_id is not None else 0
     asked = max_new_tokens or cm.settings.get("max_new_tokens") or 256
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
@@ -108,14 +109,14 @@ def complete(cm: ChatModel, conversations: list[list[dict]], batch_size: int = 1
         room = (cm.max_positions - width) if cm.max_positions else asked
         if room <= 0:
             raise UserError(f"a prompt of {width} tokens leaves no room to generate in {cm.max_positions} positions")
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # left padding: generation goes on at the right
+        ids = torch.full((len(rows), width), cm.pad_id, dtype=torch.long)  # left padding: generation goes on at the right
         mask = torch.zeros_like(ids)
         for k, r in enumerate(rows):
             ids[k, width - len(r):] = torch.tensor(r)
             mask[k, width - len(r):] = 1
         stop = {"stop_strings": [cm.end_of_turn], "tokenizer": cm.tok} if cm.end_is_text else {}
         gen = cm.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=min(asked, room),
-                                pad_token_id=pad_id, **({"do_sample": False} | stop | sampling))
+                                pad_token_id=cm.pad_id, **({"do_sample": False} | stop | sampling))
         for i, seq in zip(chunk, gen[:, width:].tolist()):
             out[i] = cm.tok.decode(seq, skip_special_tokens=True).split(cm.end_of_turn)[0].strip()
     return out
@@ -164,26 +165,15 @@ def predict_file(model_dir: str, path: str, output: str, batch_size: int = 16) -
 
 
 def prompts_of(path: str, cm: ChatModel) -> list[dict]:
-    """Rows to complete: any conversation shape, and also prompts alone ({prompt} or {instruction}, or the
+    """Rows to complete: any conversation shape, and also prompts alone ({prompt}, {instruction}, {question}, or the
     model's prompt field without its response)."""
-    s = cm.settings
     from raylm.datasets._task_io import jsonl_rows, parse_json_object
+    from raylm.tasks.chat_data import to_messages
 
-    rows = []
+    s, rows = cm.settings, []
     for _, base, line in jsonl_rows(path):
         obj = parse_json_object(line, base["row_id"])
-        for key in (s.get("prompt_field"), "prompt", "instruction", "question"):
-            if key and isinstance(obj.get(key), str) and "messages" not in obj:
-                text = obj[key] + (f"\n\n{obj['input']}" if key == "instruction" and obj.get("input") else "")
-                messages = [{"role": "user", "content": text}]
-                break
-        else:
-            messages = None
-        if messages is None:
-            from raylm.tasks.chat_data import to_messages
-
-            messages = to_messages(obj, ChatFields(s.get("prompt_field"), s.get("response_field"),
-                                                   s.get("transcript_field")))
+        messages = to_messages(obj, ChatFields.of(s), prompt_only=True)
         if not messages:
             raise UserError(f"{base['row_id']}: no prompt or conversation", hint=HINT)
         rows.append({"id": str(obj.get("id", base["row_id"])), "messages": with_system(messages, s.get("system_prompt"))})
