@@ -217,23 +217,12 @@ def run_config_of(ckpt_dir: str) -> RootConfig:
     return load_config(path, [])
 
 
-def _seed(seed: int) -> None:
-    """As the training loop seeds before it builds the model (raylm.trainers.loop.seed_everything): a base
-    built from config, or grown by the task, comes out the same."""
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def build_base(cfg: RootConfig) -> torch.nn.Module:
     """An adapter run's frozen base, as the loop built it (the task's model from model.init_from, or from
     config with raylm's seeded init). A qlora base is loaded unquantized: its adapter merges into full weights."""
     from raylm.tasks.registry import get_task, model_meta
     from raylm.trainers.materialize import init_weights
+    from raylm.trainers.state import seed_everything
 
     if cfg.model.adapter.type == "qlora":
         model_cfg = cfg.model.model_copy(update={"adapter": cfg.model.adapter.model_copy(update={"type": "lora"})})
@@ -244,7 +233,7 @@ def build_base(cfg: RootConfig) -> torch.nn.Module:
                         "(vocabulary, special ids), and there is none", hint="raylm prepare CONFIG first")
     with open(manifest_path) as f:
         manifest = json.load(f)
-    _seed(cfg.trainer.seed)
+    seed_everything(cfg.trainer.seed)  # as the loop before it builds the model: the same base
     model = get_task(cfg.trainer.task).build_model(cfg, model_meta(cfg, manifest))
     if not cfg.model.init_from:
         init_weights(model, cfg.trainer.seed)

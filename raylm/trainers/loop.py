@@ -13,12 +13,10 @@ import contextlib
 import dataclasses
 import math
 import os
-import random
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from raylm.cluster.storage import is_remote
@@ -41,6 +39,7 @@ from raylm.trainers.optim import build_optimizer, build_scheduler, lr_factor
 from raylm.trainers.parallel import autocast_dtype, compile_enabled, is_meta, wrap_model
 from raylm.trainers.progress import Progress, say
 from raylm.trainers.sinks import Sink
+from raylm.trainers.state import seed_everything
 from raylm.trainers.step import Feeder, StepContext, SyncResult, Window, to_batch, train_step
 from raylm.trainers.tracking import make_sink
 from raylm.trainers.watchdog import Watchdog, publish_to_storage
@@ -64,12 +63,6 @@ class LoopConfig:
     @classmethod
     def from_dict(cls, fields: dict) -> LoopConfig:
         return cls(**{**fields, "meta": ModelMeta.from_dict(fields["meta"])})
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @dataclass

@@ -65,6 +65,15 @@ def save(dirpath: str, model: torch.nn.Module, sched: Any, state: TrainState, ra
         shutil.copy(metrics_file, os.path.join(dirpath, "metrics.jsonl"))
 
 
+def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's generators from one seed (the loop before it builds a model; export too)."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def save_rng(dirpath: str, rank: int) -> None:
     torch.save({"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
