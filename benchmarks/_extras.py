@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 
 def require(*modules: str, extra: str = "bench") -> None:
@@ -51,3 +52,19 @@ def on_ray_train(work: Callable[[], dict], threads: int, out: str, name: str) ->
     ray.shutdown()
     with open(os.path.join(out, "result.json")) as f:
         return json.load(f)
+
+
+def step_clock() -> Any:
+    """A transformers TrainerCallback that records when each optimizer step ends (`.ends`, time.time())."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN003
+            self.ends.append(time.time())
+
+    return StepClock()

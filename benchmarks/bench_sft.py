@@ -78,7 +78,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _extras import on_ray_train, require  # noqa: E402
+from _extras import on_ray_train, require, step_clock  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -311,15 +311,8 @@ def trl_sft(c: dict, out: str) -> dict:
     validation rows, checkpoint at the last step, save the model (peft's adapter directory on the LoRA rows)."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import SFTConfig, SFTTrainer
-
-    class StepClock(TrainerCallback):
-        def __init__(self) -> None:
-            self.ends: list[float] = []
-
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN003
-            self.ends.append(time.time())
 
     torch.set_num_threads(c["threads"])
     lora = c["mode"] == "lora"
@@ -345,7 +338,7 @@ def trl_sft(c: dict, out: str) -> dict:
         data_seed=c["seed"], bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
         logging_steps=log_every(steps), save_strategy="steps", save_steps=steps, save_total_limit=1,
         eval_strategy="no", report_to=[], dataloader_num_workers=0, disable_tqdm=True)
-    clock = StepClock()
+    clock = step_clock()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=tok,
                          peft_config=peft_config, callbacks=[clock])
     trainer.train()

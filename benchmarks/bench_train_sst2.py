@@ -36,7 +36,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _extras import on_ray_train, require  # noqa: E402
+from _extras import on_ray_train, require, step_clock  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -86,18 +86,10 @@ def hf_trainer(mdir: str, train: list, dev: list, epochs: int, steps: int, out: 
         AutoTokenizer,
         DataCollatorWithPadding,
         Trainer,
-        TrainerCallback,
         TrainingArguments,
     )
 
     from raylm.tasks.metrics import classification_metrics, confusion_counts
-
-    class StepClock(TrainerCallback):
-        def __init__(self) -> None:
-            self.ends: list[float] = []
-
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN003
-            self.ends.append(time.time())
 
     torch.set_num_threads(HP["threads"])
     tok = AutoTokenizer.from_pretrained(mdir)
@@ -110,7 +102,7 @@ def hf_trainer(mdir: str, train: list, dev: list, epochs: int, steps: int, out: 
                              max_grad_norm=HP["grad_clip"], save_strategy="no", eval_strategy="no",
                              train_sampling_strategy="group_by_length" if HP["group_by_length"] else "random",
                              logging_steps=50, report_to=[], seed=HP["seed"], use_cpu=True, dataloader_num_workers=0)
-    clock = StepClock()
+    clock = step_clock()
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tok),
                       callbacks=[clock])
     trainer.train()
