@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -160,6 +162,21 @@ def wait_job(address: str, job_id: str, statuses: tuple[str, ...] | None = None,
     want = statuses or jobs.TERMINAL
     return wait_until(f"job {job_id} to be {'/'.join(want)}",
                       lambda: (s := jobs.status(job_id, address)) in want and s, timeout_s, poll_s=0.5)
+
+
+def fit_and_kill(trainer: Any, ready: Callable[[], bool], ids: str, rank: int = 1,
+                 sig: signal.Signals = signal.SIGKILL, timeout_s: float = 600) -> Any:
+    """`trainer.fit()` on a thread; once `ready()` (or when the fit ends), signal `sig` (SIGKILL: a worker dies
+    as on a lost node) to rank `rank`'s worker, named by its sample log `ids`; the fit's result."""
+    out: list = []
+    fit = threading.Thread(target=lambda: out.append(trainer.fit()))
+    fit.start()
+    deadline = time.time() + timeout_s
+    while not ready() and fit.is_alive() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(int(ledger_headers(ids, rank)[0]["pid"]), sig)
+    fit.join(timeout=timeout_s)
+    return out[0]
 
 
 def is_registered(run_dir: str, name: str) -> bool:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
 import time
 
 import pytest
@@ -14,7 +12,7 @@ import torch
 from raylm.trainers.driver import build_trainer
 
 from support.observers import observed, sample_log_spec
-from testkit import is_registered, read_sample_log, tiny_config, write_synthetic
+from testkit import fit_and_kill, is_registered, read_sample_log, tiny_config, write_synthetic
 
 
 def _losses(run_dir: str) -> dict[int, float]:
@@ -76,16 +74,8 @@ def test_sigkilled_worker_restarts_from_checkpoint_and_every_sample_is_trained_o
                       scaling={"max_failures": 2}, schedule={"type": "constant"})
     ids = f"{runs}/ids"
     trainer = build_trainer(observed(cfg, sample_log_spec(ids)), manifest=manifest)
-    out: list = []
-    fit = threading.Thread(target=lambda: out.append(trainer.fit()))
-    fit.start()
-    deadline = time.time() + 600
-    while not is_registered(f"{runs}/t", "checkpoint_00000010") and fit.is_alive() and time.time() < deadline:
-        time.sleep(0.05)
-    pid = int(open(f"{ids}.rank1").readline().split()[1].split("=")[1])
-    os.kill(pid, signal.SIGKILL)  # a worker process dies mid-run, as on a lost node
-    fit.join(timeout=600)
-    result = out[0]
+    # a worker process dies mid-run, as on a lost node
+    result = fit_and_kill(trainer, lambda: is_registered(f"{runs}/t", "checkpoint_00000010"), ids)
     assert result.error is None, result.error
     assert result.metrics["step"] == 40
     headers = [l.split() for l in open(f"{ids}.rank1") if l.startswith("#")]

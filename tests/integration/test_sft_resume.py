@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
-import time
 
 import pytest
 
@@ -16,7 +13,7 @@ from raylm.tasks.registry import get_task
 from raylm.trainers.driver import build_trainer
 
 from support.observers import observed, sample_log_spec
-from testkit import is_registered, read_sample_log
+from testkit import fit_and_kill, is_registered, read_sample_log
 
 
 def _inputs(tmp) -> None:
@@ -60,16 +57,8 @@ def test_sigkilled_worker_resumes_lora_sft_and_every_packed_row_is_trained_once(
     cfg = validate(raw | {"trainer": raw["trainer"] | {"max_steps": steps}}, origin="test")
     ids = f"{runs}/ids"
     trainer = build_trainer(observed(cfg, sample_log_spec(ids)), manifest=manifest)
-    out: list = []
-    fit = threading.Thread(target=lambda: out.append(trainer.fit()))
-    fit.start()
-    deadline = time.time() + 600
-    while not is_registered(f"{runs}/t", "checkpoint_00000008") and fit.is_alive() and time.time() < deadline:
-        time.sleep(0.05)
-    pid = int(open(f"{ids}.rank1").readline().split()[1].split("=")[1])
-    os.kill(pid, signal.SIGKILL)  # a worker dies mid-run, as on a lost node
-    fit.join(timeout=600)
-    result = out[0]
+    # a worker process dies mid-run, as on a lost node
+    result = fit_and_kill(trainer, lambda: is_registered(f"{runs}/t", "checkpoint_00000008"), ids)
     assert result.error is None, result.error
     assert result.metrics["step"] == steps
     headers = [line.split() for line in open(f"{ids}.rank1") if line.startswith("#")]
